@@ -1,0 +1,3 @@
+from lipstep.cli import main
+
+main()
