@@ -1,0 +1,12 @@
+"""lipstep.samplers: stateless samplers ``(denoiser, noise, timesteps, cond, *, schedule, ...) -> x``.
+
+``denoiser(x_t, t, cond)`` returns the native prediction of ``schedule``; ``timesteps`` is a grid
+from ``Schedule.timesteps``. No sampler keeps step state or touches torch's global RNG.
+"""
+
+from lipstep.samplers.ddim import sample_ddim
+from lipstep.samplers.euler import sample_euler
+
+SAMPLERS = {"ddim": sample_ddim, "euler": sample_euler}
+
+__all__ = ["SAMPLERS", "sample_ddim", "sample_euler"]
