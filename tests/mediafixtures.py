@@ -1,0 +1,48 @@
+"""Media builders shared by tests: real-format talking-head videos made from a bundled photo."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage.data
+
+from lipstep.data.media import write_video
+
+SR = 16000
+# (name, fps, frames, width, height): 1.6 s, 2.0 s and 1.8 s long
+REAL = [("talk_a.mp4", 30, 48, 320, 240), ("talk_b.mkv", 24, 48, 256, 256), ("talk_c.MOV", 50, 90, 200, 300)]
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise with a 4 Hz syllable-rate envelope: a stand-in for speech."""
+    t = np.arange(round(seconds * SR)) / SR
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t)
+    return (0.3 * env * np.random.default_rng(seed).standard_normal(t.size)).astype(np.float32)
+
+
+def astronaut_clip(n: int, width: int, height: int, zoom: float = 0.1) -> np.ndarray:
+    """Slow pan and zoom over the astronaut photo, resized to width x height."""
+    photo = skimage.data.astronaut()  # 512x512, face centre near (223, 113)
+    frames = []
+    for i in range(n):
+        a = i / max(1, n - 1)
+        ch = int(460 * (1 - zoom * a))
+        cw = min(512, int(ch * width / height))
+        ch = min(ch, int(cw * height / width))
+        x = int(np.clip(223 - cw / 2 - 20 + 40 * a, 0, 512 - cw))
+        y = int(np.clip(10 + 20 * a, 0, 512 - ch))
+        frames.append(cv2.resize(photo[y:y + ch, x:x + cw], (width, height), interpolation=cv2.INTER_AREA))
+    return np.stack(frames)
+
+
+# (name, fps, frames, width, height): 1.6 s, 2.0 s and 1.8 s long
+REAL = [("talk_a.mp4", 30, 48, 320, 240), ("talk_b.mkv", 24, 48, 256, 256), ("talk_c.MOV", 50, 90, 200, 300)]
+
+
+def make_real_folder(src: Path) -> Path:
+    """Three real-format videos of different fps/sizes/containers, one corrupt mp4, one text file."""
+    for k, (name, fps, n, w, h) in enumerate(REAL):
+        write_video(src / name, astronaut_clip(n, w, h), fps, speech_like(n / fps, k), SR)
+    (src / "broken.mp4").write_bytes(np.random.default_rng(1).bytes(4096))
+    (src / "notes.txt").write_text("not a video")
+    return src
