@@ -1,0 +1,17 @@
+"""Audio encoders: speech or viseme labels -> per-video-frame windows [T, K, D]; see `lipstep.audio.encoders`."""
+
+from lipstep.audio.encoders import (
+    AudioConfig,
+    AudioEncoder,
+    HFAudioEncoder,
+    MelEncoder,
+    VisemeEncoder,
+    build_audio_encoder,
+    load_audio_encoder,
+    save_audio_encoder,
+)
+
+__all__ = [
+    "AudioConfig", "AudioEncoder", "HFAudioEncoder", "MelEncoder", "VisemeEncoder", "build_audio_encoder",
+    "load_audio_encoder", "save_audio_encoder",
+]
