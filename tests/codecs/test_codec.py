@@ -11,14 +11,7 @@ from lipstep.codecs import CodecConfig, CodecTrainConfig, build_codec, load_code
 from lipstep.data.prepare import PrepareConfig, build_manifest, write_shard
 from lipstep.errors import ConfigError, LipstepError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets run faster on one thread (and do not stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = CodecConfig(image_size=32, block_out_channels=(8, 16, 16), norm_num_groups=8)  # downsample 4

@@ -23,12 +23,7 @@ TINY = CodecConfig(image_size=16, block_out_channels=(8, 8), norm_num_groups=8) 
 CLIPS = {"clip0": 7, "clip1": 5, "clip2": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
