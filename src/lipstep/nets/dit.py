@@ -1,0 +1,584 @@
+"""AvatarDiT: the spatio-temporal diffusion transformer behind every lipstep teacher and student.
+
+The net maps noisy video latents x_t [B, T, C, h, w], model time t [B] and a `Cond` (design.md §3)
+to a raw output of the same shape. Whether that output is eps, v or a flow velocity is decided by
+the schedule outside; the net does not know.
+
+Tokens. Each latent frame is cut into N = (h/p)·(w/p) patches, embedded by one linear map and given
+a spatial position and a temporal position (0..T-1). The reference latent goes through the SAME
+patch embedding plus a "reference" type embedding; motion-frame latents (the M frames before the
+window) get temporal positions -M..-1 and a "motion" type embedding. Reference and motion tokens
+are context: they take part in self-attention but are never decoded and never see the audio.
+
+Blocks (adaLN-Zero, Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"): the
+timestep embedding modulates (shift, scale, gate) every branch; all gates start at zero, and the
+final projection is zero-initialised, so an untrained net outputs exactly 0. A block is
+  self-attention  - "full": one joint attention over all T·N video + context tokens;
+                    "factorized": spatial attention within each frame (video frames also see the
+                    reference/motion context) then temporal attention across motion + video frames
+                    at each spatial location;
+  audio cross-attention - frame τ attends only to its own K audio vectors (T folded into batch);
+  CFG cross-attention   - optional (FADA, algorithms.md §4): tokens attend to a guidance embedding
+                    Emb = cfg_a(γ_a − γ_r) + cfg_r(γ_r − γ_b) + γ_b; output projection zero-init;
+  MLP.
+
+Null conditions (classifier-free guidance, condition dropout): where `drop_ref` is True the
+reference and motion content is replaced by a learned null token set (positions and type
+embeddings stay); where `drop_audio` is True the audio (and viseme) stream is replaced by a learned
+null audio embedding. Both are per-sample `torch.where`s, so one batch can mix condition patterns.
+
+Sizes come from one table, `PRESETS`; `param_count(cfg)` gives the exact count without building.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from lipstep.config import check, from_dict
+from lipstep.errors import ConfigError
+
+if TYPE_CHECKING:  # type only: nets sit before diffusion in the import order
+    from lipstep.diffusion.cond import Cond
+
+TIME_FREQ_DIM = 256  # width of the sinusoidal timestep features fed to the time MLP
+INIT_STD = 0.02      # std of learned embeddings (positions, types, null conditions, CFG tokens)
+
+# One table for every model size. head dim = width / heads.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"width": 64, "depth": 2, "heads": 2},      # unit tests
+    "small": {"width": 192, "depth": 6, "heads": 6},    # CPU default
+    "base": {"width": 384, "depth": 12, "heads": 6},    # one GPU
+    "large": {"width": 768, "depth": 16, "heads": 12},  # multi-GPU
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class DiTConfig:
+    """Architecture of an AvatarDiT (saved as denoiser/config.json). Defaults = the "small" preset."""
+
+    latent_channels: int = 4      # C of the video / reference / motion latents
+    latent_size: int = 8          # h = w of the latents
+    patch: int = 1                # p: one token per p×p latent patch (latent_size % p == 0)
+    width: int = 192              # token width
+    depth: int = 6                # number of DiTBlocks
+    heads: int = 6                # attention heads (width % heads == 0)
+    mlp_ratio: float = 4.0        # MLP hidden width = width · mlp_ratio
+    frames: int = 8               # T max: temporal positions 0..frames-1 (shorter T works too)
+    motion_frames: int = 2        # M max: motion frames get temporal positions -M..-1 (fewer/none ok)
+    audio_dim: int = 80           # D: width of one audio feature vector
+    audio_window: int = 16        # K: audio feature vectors per video frame
+    attention: Literal["full", "factorized"] = "full"  # joint over all tokens | spatial then temporal
+    use_visemes: bool = False     # add a learned viseme embedding (cond.visemes [B, T]) to the audio
+    n_visemes: int = 15           # viseme classes (algorithms.md §5.3)
+    grad_checkpointing: bool = False  # recompute each block in backward (less activation memory)
+    cfg_layer: Literal["none", "tokens", "plain"] = "none"  # CFG cross-attention after each audio
+    #   cross-attention: "tokens" = FADA learnable tokens (Emb linear in the scales); "plain" = an
+    #   MLP of (cfg_a, cfg_r) as the guidance embedding (ablation baseline); "none" = no layer
+    cfg_tokens: int = 4           # n_tokens of the guidance embedding the CFG layer attends to
+    dropout: float = 0.0          # dropout probability in attention weights and MLP
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> DiTConfig:
+        """The named size from `PRESETS`, with any other field overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown DiT preset '{name}'; choose one of {', '.join(PRESETS)}")
+        cfg = from_dict(cls, {**PRESETS[name], **overrides})  # unknown keys / wrong types: ConfigError
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Range checks; raises ConfigError."""
+        check(self.width > 0 and self.depth > 0 and self.heads > 0, "DiT width/depth/heads must be > 0")
+        check(self.width % self.heads == 0, f"DiT width {self.width} not divisible by heads {self.heads}")
+        check(self.patch > 0 and self.latent_size % self.patch == 0,
+              f"DiT latent_size {self.latent_size} not divisible by patch {self.patch}")
+        check(self.frames > 0 and self.motion_frames >= 0, "DiT frames must be > 0, motion_frames >= 0")
+        check(self.audio_dim > 0 and self.audio_window > 0, "DiT audio_dim/audio_window must be > 0")
+        check(self.mlp_ratio > 0 and 0.0 <= self.dropout < 1.0, "DiT mlp_ratio > 0 and 0 <= dropout < 1")
+        check(self.cfg_tokens > 0 and self.n_visemes > 0, "DiT cfg_tokens/n_visemes must be > 0")
+        check(self.attention in ("full", "factorized"), f"DiT attention: bad value {self.attention!r}")
+        check(self.cfg_layer in ("none", "tokens", "plain"), f"DiT cfg_layer: bad value {self.cfg_layer!r}")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """N = (h/p)·(w/p)."""
+        return (self.latent_size // self.patch) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one patch: C·p·p."""
+        return self.latent_channels * self.patch ** 2
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter counts (exact, without building; tests check them against built models)
+
+
+def _linear_n(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def _attention_n(width: int) -> int:
+    return 4 * _linear_n(width, width)  # q, k, v, out (self-attention fuses q,k,v; same count)
+
+
+def _block_n(cfg: DiTConfig) -> int:
+    w, n_self = cfg.width, 2 if cfg.attention == "factorized" else 1
+    n = _linear_n(w, 3 * (n_self + 2) * w)                  # adaLN: (shift, scale, gate) per branch
+    n += (n_self + 1) * _attention_n(w)                     # self-attention(s) + audio cross-attention
+    n += _linear_n(w, cfg.mlp_hidden) + _linear_n(cfg.mlp_hidden, w)
+    return n + (_attention_n(w) if cfg.cfg_layer != "none" else 0)
+
+
+def _embedding_n(cfg: DiTConfig) -> int:
+    w, n_tok = cfg.width, cfg.tokens_per_frame
+    n = _linear_n(cfg.patch_dim, w) + 2 * n_tok * w                   # patch embed, pos_space, null_ctx
+    n += (cfg.motion_frames + cfg.frames) * w + 2 * w                 # pos_time, type_ref, type_motion
+    n += _linear_n(TIME_FREQ_DIM, w) + _linear_n(w, w)                # time MLP
+    n += _linear_n(cfg.audio_dim, w) + _linear_n(w, w) + 2 * cfg.audio_window * w  # audio MLP, pos, null
+    return n + (cfg.n_visemes * w if cfg.use_visemes else 0)
+
+
+def _cfg_embedding_n(cfg: DiTConfig) -> int:
+    w, n_tok = cfg.width, cfg.cfg_tokens
+    return {"none": 0, "tokens": 3 * n_tok * w,
+            "plain": _linear_n(2, w) + _linear_n(w, n_tok * w)}[cfg.cfg_layer]
+
+
+def param_count(cfg: DiTConfig) -> int:
+    """Exact number of parameters of `AvatarDiT(cfg)`."""
+    final = _linear_n(cfg.width, 2 * cfg.width) + _linear_n(cfg.width, cfg.patch_dim)
+    return _embedding_n(cfg) + _cfg_embedding_n(cfg) + cfg.depth * _block_n(cfg) + final
+
+
+def describe_presets(**overrides) -> str:
+    """A table of the size presets with their parameter counts (for the CLI)."""
+    rows = [f"{'preset':<7} {'width':>5} {'depth':>5} {'heads':>5} {'head dim':>8} {'params':>9}"]
+    for name in PRESETS:
+        cfg = DiTConfig.preset(name, **overrides)
+        rows.append(f"{name:<7} {cfg.width:>5} {cfg.depth:>5} {cfg.heads:>5} "
+                    f"{cfg.width // cfg.heads:>8} {param_count(cfg) / 1e6:>7.2f} M")
+    cfg = DiTConfig(**overrides)
+    rows.append(f"(latents {cfg.latent_channels}×{cfg.latent_size}×{cfg.latent_size}, patch {cfg.patch}, "
+                f"{cfg.frames} frames, {cfg.attention} attention, cfg_layer={cfg.cfg_layer})")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _linear(n_in: int, n_out: int, zero: bool = False) -> nn.Linear:
+    """Linear layer with Xavier-uniform weights (or all zeros) and zero bias."""
+    layer = nn.Linear(n_in, n_out)
+    if zero:
+        nn.init.zeros_(layer.weight)
+    else:
+        nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _embedding(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(*shape) * INIT_STD)
+
+
+def _norm(width: int) -> nn.LayerNorm:
+    return nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+
+
+def _per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """View a per-sample vector v [B, W] (or mask [B]) so it broadcasts over x's token axes."""
+    return v.view(v.shape[0], *([1] * (x.dim() - v.dim())), *v.shape[1:])
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: x·(1 + scale) + shift, with shift/scale [B, W] broadcast over x [B, ..., W]."""
+    return x * (1 + _per_sample(scale, x)) + _per_sample(shift, x)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of model time t [B] -> [B, dim] (fp32; cos half then sin half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # [half]
+    args = t.float()[:, None] * freqs[None]                                                  # [B, half]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)                            # [B, dim]
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    return rearrange(x, "s l (h d) -> s h l d", h=heads)  # [S, L, W] -> [S, heads, L, W/heads]
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    return rearrange(x, "s h l d -> s l (h d)")  # [S, heads, L, d] -> [S, L, heads·d]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; `project`/`attend` let a caller add extra key/value tokens."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = _linear(width, 3 * width)
+        self.proj = _linear(width, width)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [S, L, W] -> q, k, v, each [S, heads, L, d]."""
+        return tuple(_split_heads(y, self.heads) for y in self.qkv(x).chunk(3, dim=-1))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q [S, h, Lq, d], k/v [S, h, Lk, d] -> [S, Lq, W]."""
+        p = self.dropout if self.training else 0.0
+        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=p)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attend(*self.project(x))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: tokens x [S, L, W] attend to a context [S, Lc, W]."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = _linear(width, width)
+        self.kv = _linear(width, 2 * width)
+        self.proj = _linear(width, width)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        q = _split_heads(self.q(x), self.heads)                                       # [S, h, L, d]
+        k, v = (_split_heads(y, self.heads) for y in self.kv(context).chunk(2, -1))   # [S, h, Lc, d]
+        p = self.dropout if self.training else 0.0
+        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=p)))
+
+
+class CFGCrossAttention(nn.Module):
+    """FADA's CFG layer: tokens attend to the guidance embedding; zero-init output = identity at start."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm = _norm(width)
+        self.attn = CrossAttention(width, heads, dropout)
+        nn.init.zeros_(self.attn.proj.weight)  # so switching the layer on leaves a trained net unchanged
+        nn.init.zeros_(self.attn.proj.bias)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x [B, L, W], emb [B, n_tokens, W] -> x + attention output [B, L, W]."""
+        return x + self.attn(self.norm(x), emb)
+
+
+class CFGTokens(nn.Module):
+    """FADA learnable guidance tokens: Emb = cfg_a(γ_a − γ_r) + cfg_r(γ_r − γ_b) + γ_b (algorithms.md §4.1)."""
+
+    def __init__(self, n_tokens: int, width: int):
+        super().__init__()
+        self.gamma_a = _embedding(n_tokens, width)  # audio + reference condition
+        self.gamma_r = _embedding(n_tokens, width)  # reference only
+        self.gamma_b = _embedding(n_tokens, width)  # neither (base)
+
+    def forward(self, scales: Tensor) -> Tensor:
+        """scales [B, 2] = (cfg_a, cfg_r) -> Emb [B, n_tokens, W]; linear in the scales like the CFG sum."""
+        cfg_a, cfg_r = scales[:, 0, None, None], scales[:, 1, None, None]  # [B, 1, 1]
+        return cfg_a * (self.gamma_a - self.gamma_r) + cfg_r * (self.gamma_r - self.gamma_b) + self.gamma_b
+
+
+class CFGScaleMLP(nn.Module):
+    """Ablation baseline ("plain"): guidance embedding = MLP(cfg_a, cfg_r), not linear in the scales."""
+
+    def __init__(self, n_tokens: int, width: int):
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.mlp = nn.Sequential(_linear(2, width), nn.SiLU(), _linear(width, n_tokens * width))
+
+    def forward(self, scales: Tensor) -> Tensor:
+        """scales [B, 2] -> [B, n_tokens, W]."""
+        return rearrange(self.mlp(scales), "b (n w) -> b n w", n=self.n_tokens)
+
+
+class Mlp(nn.Module):
+    """Token-wise feed-forward: Linear -> GELU(tanh) -> Linear."""
+
+    def __init__(self, width: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1, self.fc2 = _linear(width, hidden), _linear(hidden, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+class DiTBlock(nn.Module):
+    """Self-attention (full or factorized) -> per-frame audio cross-attention -> [CFG layer] -> MLP.
+
+    Every branch is adaLN-Zero: h = modulate(norm(z), shift, scale); z += gate · branch(h), with the
+    (shift, scale, gate) triples produced from the timestep embedding by one zero-initialised linear.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        w, drop = cfg.width, cfg.dropout
+        self.factorized = cfg.attention == "factorized"
+        self.n_branches = 4 if self.factorized else 3
+        self.norm = _norm(w)
+        self.ada = nn.Sequential(nn.SiLU(), _linear(w, 3 * self.n_branches * w, zero=True))
+        self.attn = SelfAttention(w, cfg.heads, drop)
+        self.attn_time = SelfAttention(w, cfg.heads, drop) if self.factorized else None
+        self.audio = CrossAttention(w, cfg.heads, drop)
+        self.cfg_attn = CFGCrossAttention(w, cfg.heads, drop) if cfg.cfg_layer != "none" else None
+        self.mlp = Mlp(w, cfg.mlp_hidden, drop)
+
+    def forward(self, x: Tensor, ctx: Tensor, audio: Tensor, c: Tensor, emb: Tensor | None):
+        """x [B, T, N, W] video, ctx [B, F, N, W] reference (+ motion), audio [B, T, K, W],
+        c [B, W] time embedding, emb [B, n, W] guidance embedding or None -> (x, ctx)."""
+        mods = self.ada(c).chunk(3 * self.n_branches, dim=-1)
+        triples = [mods[i:i + 3] for i in range(0, len(mods), 3)]
+        if self.factorized:
+            x, ctx = self._spatial(x, ctx, *triples.pop(0))
+            x, ctx = self._temporal(x, ctx, *triples.pop(0))
+        else:
+            x, ctx = self._joint(x, ctx, *triples.pop(0))
+        x = self._audio(x, audio, *triples.pop(0))
+        if self.cfg_attn is not None:
+            x = self._cfg(x, emb)
+        return self._mlp(x, ctx, *triples.pop(0))
+
+    def _joint(self, x, ctx, shift, scale, gate):
+        """Full attention over all context + video tokens of a sample."""
+        n_ctx = ctx.shape[1] * ctx.shape[2]
+        z = torch.cat([ctx.flatten(1, 2), x.flatten(1, 2)], dim=1)  # [B, F·N + T·N, W]
+        z = z + _per_sample(gate, z) * self.attn(modulate(self.norm(z), shift, scale))
+        return z[:, n_ctx:].view_as(x), z[:, :n_ctx].view_as(ctx)
+
+    def _spatial(self, x, ctx, shift, scale, gate):
+        """Attention within each frame; video frames also see the context, context sees itself."""
+        b, t = x.shape[:2]
+        hx = rearrange(modulate(self.norm(x), shift, scale), "b t n w -> (b t) n w")    # [B·T, N, W]
+        hc = rearrange(modulate(self.norm(ctx), shift, scale), "b f n w -> b (f n) w")  # [B, F·N, W]
+        qx, kx, vx = self.attn.project(hx)                                              # [B·T, h, N, d]
+        qc, kc, vc = self.attn.project(hc)                                              # [B, h, F·N, d]
+        kc_t, vc_t = kc.repeat_interleave(t, dim=0), vc.repeat_interleave(t, dim=0)     # [B·T, h, F·N, d]
+        ox = self.attn.attend(qx, torch.cat([kx, kc_t], 2), torch.cat([vx, vc_t], 2))   # [B·T, N, W]
+        oc = self.attn.attend(qc, kc, vc)                                               # [B, F·N, W]
+        x = x + _per_sample(gate, x) * rearrange(ox, "(b t) n w -> b t n w", b=b)
+        ctx = ctx + _per_sample(gate, ctx) * oc.view_as(ctx)
+        return x, ctx
+
+    def _temporal(self, x, ctx, shift, scale, gate):
+        """Attention across motion + video frames at each spatial location (reference excluded)."""
+        b, n_motion = x.shape[0], ctx.shape[1] - 1
+        z = torch.cat([ctx[:, 1:], x], dim=1)                                          # [B, M+T, N, W]
+        h = rearrange(modulate(self.norm(z), shift, scale), "b f n w -> (b n) f w")    # [B·N, M+T, W]
+        o = rearrange(self.attn_time(h), "(b n) f w -> b f n w", b=b)                  # [B, M+T, N, W]
+        z = z + _per_sample(gate, z) * o
+        return z[:, n_motion:], torch.cat([ctx[:, :1], z[:, :n_motion]], dim=1)
+
+    def _audio(self, x, audio, shift, scale, gate):
+        """Frame τ's tokens attend only to frame τ's K audio vectors (T folded into the batch)."""
+        b = x.shape[0]
+        q = rearrange(modulate(self.norm(x), shift, scale), "b t n w -> (b t) n w")  # [B·T, N, W]
+        kv = rearrange(audio, "b t k w -> (b t) k w")                                 # [B·T, K, W]
+        o = rearrange(self.audio(q, kv), "(b t) n w -> b t n w", b=b)                 # [B, T, N, W]
+        return x + _per_sample(gate, x) * o
+
+    def _cfg(self, x, emb):
+        """All video tokens of a sample attend to its guidance embedding."""
+        return self.cfg_attn(x.flatten(1, 2), emb).view_as(x)  # [B, T·N, W] -> [B, T, N, W]
+
+    def _mlp(self, x, ctx, shift, scale, gate):
+        x = x + _per_sample(gate, x) * self.mlp(modulate(self.norm(x), shift, scale))
+        ctx = ctx + _per_sample(gate, ctx) * self.mlp(modulate(self.norm(ctx), shift, scale))
+        return x, ctx
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) + linear to patch values; zero-initialised, so the untrained net outputs 0."""
+
+    def __init__(self, width: int, patch_dim: int):
+        super().__init__()
+        self.norm = _norm(width)
+        self.ada = nn.Sequential(nn.SiLU(), _linear(width, 2 * width, zero=True))
+        self.linear = _linear(width, patch_dim, zero=True)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x [B, T, N, W], c [B, W] -> [B, T, N, C·p·p]."""
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+
+
+class AvatarDiT(nn.Module):
+    """Spatio-temporal DiT over video latent patches, conditioned on reference, motion and audio."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        w, n = cfg.width, cfg.tokens_per_frame
+        self.patch_embed = _linear(cfg.patch_dim, w)
+        self.pos_space = _embedding(n, w)                             # [N, W]
+        self.pos_time = _embedding(cfg.motion_frames + cfg.frames, w)  # index = frame + motion_frames
+        self.type_ref, self.type_motion = _embedding(w), _embedding(w)
+        self.null_ctx = _embedding(n, w)                              # content of dropped ref/motion
+        self.time_mlp = nn.Sequential(_linear(TIME_FREQ_DIM, w), nn.SiLU(), _linear(w, w))
+        self.audio_mlp = nn.Sequential(_linear(cfg.audio_dim, w), nn.GELU(approximate="tanh"), _linear(w, w))
+        self.pos_audio = _embedding(cfg.audio_window, w)              # [K, W]
+        self.null_audio = _embedding(cfg.audio_window, w)             # content of dropped audio
+        self.viseme = nn.Embedding(cfg.n_visemes, w) if cfg.use_visemes else None
+        if self.viseme is not None:
+            nn.init.normal_(self.viseme.weight, std=INIT_STD)
+        self.cfg_embed = _guidance_embedder(cfg)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.final = FinalLayer(w, cfg.patch_dim)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        """x_t [B, T, C, h, w], t [B] (model time, e.g. 1000·σ), cond -> raw output [B, T, C, h, w]."""
+        self._check_inputs(x_t, cond)
+        drop_audio, drop_ref = cond.masks()
+        x = self.embed_video(x_t)                                          # [B, T, N, W]
+        ctx = self.embed_context(cond.reference, cond.motion, drop_ref)    # [B, 1+M, N, W]
+        audio = self.embed_audio(cond.audio, cond.visemes, drop_audio)     # [B, T, K, W]
+        c = self.embed_time(t, x_t.shape[0])                               # [B, W]
+        emb = self.guidance_embedding(cond.cfg_scales, x_t.shape[0])       # [B, n, W] or None
+        for block in self.blocks:
+            x, ctx = self._run_block(block, x, ctx, audio, c, emb)
+        return self.unpatchify(self.final(x, c))                           # [B, T, C, h, w]
+
+    # --- tokens ------------------------------------------------------------------------------
+
+    def patchify(self, z: Tensor) -> Tensor:
+        """[B, F, C, h, w] -> [B, F, N, C·p·p]."""
+        p = self.cfg.patch
+        return rearrange(z, "b f c (i p1) (j p2) -> b f (i j) (c p1 p2)", p1=p, p2=p)
+
+    def unpatchify(self, y: Tensor) -> Tensor:
+        """[B, F, N, C·p·p] -> [B, F, C, h, w]."""
+        p = self.cfg.patch
+        return rearrange(y, "b f (i j) (c p1 p2) -> b f c (i p1) (j p2)",
+                         i=self.cfg.latent_size // p, p1=p, p2=p)
+
+    def embed_video(self, x_t: Tensor) -> Tensor:
+        """Noisy latents [B, T, C, h, w] -> tokens [B, T, N, W] with space and time positions."""
+        m, t = self.cfg.motion_frames, x_t.shape[1]
+        pos = self.pos_space[None] + self.pos_time[m:m + t, None]   # [T, N, W]
+        return self.patch_embed(self.patchify(x_t)) + pos
+
+    def embed_context(self, reference: Tensor, motion: Tensor | None, drop_ref: Tensor) -> Tensor:
+        """Reference [B, C, h, w] and motion [B, M, C, h, w] -> context tokens [B, 1+M, N, W]."""
+        frames = reference[:, None]                                   # [B, 1, C, h, w]
+        if motion is not None:
+            frames = torch.cat([frames, motion], dim=1)               # [B, 1+M, C, h, w]
+        content = self.patch_embed(self.patchify(frames))             # [B, 1+M, N, W]
+        content = torch.where(_per_sample(drop_ref, content), self.null_ctx, content)
+        return content + self._context_positions(frames.shape[1] - 1)
+
+    def _context_positions(self, n_motion: int) -> Tensor:
+        """Type + position embeddings of the context frames -> [1+M, N, W]."""
+        ref = (self.pos_space + self.type_ref)[None]                                  # [1, N, W]
+        m = self.cfg.motion_frames
+        motion_time = self.pos_time[m - n_motion:m, None] + self.type_motion          # [M, 1, W]
+        return torch.cat([ref, self.pos_space[None] + motion_time], dim=0)            # [1+M, N, W]
+
+    def embed_audio(self, audio: Tensor, visemes: Tensor | None, drop_audio: Tensor) -> Tensor:
+        """Audio [B, T, K, D] (+ visemes [B, T]) -> audio tokens [B, T, K, W]; null where dropped."""
+        a = self.audio_mlp(audio)                                     # [B, T, K, W]
+        if self.viseme is not None:
+            a = a + self.viseme(visemes)[:, :, None]                  # [B, T, 1, W] over K
+        a = torch.where(_per_sample(drop_audio, a), self.null_audio, a)
+        return a + self.pos_audio
+
+    def embed_time(self, t: Tensor, batch: int) -> Tensor:
+        """Model time t [B] (or a scalar) -> [B, W]."""
+        t = torch.as_tensor(t, device=self.pos_space.device).reshape(-1).expand(batch)
+        return self.time_mlp(timestep_embedding(t, TIME_FREQ_DIM).to(self.pos_space.dtype))
+
+    def guidance_embedding(self, cfg_scales: Tensor | None, batch: int) -> Tensor | None:
+        """(cfg_a, cfg_r) [B, 2] -> the CFG layer's context [B, n, W]; scales (1, 1) when unset."""
+        if self.cfg_embed is None:
+            return None
+        if cfg_scales is None:
+            cfg_scales = torch.ones(batch, 2, device=self.pos_space.device)
+        return self.cfg_embed(cfg_scales.to(self.pos_space.dtype))
+
+    def _run_block(self, block: DiTBlock, *args):
+        if self.cfg.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    # --- input checks ------------------------------------------------------------------------
+
+    def _check_inputs(self, x_t: Tensor, cond: Cond) -> None:
+        """Shape checks with messages naming the config field to change."""
+        cfg, s = self.cfg, self.cfg.latent_size
+        frame = (cfg.latent_channels, s, s)
+        _expect(x_t.dim() == 5 and tuple(x_t.shape[2:]) == frame,
+                f"x_t must be [B, T, {cfg.latent_channels}, {s}, {s}], got {list(x_t.shape)}")
+        b, t = x_t.shape[:2]
+        _expect(t <= cfg.frames, f"x_t has {t} frames but the DiT was built for at most frames={cfg.frames}")
+        _expect(tuple(cond.reference.shape) == (b, *frame),
+                f"cond.reference must be [{b}, {cfg.latent_channels}, {s}, {s}], got {list(cond.reference.shape)}")
+        audio = (b, t, cfg.audio_window, cfg.audio_dim)
+        _expect(tuple(cond.audio.shape) == audio,
+                f"cond.audio must be {list(audio)} (audio_window, audio_dim), got {list(cond.audio.shape)}")
+        if cond.motion is not None:
+            m = cond.motion.shape[1] if cond.motion.dim() == 5 else -1
+            _expect(cond.motion.dim() == 5 and tuple(cond.motion.shape[2:]) == frame and cond.motion.shape[0] == b
+                    and m <= cfg.motion_frames,
+                    f"cond.motion must be [{b}, M<={cfg.motion_frames}, {cfg.latent_channels}, {s}, {s}], "
+                    f"got {list(cond.motion.shape)}")
+        if cfg.use_visemes:
+            _expect(cond.visemes is not None and tuple(cond.visemes.shape) == (b, t),
+                    f"use_visemes=True needs cond.visemes [{b}, {t}]")
+
+
+def _guidance_embedder(cfg: DiTConfig) -> nn.Module | None:
+    """The module turning (cfg_a, cfg_r) into the CFG layers' context, per `cfg.cfg_layer`."""
+    if cfg.cfg_layer == "tokens":
+        return CFGTokens(cfg.cfg_tokens, cfg.width)
+    if cfg.cfg_layer == "plain":
+        return CFGScaleMLP(cfg.cfg_tokens, cfg.width)
+    return None
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"AvatarDiT: {message}")
+
+
+__all__ = [
+    "PRESETS",
+    "AvatarDiT",
+    "CFGCrossAttention",
+    "CFGScaleMLP",
+    "CFGTokens",
+    "CrossAttention",
+    "DiTBlock",
+    "DiTConfig",
+    "FinalLayer",
+    "SelfAttention",
+    "describe_presets",
+    "param_count",
+    "timestep_embedding",
+]

@@ -1,0 +1,268 @@
+"""AvatarDiT: shapes, zero-init, the CFG-layer slot, per-frame audio, null conditions, checkpointing, sizes."""
+
+import pytest
+import torch
+
+from lipstep.config import from_dict, to_dict
+from lipstep.diffusion.cond import Cond
+from lipstep.errors import ConfigError
+from lipstep.nets import PRESETS, AvatarDiT, DiTConfig, describe_presets, param_count
+
+B, T, K, D, M, S = 2, 6, 16, 80, 2, 8  # batch, frames (< cfg.frames = 8), audio window/dim, motion, latent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny nets are faster on one thread and do not stall on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**overrides) -> DiTConfig:
+    return DiTConfig.preset("tiny", **overrides)
+
+
+def _inputs(batch: int = B, frames: int = T, motion: int | None = M, seed: int = 0):
+    """(x_t, t, cond) with random values; motion=None leaves motion frames out."""
+    g = torch.Generator().manual_seed(seed)
+    cond = Cond(reference=torch.randn(batch, 4, S, S, generator=g),
+                audio=torch.randn(batch, frames, K, D, generator=g),
+                motion=None if motion is None else torch.randn(batch, motion, 4, S, S, generator=g),
+                visemes=torch.randint(0, 15, (batch, frames), generator=g))
+    return torch.randn(batch, frames, 4, S, S, generator=g), torch.rand(batch, generator=g) * 1000, cond
+
+
+def _randomise(model: AvatarDiT, seed: int = 0, keep_zero: str = "cfg_attn.attn.proj") -> AvatarDiT:
+    """'Trained-ish' weights: every parameter random, except the CFG layers' zero-init output projection."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if keep_zero not in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def _trained(seed: int = 0, **overrides) -> AvatarDiT:
+    torch.manual_seed(seed)
+    return _randomise(AvatarDiT(_cfg(**overrides)), seed)
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+@pytest.mark.parametrize("motion", [M, 1, None])
+def test_output_shape_short_clip_and_optional_motion(attention, motion):
+    model = _trained(attention=attention, use_visemes=True)
+    x_t, t, cond = _inputs(frames=T, motion=motion)
+    out = model(x_t, t, cond)
+    assert out.shape == x_t.shape and torch.isfinite(out).all()
+    assert model(x_t[:, :1], t, _inputs(frames=1, motion=motion)[2]).shape == (B, 1, 4, S, S)
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_patchify_round_trip(patch):
+    model = AvatarDiT(_cfg(patch=patch))
+    z = torch.randn(B, T, 4, S, S)
+    tokens = model.patchify(z)
+    assert tokens.shape == (B, T, (S // patch) ** 2, 4 * patch * patch)
+    assert torch.equal(model.unpatchify(tokens), z)
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_untrained_net_outputs_zero_but_final_layer_gets_gradients(attention):
+    torch.manual_seed(0)
+    model = AvatarDiT(_cfg(attention=attention, cfg_layer="tokens"))
+    x_t, t, cond = _inputs()
+    out = model(x_t, t, cond)
+    assert torch.equal(out, torch.zeros_like(out))
+    (out - x_t).pow(2).mean().backward()
+    assert model.final.linear.weight.grad.abs().sum() > 0
+    assert model.final.ada[1].weight.grad is not None
+
+
+def test_gates_and_cfg_output_start_at_zero():
+    model = AvatarDiT(_cfg(attention="factorized", cfg_layer="tokens"))
+    for block in model.blocks:
+        assert not block.ada[1].weight.any() and not block.ada[1].bias.any()
+        assert not block.cfg_attn.attn.proj.weight.any() and not block.cfg_attn.attn.proj.bias.any()
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+@pytest.mark.parametrize("cfg_layer", ["tokens", "plain"])
+def test_zero_init_cfg_layer_leaves_a_trained_net_unchanged(attention, cfg_layer):
+    base = _trained(attention=attention, cfg_layer="none")
+    with_cfg = AvatarDiT(_cfg(attention=attention, cfg_layer=cfg_layer)).eval()
+    result = with_cfg.load_state_dict(base.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert result.missing_keys and all("cfg" in k for k in result.missing_keys)
+    x_t, t, cond = _inputs()
+    cond.cfg_scales = torch.tensor([[4.5, 2.0], [1.0, 1.0]])
+    with torch.no_grad():
+        assert torch.equal(with_cfg(x_t, t, cond), base(x_t, t, cond))
+
+
+def test_trained_cfg_layer_changes_output_with_the_scales():
+    model = _randomise(AvatarDiT(_cfg(cfg_layer="tokens")), keep_zero="<nothing>")
+    x_t, t, cond = _inputs()
+    with torch.no_grad():
+        default = model(x_t, t, cond)                         # cfg_scales None -> (1, 1)
+        cond.cfg_scales = torch.ones(B, 2)
+        assert torch.equal(model(x_t, t, cond), default)
+        cond.cfg_scales = torch.tensor([[4.0, 2.0], [1.0, 3.0]])
+        assert not torch.allclose(model(x_t, t, cond), default)
+
+
+def test_cfg_tokens_embedding_algebra():
+    model = _randomise(AvatarDiT(_cfg(cfg_layer="tokens")), keep_zero="<nothing>")
+    emb = model.cfg_embed
+    g_a, g_r, g_b = emb.gamma_a, emb.gamma_r, emb.gamma_b
+    scales = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [3.0, 2.0]])
+    out = emb(scales)                                                      # [4, n_tokens, W]
+    assert out.shape == (4, model.cfg.cfg_tokens, model.cfg.width)
+    torch.testing.assert_close(out[0], g_a, atol=1e-6, rtol=0)            # (1, 1) -> γ_a
+    torch.testing.assert_close(out[1], g_r, atol=1e-6, rtol=0)            # (0, 1) -> γ_r
+    torch.testing.assert_close(out[2], g_b, atol=1e-6, rtol=0)            # (0, 0) -> γ_b
+    torch.testing.assert_close(out[3], 3 * (g_a - g_r) + 2 * (g_r - g_b) + g_b)
+    assert torch.equal(model.guidance_embedding(None, 2), emb(torch.ones(2, 2)))
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_audio_of_a_frame_reaches_only_that_frame_in_one_block(attention):
+    # Audio enters after self-attention; everything after it is per token, so with depth 1 a frame's
+    # audio can only move that frame's output (with depth > 1 self-attention would spread it).
+    model = _trained(attention=attention, depth=1, cfg_layer="tokens", use_visemes=True)
+    x_t, t, cond = _inputs()
+    with torch.no_grad():
+        before = model(x_t, t, cond)
+        cond.audio[:, 3] += torch.randn_like(cond.audio[:, 3])
+        changed = (model(x_t, t, cond) - before).abs().amax(dim=(2, 3, 4))  # [B, T]
+    assert (changed[:, 3] > 1e-4).all()
+    assert torch.equal(changed[:, [0, 1, 2, 4, 5]], torch.zeros(B, T - 1))
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_drop_audio_makes_output_independent_of_audio(attention):
+    model = _trained(attention=attention, use_visemes=True)
+    x_t, t, cond = _inputs()
+    other = Cond(**{**cond.__dict__, "audio": torch.randn_like(cond.audio),
+                    "visemes": (cond.visemes + 1) % 15})
+    with torch.no_grad():
+        assert not torch.allclose(model(x_t, t, cond), model(x_t, t, other))
+        dropped = model(x_t, t, cond.drop(audio=True))
+        assert torch.equal(dropped, model(x_t, t, other.drop(audio=True)))
+        assert not torch.allclose(dropped, model(x_t, t, cond))
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_drop_ref_makes_output_independent_of_reference_and_motion(attention):
+    model = _trained(attention=attention)
+    x_t, t, cond = _inputs()
+    other = Cond(**{**cond.__dict__, "reference": torch.randn_like(cond.reference),
+                    "motion": torch.randn_like(cond.motion)})
+    with torch.no_grad():
+        assert not torch.allclose(model(x_t, t, cond), model(x_t, t, other))
+        assert torch.equal(model(x_t, t, cond.drop(ref=True)), model(x_t, t, other.drop(ref=True)))
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_drop_masks_are_per_sample(attention):
+    model = _trained(attention=attention, cfg_layer="tokens")
+    x_t, t, cond = _inputs()
+    cond = cond.drop(audio=torch.tensor([True, False]), ref=torch.tensor([False, True]))
+    cond.cfg_scales = torch.tensor([[3.0, 1.5], [1.0, 2.0]])
+    with torch.no_grad():
+        mixed = model(x_t, t, cond)
+        for i in range(B):
+            one = model(x_t[i:i + 1], t[i:i + 1], cond.map(lambda v, i=i: v[i:i + 1]))
+            torch.testing.assert_close(mixed[i:i + 1], one, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_gradient_checkpointing_gives_same_loss_and_grads(attention):
+    losses, grads = [], []
+    for use in (False, True):
+        model = _trained(attention=attention, grad_checkpointing=use, cfg_layer="tokens").train()
+        x_t, t, cond = _inputs()
+        loss = (model(x_t, t, cond) - x_t).pow(2).mean()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"},
+    {"use_visemes": True, "patch": 2, "frames": 4, "motion_frames": 0, "audio_dim": 32, "mlp_ratio": 2.5},
+])
+def test_param_count_matches_built_tiny_model(overrides):
+    cfg = _cfg(**overrides)
+    assert param_count(cfg) == sum(p.numel() for p in AvatarDiT(cfg).parameters())
+
+
+def test_param_count_matches_every_preset():
+    for name in PRESETS:
+        cfg = DiTConfig.preset(name, attention="factorized", cfg_layer="tokens", use_visemes=True)
+        if name in ("tiny", "small"):
+            built = AvatarDiT(cfg)
+        else:  # no memory or init time spent on base/large
+            with torch.device("meta"):
+                built = AvatarDiT(cfg)
+        assert param_count(cfg) == sum(p.numel() for p in built.parameters()), name
+    table = describe_presets()
+    assert all(name in table for name in PRESETS)
+    assert f"{param_count(DiTConfig.preset('small')) / 1e6:.2f} M" in table
+
+
+def test_deterministic_under_manual_seed():
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = _randomise(AvatarDiT(_cfg(attention="factorized")), seed=torch.randint(0, 999, ()).item())
+        outs.append(model(*_inputs()))
+    assert torch.equal(outs[0], outs[1])
+    torch.manual_seed(7)
+    a = AvatarDiT(_cfg()).state_dict()
+    torch.manual_seed(7)
+    b = AvatarDiT(_cfg()).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scalar_time_is_broadcast():
+    model = _trained()
+    x_t, _, cond = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x_t, torch.tensor(250.0), cond), model(x_t, torch.full((B,), 250.0), cond))
+
+
+def test_config_round_trips_through_json_dict():
+    cfg = _cfg(attention="factorized", cfg_layer="tokens", use_visemes=True)
+    assert from_dict(DiTConfig, to_dict(cfg)) == cfg
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown DiT preset"):
+        DiTConfig.preset("huge")
+    with pytest.raises(ConfigError, match="did you mean 'width'"):
+        DiTConfig.preset("tiny", widht=32)
+    with pytest.raises(ConfigError, match="divisible"):
+        DiTConfig.preset("tiny", heads=3)
+    with pytest.raises(ConfigError, match="patch"):
+        DiTConfig.preset("tiny", patch=3)
+    with pytest.raises(ConfigError, match="attention"):
+        DiTConfig.preset("tiny", attention="sparse")
+
+
+def test_input_errors_name_the_problem():
+    model = AvatarDiT(_cfg(use_visemes=True))
+    x_t, t, cond = _inputs()
+    with pytest.raises(ValueError, match="frames=8"):
+        model(torch.randn(B, 9, 4, S, S), t, _inputs(frames=9)[2])
+    with pytest.raises(ValueError, match="cond.audio"):
+        model(x_t, t, Cond(**{**cond.__dict__, "audio": cond.audio[:, :, :8]}))
+    with pytest.raises(ValueError, match="cond.motion"):
+        model(x_t, t, _inputs(motion=3)[2])
+    with pytest.raises(ValueError, match="visemes"):
+        model(x_t, t, Cond(**{**cond.__dict__, "visemes": None}))
