@@ -11,13 +11,7 @@ from lipstep.nets import PRESETS, AvatarDiT, DiTConfig, describe_presets, param_
 B, T, K, D, M, S = 2, 6, 16, 80, 2, 8  # batch, frames (< cfg.frames = 8), audio window/dim, motion, latent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets are faster on one thread and do not stall on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**overrides) -> DiTConfig:
