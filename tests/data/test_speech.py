@@ -116,6 +116,8 @@ def test_every_listed_voice_speaks():
         ({"rate": 79}, "rate 79"),
         ({"rate": 451}, "rate 451"),
         ({"pitch": 100}, "pitch 100"),
+        ({"sample_rate": 0}, "sample rate"),
+        ({"text": "..."}, "nothing to speak"),
     ],
 )
 def test_bad_requests_raise_clear_errors(kwargs, message):

@@ -15,12 +15,16 @@ What espeak's event fields mean (measured with libespeak-ng 1.51, 22050 Hz):
   longer match it, so 450 is synthesised as 449 (the two sound the same).
 * The PHONEME event of a stop, affricate or fricative comes *after* the silent closure espeak
   inserts before it (the closure of /p/ in "happy" is at the end of the /æ/ interval). Such
-  closure silence is moved to the consonant it belongs to (see `_claim_closures`).
+  closure silence is moved to the consonant it belongs to (see `_claim_closures`). Pause events
+  ("") can sit on sound (between "key" and "eye" it is the next vowel's onset), so pauses are
+  shrunk to the synthetic silence they contain (see `_trim_pauses`). Silence is recognised
+  exactly: espeak writes zeros, or for echo voices exactly ``(x[n - delay] * amp) >> 8``.
 * espeak keeps synthesis state (pitch flutter phase, echo buffer) in C statics that survive
   between calls, and breathy voices draw on libc ``rand()``. To make the same request give the
-  same waveform, each utterance runs on a freshly loaded private copy of the library with
-  ``srand`` reseeded. The copy is private so that unloading it really resets the statics even
-  when something else in the process has the system library open.
+  same waveform, each utterance runs on a freshly loaded private instance of the library with
+  ``srand`` reseeded. Instances are loaded from a copy of the library file (unlinked once
+  loaded), so unloading one really resets the statics even when something else in the process
+  has the system library open.
 
 The library has global state, so every call holds a module-level lock; use processes, not
 threads, to synthesise in parallel.
@@ -28,11 +32,10 @@ threads, to synthesise in parallel.
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import os
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -151,16 +154,38 @@ def _library_path(lib: ctypes.CDLL) -> str | None:
     return os.fsdecode(info.dli_fname) if ok and info.dli_fname else None
 
 
-def _private_copy(source: str) -> str | None:
-    """Copy the library to a private temporary file (removed at exit); None if impossible."""
+def _library_image() -> bytes:
+    """The installed library file's bytes, or b"" where its path cannot be found or read."""
+    lib, path = _system_library()
     try:
-        folder = tempfile.mkdtemp(prefix="lipstep-espeak-")
-        target = os.path.join(folder, os.path.basename(source))
-        shutil.copy2(source, target)
+        image = Path(path).read_bytes() if path else b""
+    except OSError:
+        image = b""
+    if image:
+        _dlclose(lib)  # only the bytes are needed; private copies are loaded from them
+    return image
+
+
+def _load_private(image: bytes) -> ctypes.CDLL | None:
+    """Load `image` as a new, private instance of the library; None if that is impossible.
+
+    The bytes go to a fresh temporary file that is unlinked as soon as it is loaded: a new file
+    (new inode, unique name) makes the loader map a separate instance with fresh C statics, and
+    nothing is left on disk even if the process is killed later.
+    """
+    try:
+        fd, path = tempfile.mkstemp(prefix="lipstep-espeak-", suffix=".so")
     except OSError:
         return None
-    atexit.register(shutil.rmtree, folder, True)
-    return target
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(image)
+        return ctypes.CDLL(path)
+    except OSError:
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _dlclose_function():
@@ -201,8 +226,8 @@ class _Collector:
         self.callback = _SynthCallback(self._receive)
 
     def _receive(self, wav, n_samples, events) -> int:
-        if n_samples > 0 and wav:
-            self.chunks.append(np.ctypeslib.as_array(wav, (n_samples,)).copy())
+        if n_samples > 0 and wav:  # copy via bytes: ctypes caches a new array type per shape
+            self.chunks.append(np.frombuffer(ctypes.string_at(wav, 2 * n_samples), dtype=np.int16))
         i = 0
         while events and events[i].type != _EV_LIST_TERMINATED:
             self.events.append(_event_tuple(events[i]))
@@ -219,22 +244,21 @@ def _event_tuple(event: _Event) -> tuple:
 
 
 class _Engine:
-    """One loaded copy of libespeak-ng, initialised; `fresh` says it has not synthesised yet."""
+    """One loaded, initialised libespeak-ng; `fresh` until it has synthesised something.
 
-    def __init__(self, path: str, private: bool):
-        self.path, self.fresh = path, True
+    A private instance is `reloadable`: once used it is terminated and unloaded, and the next
+    utterance gets a new instance. The shared system library (the fallback) is reused instead.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, private: bool):
+        self.lib, self.fresh = lib, True
         self.reloadable = private and _dlclose_function() is not None
-        try:
-            self.lib = ctypes.CDLL(path)
-        except OSError as exc:
-            raise LipstepError(_MISSING) from exc
-        _declare(self.lib)
-        self.sample_rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None,
-                                                      _INIT_PHONEME_EVENTS_IPA)
+        _declare(lib)
+        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None, _INIT_PHONEME_EVENTS_IPA)
         if self.sample_rate <= 0:
             raise LipstepError("espeak-ng is installed but cannot initialise: is espeak-ng-data missing?")
         self.collector = _Collector()
-        self.lib.espeak_SetSynthCallback(self.collector.callback)
+        lib.espeak_SetSynthCallback(self.collector.callback)
 
     def data_path(self) -> Path | None:
         path = ctypes.c_char_p()
@@ -242,7 +266,7 @@ class _Engine:
         return Path(os.fsdecode(path.value)) if path.value else None
 
     def close(self) -> None:
-        """Free espeak's memory and unload; only for a private copy (never after-Terminate reuse)."""
+        """Free espeak's memory and unload (reloadable engines only: never use one afterwards)."""
         self.lib.espeak_Terminate()
         _dlclose(self.lib)
 
@@ -269,7 +293,10 @@ class _Engine:
         self.lib.espeak_Synchronize()
         if status != 0:
             raise LipstepError(f"espeak-ng failed to synthesise the text (status {status})")
-        return _raw_result(self.collector)
+        raw = _raw_result(self.collector)
+        self.collector.chunks.clear()
+        self.collector.events.clear()
+        return raw
 
 
 def _raw_result(collector: _Collector) -> _Raw:
@@ -284,41 +311,38 @@ def _raw_result(collector: _Collector) -> _Raw:
 
 
 _LOCK = threading.Lock()
-_STATE: dict = {"engine": None, "source": None}
+_STATE: dict = {"engine": None, "image": None}
 
 
 def _engine() -> _Engine:
     """An engine that has not synthesised yet; reload a used one so every utterance starts alike."""
     engine: _Engine | None = _STATE["engine"]
-    if engine is not None and engine.fresh:
-        return engine
-    if engine is not None and not engine.reloadable:
-        return engine  # cannot reload: reuse (timing stays exact, audio may differ by call order)
+    if engine is not None and (engine.fresh or not engine.reloadable):
+        return engine  # a non-reloadable one is reused: timing stays exact, audio may vary by call order
     if engine is not None:
         _STATE["engine"] = None
         engine.close()
-    path, private = _library_source()
-    _STATE["engine"] = _Engine(path, private)
+    _STATE["engine"] = _Engine(*_load_library())
     return _STATE["engine"]
 
 
-def _library_source() -> tuple[str, bool]:
-    """The private copy of the library if one can be made (re-made if deleted), else the system one."""
-    source = _STATE["source"]
-    if source is not None and (not source[1] or os.path.exists(source[0])):
-        return source
-    lib, path = _system_library()
-    copy = _private_copy(path) if path else None
-    source = (copy, True) if copy else (path or lib._name, False)
-    if copy:
-        _dlclose(lib)
-    _STATE["source"] = source
-    return source
+def _load_library() -> tuple[ctypes.CDLL, bool]:
+    """(library, private): a private fresh instance when possible, else the shared system one."""
+    if _STATE["image"] is None:
+        _STATE["image"] = _library_image()
+    lib = _load_private(_STATE["image"]) if _STATE["image"] else None
+    return (lib, True) if lib is not None else (_system_library()[0], False)
 
 
 def _reset_after_fork() -> None:
+    """In a forked child: a new lock, and abandon the inherited library copy.
+
+    espeak runs helper threads that a fork does not copy, so `espeak_Terminate` would wait for
+    them forever. The inherited instance is left loaded and untouched; the child loads its own.
+    """
     global _LOCK
     _LOCK = threading.Lock()
+    _STATE["engine"] = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -469,8 +493,8 @@ def _validate(text: str, voice: str, rate: int, pitch: int, sample_rate: int) ->
         raise LipstepError(f"speech rate {rate} is outside {_RATE_RANGE[0]}..{_RATE_RANGE[1]} words per minute")
     if not _PITCH_RANGE[0] <= pitch <= _PITCH_RANGE[1]:
         raise LipstepError(f"speech pitch {pitch} is outside {_PITCH_RANGE[0]}..{_PITCH_RANGE[1]}")
-    if sample_rate <= 0:
-        raise LipstepError(f"sample rate must be positive, got {sample_rate}")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise LipstepError(f"sample rate must be a positive whole number of Hz, got {sample_rate}")
 
 
 def synthesize(text: str, *, voice: str = "en-us", rate: int = 160, pitch: int = 50,
@@ -486,9 +510,11 @@ def synthesize(text: str, *, voice: str = "en-us", rate: int = 160, pitch: int =
     silent = _long_runs(_synthetic_silence(raw.audio, echo), _MIN_CLOSURE)
     marks = _claim_closures(_trim_pauses(_phoneme_marks(raw), silent, raw.end), silent)
     phonemes = _timed_phonemes(marks, raw.end, native)
+    if not any(p.symbol for p in phonemes):
+        raise LipstepError(f"espeak-ng found nothing to speak in {text!r}")
     words = _word_onsets(raw, clean, phonemes, native)
-    wav = _resample(raw.audio, native, sample_rate)
-    return Speech(wav, sample_rate, phonemes, words, text, voice)
+    wav = _resample(raw.audio, native, int(sample_rate))
+    return Speech(wav, int(sample_rate), phonemes, words, text, voice)
 
 
 _BASES = ("en-us", "en", "en-gb-scotland", "en-029")

@@ -77,9 +77,10 @@ _TARGETS = np.array([MOUTH_TARGETS[v] for v in VISEMES], dtype=np.float64)
 _DOMINANCE = np.array([{"MBP": 4.0, "FV": 3.0, "WQ": 2.0, "OO": 1.5}.get(v, 1.0) for v in VISEMES])
 _FALLBACK_OPENNESS = 0.5  # /t d n k g/ open the mouth half as far as the vowel they lean on
 _FALLBACK_DOMINANCE = 1.0
-_INTERNAL_RATE = 200.0  # Hz, rate of the mouth signal before it is averaged into frames
+_INTERNAL_RATE = 200.0  # Hz, rate of the mouth signal before it is averaged into frames...
+_SAMPLES_PER_FRAME = 8  # ...raised for high frame rates so every frame averages this many
 _SIGMA_SECONDS = 0.033  # coarticulation blur at smoothing=1 (±40 ms is ±1.2 sigma)
-_CLOSE_MARGIN_FRAMES = 1.0  # silence further than this from speech is forced closed
+_CLOSE_MARGIN = 0.04  # seconds (at least one frame): silence further from speech is closed
 
 
 # --------------------------------------------------------------------------- phoneme -> viseme
@@ -120,21 +121,24 @@ def is_mapped(symbol: str) -> bool:
 def _resolve(phonemes: Sequence[Phoneme]) -> tuple[np.ndarray, np.ndarray]:
     """Per phoneme: viseme id with fallbacks replaced by their nearest vowel, and a fallback mask."""
     raw = [phoneme_to_viseme(p.symbol) for p in phonemes]
-    runs = np.cumsum([p.symbol == "" for p in phonemes])
+    runs = np.cumsum([p.symbol == "" for p in phonemes])  # a pause starts a new run of speech
     centres = np.array([(p.start + p.end) / 2 for p in phonemes])
+    vowels: dict[int, list[int]] = {}
+    for j, v in enumerate(raw):
+        if v in _VOWELS:
+            vowels.setdefault(int(runs[j]), []).append(j)
     fallback = np.array([v is None for v in raw], dtype=bool)
     visemes = np.array([_ID["sil"] if v is None else v for v in raw], dtype=np.int64)
     for i in np.flatnonzero(fallback):
-        visemes[i] = _nearest_vowel(i, raw, runs, centres)
+        visemes[i] = _nearest_vowel(i, vowels.get(int(runs[i]), []), raw, centres)
     return visemes, fallback
 
 
-def _nearest_vowel(i: int, raw: list, runs: np.ndarray, centres: np.ndarray) -> int:
-    """The vowel viseme closest in time to phoneme i within its run of speech, else EH."""
-    candidates = [j for j in range(len(raw)) if runs[j] == runs[i] and raw[j] in _VOWELS]
+def _nearest_vowel(i: int, candidates: list[int], raw: list, centres: np.ndarray) -> int:
+    """The viseme of the candidate vowel closest in time to phoneme i (ties: the later), else EH."""
     if not candidates:
         return _ID["EH"]
-    best = min(candidates, key=lambda j: (abs(centres[j] - centres[i]), -j))  # ties: the next one
+    best = min(candidates, key=lambda j: (abs(centres[j] - centres[i]), -j))
     return raw[best]
 
 
@@ -196,12 +200,12 @@ def _near_speech(speaking: np.ndarray, margin: int) -> np.ndarray:
     return counts > 0
 
 
-def _frame_average(signal: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
-    """Mean of the internal-rate samples inside each frame's interval."""
-    frame_of = np.floor(np.arange(len(signal)) / _INTERNAL_RATE * fps).astype(np.int64)
+def _frame_average(signal: np.ndarray, times: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
+    """Mean of the internal samples whose time falls inside each frame's interval."""
+    frame_of = np.clip(np.floor(times * fps).astype(np.int64), 0, n_frames - 1)
     sums = np.zeros((n_frames, signal.shape[1]))
-    np.add.at(sums, np.clip(frame_of, 0, n_frames - 1), signal)
-    counts = np.bincount(np.clip(frame_of, 0, n_frames - 1), minlength=n_frames)
+    np.add.at(sums, frame_of, signal)
+    counts = np.bincount(frame_of, minlength=n_frames)
     return sums / np.maximum(counts, 1)[:, None]
 
 
@@ -224,18 +228,19 @@ def mouth_track(phonemes: Sequence[Phoneme], n_frames: int, fps: float = 25.0,
                 smoothing: float = 1.0) -> np.ndarray:
     """Mouth state (openness, width, roundness) per frame, float32 [n_frames, 3] in [0, 1].
 
-    Phoneme targets are laid out at 200 Hz, blurred by a dominance-weighted Gaussian (sigma
-    33 ms x `smoothing`; 0 disables it) and averaged per frame. Silence further than one frame
-    from speech is closed (openness 0).
+    Phoneme targets are laid out at 200 Hz (or 8 samples per frame if more), blurred by a dominance-weighted Gaussian (sigma
+    33 ms x `smoothing`; 0 disables it) and averaged per frame. Silence further than 40 ms (and
+    one frame) from speech is closed (openness 0).
     """
     _check(n_frames, fps)
     if not smoothing >= 0:
         raise LipstepError(f"smoothing must be >= 0, got {smoothing}")
     if n_frames == 0:
         return np.zeros((0, 3), dtype=np.float32)
-    times = (np.arange(math.ceil(n_frames / fps * _INTERNAL_RATE)) + 0.5) / _INTERNAL_RATE
+    rate = max(_INTERNAL_RATE, _SAMPLES_PER_FRAME * fps)
+    times = (np.arange(math.ceil(n_frames / fps * rate)) + 0.5) / rate
     signal, weight, silent = _internal_signal(phonemes, times)
-    signal = _smooth(signal, weight, smoothing * _SIGMA_SECONDS * _INTERNAL_RATE)
-    near = _near_speech(~silent, round(_CLOSE_MARGIN_FRAMES * _INTERNAL_RATE / fps))
+    signal = _smooth(signal, weight, smoothing * _SIGMA_SECONDS * rate)
+    near = _near_speech(~silent, round(max(_CLOSE_MARGIN, 1.0 / fps) * rate))
     signal[~near, 0] = 0.0
-    return np.clip(_frame_average(signal, n_frames, fps), 0.0, 1.0).astype(np.float32)
+    return np.clip(_frame_average(signal, times, n_frames, fps), 0.0, 1.0).astype(np.float32)
