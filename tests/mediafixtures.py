@@ -46,3 +46,22 @@ def make_real_folder(src: Path) -> Path:
     (src / "broken.mp4").write_bytes(np.random.default_rng(1).bytes(4096))
     (src / "notes.txt").write_text("not a video")
     return src
+
+
+def make_tiny_avatar_data(root: Path) -> Path:
+    """A real tiny synthetic world (3 identities, 1.2 s clips) prepared at 32 px, plus an untrained
+    tiny codec (32 px -> 4x8x8) saved in ``root/codec``. Returns root."""
+    import torch
+
+    from lipstep.codecs.vae import CodecConfig, build_codec, save_codec
+    from lipstep.data.prepare import PrepareConfig, prepare_dataset
+    from lipstep.data.world import WorldConfig, synthesize_world
+
+    cfg = WorldConfig(identities=3, clips_per_identity=1, seconds=1.2, size=32, seed=3)
+    synthesize_world(cfg, root / "world", workers=1, progress=False)
+    prepare_dataset(root / "world", root / "prepared", PrepareConfig(size=32), workers=1, progress=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_codec(build_codec(CodecConfig(image_size=32, block_out_channels=(8, 8, 8), norm_num_groups=8)),
+                   root / "codec")
+    return root

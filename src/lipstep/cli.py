@@ -128,6 +128,131 @@ def demo(
 
 
 # ---------------------------------------------------------------------------------------------
+# training verbs
+
+train_app = typer.Typer(help="Train a component: the latent codec or the diffusion teacher.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("codec")
+def train_codec_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory (output of lipstep prepare)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Codec directory to write (config.json + model.safetensors)."),
+    steps: int = typer.Option(2000, help="Optimizer steps."),
+    batch: int = typer.Option(32, help="Frames per step."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of CodecTrainConfig, "
+                                                    "e.g. codec.block_out_channels=[16,32,64].", show_default=False),
+):
+    """Train lipstep's own small AutoencoderKL on the train frames of a prepared directory."""
+    from lipstep.codecs.vae import CodecTrainConfig, train_codec
+    from lipstep.config import apply_overrides, set_key
+
+    cfg = CodecTrainConfig()
+    set_key(cfg, "steps", steps, parse=False)
+    set_key(cfg, "batch", batch, parse=False)
+    apply_overrides(cfg, overrides or [])
+    cfg.validate()
+    r = train_codec(data, out, cfg)
+    typer.echo(f"wrote codec {r.out} ({r.parameters / 1e6:.2f} M parameters) in {r.seconds:.0f} s: "
+               f"reconstruction PSNR {r.psnr:.2f} dB on {r.eval_split}, scaling factor {r.scaling_factor:.4f}")
+
+
+@train_app.command("teacher")
+def train_teacher_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory (output of lipstep prepare)."),
+    codec: Path = typer.Option(..., "--codec", "-c", help="Codec directory (lipstep train codec, or a diffusers VAE)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints/, logs/, val/ and the final model/."),
+    preset: str = typer.Option("small", help="AvatarDiT size: tiny, small, base or large."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: train.steps of the config)."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step and process (default: train.batch_size)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of TeacherConfig, e.g. "
+                                                    "train.lr=1e-4 loss.motion_weight=0 sampler.cfg_audio=2.5.",
+                                                    show_default=False),
+):
+    """Train the multi-step diffusion teacher (AvatarDiT) on cached codec latents."""
+    from lipstep.config import apply_overrides, load_config, set_key
+    from lipstep.train.teacher import TeacherConfig, train_teacher
+
+    if resume and (out / "config.json").is_file():
+        cfg = load_config(TeacherConfig, out / "config.json")  # the run's own settings
+    else:
+        cfg = TeacherConfig()
+        set_key(cfg, "preset", preset, parse=False)
+    if steps is not None:
+        set_key(cfg, "train.steps", steps, parse=False)
+    if batch_size is not None:
+        set_key(cfg, "train.batch_size", batch_size, parse=False)
+    apply_overrides(cfg, overrides or [])
+    cfg.validate()
+    train_teacher(data, codec, out, cfg, resume=resume)
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+@app.command()
+def generate(
+    image: Path = typer.Option(..., "--image", "-i", help="Portrait image (any format PIL reads)."),
+    audio: Path = typer.Option(..., "--audio", "-a", help="Speech (wav, flac, mp3, ogg, m4a, or a video's audio)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output video (.mp4, .mkv or .mov), written atomically."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name "
+                                        "(see lipstep models); default: the fastest bundled model."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps per chunk (default: the model's)."),
+    cfg_audio: Optional[float] = typer.Option(None, help="Audio guidance scale (default: the model's)."),
+    cfg_ref: Optional[float] = typer.Option(None, help="Reference guidance scale (default: the model's)."),
+    seed: int = typer.Option(0, help="Seed of the initial noise."),
+    detector: str = typer.Option("auto", help="Face detector for the portrait crop: auto, haar, dlib or none."),
+    max_seconds: float = typer.Option(600.0, help="Refuse audio longer than this."),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+):
+    """Portrait + speech -> lip-synced talking-head video with the original audio."""
+    from lipstep.pipeline import generate_file
+
+    if steps is not None and steps < 1:
+        raise LipstepError("--steps must be at least 1")
+    path, res, seconds = generate_file(model, image, audio, out, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
+                                       seed=seed, detector=detector, max_seconds=max_seconds, device=device)
+    n = len(res.frames)
+    typer.echo(f"wrote {path}: {n} frames ({res.seconds:.2f} s) at {res.fps:g} fps; {res.chunks} chunks x "
+               f"{res.steps} steps, NFE {res.nfe}; {seconds:.2f} s total, {n / seconds:.1f} frames/s "
+               f"(denoise {res.timings['denoise']:.2f} s, decode {res.timings['decode']:.2f} s)")
+
+
+@app.command()
+def models():
+    """List the bundled models with their kind, default steps and network evaluations per chunk."""
+    from lipstep.pipeline import describe_models
+
+    rows = describe_models()
+    if not rows:
+        typer.echo("no bundled models are installed")
+        return
+    head = f"{'name':<10} {'kind':<8} {'recipe':<9} {'steps':>5} {'cfg a/r':>8} {'NFE/chunk':>9} {'params':>8} {'size':>8}"
+    typer.echo(head)
+    for r in rows:
+        typer.echo(f"{r['name']:<10} {r['kind']:<8} {r['recipe']:<9} {r['steps']:>5} {r['cfg']:>8} "
+                   f"{r['nfe_per_chunk']:>9} {r['params_m']:>7.2f}M {r['size_mb']:>6.1f}MB")
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", "-m", help="Model directory or bundled name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the copy (a model directory)."),
+    half: bool = typer.Option(False, "--half", help="Store weights in float16 (half the size on disk)."),
+):
+    """Copy a model directory, optionally with float16 weights (how bundled models are stored)."""
+    from lipstep.pipeline import AvatarPipeline
+
+    pipe = AvatarPipeline.from_pretrained(model)
+    path = pipe.save_pretrained(out, half=half)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    typer.echo(f"wrote {path} ({size / 2**20:.1f} MB{', float16' if half else ''})")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:

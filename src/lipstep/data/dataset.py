@@ -17,6 +17,11 @@ Item ``i`` is window ``(clip, start)`` of the index: every start in ``[M, n - T]
 - ``visemes`` int64 [T] and ``mouth`` float32 [T, 3] when the shard has them (synthetic world);
 - ``clip_index``, ``start``, ``reference_index`` int64 scalars.
 
+With ``latents=CACHE`` (a latent cache of `lipstep.codecs.cache.encode_prepared`), items also hold
+the same window as codec latents: ``latents`` float32 [T, C, h, w], ``reference_latent`` [C, h, w]
+and ``motion_latents`` [M, C, h, w]; ``pixels=False`` then leaves the pixel frames out (what the
+teacher trains on: no decoding of 64 px frames per step).
+
 Determinism: an item depends only on (files, seed, epoch, i): no global RNG, so any number of
 DataLoader workers yields identical batches. `set_epoch` changes only the reference draws; call it
 before iterating (workers copy the dataset when an iterator starts, so with
@@ -138,12 +143,23 @@ def _to_image(x: np.ndarray) -> torch.Tensor:
     return t.movedim(-1, -3).contiguous()
 
 
+def _latent(z: np.ndarray) -> torch.Tensor:
+    """float16 cached latents -> float32 tensor (a copy)."""
+    return torch.from_numpy(np.array(z, dtype=np.float32))
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Training windows of one split of a prepared directory (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", cfg: WindowConfig | None = None, *,
-                 cache_size: int = 8):
+                 cache_size: int = 8, latents: str | os.PathLike | None = None, pixels: bool = True):
         self.root, self.split = Path(root), split
+        self.latents = Path(latents) if latents is not None else None
+        self.pixels = pixels or self.latents is None
+        if self.latents is not None:
+            from lipstep.codecs.cache import read_cache_info
+
+            read_cache_info(self.latents)  # DataError when it is not a latent cache
         self.cfg = cfg or WindowConfig()
         self.cfg.validate()
         self.cache_size = max(1, cache_size)
@@ -192,6 +208,15 @@ class WindowDataset(torch.utils.data.Dataset):
         arrays = open_shard(path, _LOADED_KEYS)
         if "frames" not in arrays or "mel" not in arrays:
             raise DataError(f"shard {path} lacks frames or mel")
+        if self.latents is not None:
+            from lipstep.codecs.cache import load_latents
+
+            row = self.clips[c]
+            z = load_latents(self.latents, str(row.get("id") or Path(row["shard"]).stem))
+            if len(z) != len(arrays["frames"]):
+                raise DataError(f"{self.latents}: {len(z)} latent frames for clip {row.get('id')} but its shard "
+                                f"has {len(arrays['frames'])}; re-encode the cache")
+            arrays = {**arrays, "latents": z}
         self._cache[c] = arrays
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -220,15 +245,20 @@ class WindowDataset(torch.utils.data.Dataset):
         frames = data["frames"]
         t, m = self.cfg.frames, self.cfg.motion_frames
         ref = self.reference_index(i, len(frames))
-        item = {
-            "frames": _to_image(frames[s:s + t]),
-            "reference": _to_image(frames[ref]),
-            "motion": _to_image(frames[s - m:s]),
+        item = {}
+        if self.pixels:
+            item.update(frames=_to_image(frames[s:s + t]), reference=_to_image(frames[ref]),
+                        motion=_to_image(frames[s - m:s]))
+        if "latents" in data:
+            z = data["latents"]
+            item.update(latents=_latent(z[s:s + t]), reference_latent=_latent(z[ref]),
+                        motion_latents=_latent(z[s - m:s]))
+        item.update({
             "audio": torch.from_numpy(data["mel"][s:s + t].astype(np.float32)),
             "clip_index": torch.tensor(c, dtype=torch.int64),
             "start": torch.tensor(s, dtype=torch.int64),
             "reference_index": torch.tensor(ref, dtype=torch.int64),
-        }
+        })
         if "visemes" in data:
             item["visemes"] = torch.from_numpy(data["visemes"][s:s + t].astype(np.int64))
         if "mouth" in data:

@@ -274,9 +274,14 @@ def _to_device(batch, device):
 
 
 def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = False, run_config=None,
-          validate: Callable[[int], dict] | None = None, ema_roles: tuple[str, ...] | None = None,
+          validate: Callable[[int, dict[str, nn.Module]], dict] | None = None, ema_roles: tuple[str, ...] | None = None,
           progress: bool = True, accelerator=None) -> State:
-    """Train `method` on `dataset` for `cfg.steps` steps, writing checkpoints and logs under `out`."""
+    """Train `method` on `dataset` for `cfg.steps` steps, writing checkpoints and logs under `out`.
+
+    ``validate(step, models)`` runs on the main process every ``cfg.validate_every`` steps and at the
+    end; ``models`` maps each role to its EMA weights (or the raw module without EMA). It returns
+    scalars logged as ``val/<name>``; it must leave the modules as it found them.
+    """
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -343,7 +348,8 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
                 last_good = save_checkpoint(out, state, acc.unwrap_model, cfg.keep_checkpoints)
         if validate is not None and acc.is_main_process and (
                 (cfg.validate_every and state.step % cfg.validate_every == 0) or state.step == cfg.steps):
-            for k, v in validate(state.step).items():
+            models = {r: (emas[r].shadow if r in emas else acc.unwrap_model(m)) for r, m in modules.items()}
+            for k, v in validate(state.step, models).items():
                 if writer is not None:
                     writer.add_scalar(f"val/{k}", v, state.step)
     bar.close()

@@ -1,0 +1,164 @@
+"""AvatarPipeline and `lipstep generate` / `models` / `export`: loading, determinism, real inputs, bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lipstep.data.dataset import WindowConfig
+from lipstep.data.media import probe, read_audio, write_audio, write_image
+from lipstep.errors import LipstepError
+from lipstep.pipeline import AvatarPipeline, bundled_models, describe_models, read_info, resolve_model
+from lipstep.train.loop import TrainConfig
+from lipstep.train.teacher import TeacherConfig, train_teacher
+from tests.mediafixtures import SR, make_tiny_avatar_data, speech_like
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A tiny teacher trained for 2 steps on a tiny real synthetic world (mechanics, not quality)."""
+    root = make_tiny_avatar_data(tmp_path_factory.mktemp("pipeline"))
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0)
+    cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=2)
+    cfg.sampler.steps = 3
+    return train_teacher(root / "prepared", root / "codec", root / "run", cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    import skimage.data
+
+    d = tmp_path_factory.mktemp("inputs")
+    write_image(d / "astronaut.png", skimage.data.astronaut())
+    write_audio(d / "speech.wav", speech_like(1.1), SR)
+    (d / "empty.wav").write_bytes(b"")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _run(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lipstep", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_save_load_gives_identical_outputs(model, tmp_path):
+    pipe = AvatarPipeline.from_pretrained(model)
+    ref = torch.randn(1, 4, 8, 8)
+    audio = torch.randn(8, 16, 80)
+    a, nfe = pipe.generate_latents(ref, audio, seed=5)
+    assert a.shape == (8, 4, 8, 8) and nfe == 2 * 3 * 3  # 2 chunks x 3 steps x 3 CFG passes
+    b, _ = pipe.generate_latents(ref, audio, seed=5)
+    assert torch.equal(a, b)                               # seeded: deterministic
+    c, _ = pipe.generate_latents(ref, audio, seed=6)
+    assert not torch.equal(a, c)
+    again = AvatarPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "copy"))
+    assert torch.equal(again.generate_latents(ref, audio, seed=5)[0], a)
+    half = AvatarPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "half", half=True))
+    size = lambda p: sum(f.stat().st_size for f in (p / "denoiser").rglob("*.safetensors"))  # noqa: E731
+    assert size(tmp_path / "half") < 0.6 * size(tmp_path / "copy")
+    assert torch.allclose(half.generate_latents(ref, audio, seed=5)[0], a, atol=0.05)
+
+
+def test_guidance_scales_one_cost_one_pass(model):
+    pipe = AvatarPipeline.from_pretrained(model)
+    _, nfe = pipe.generate_latents(torch.randn(1, 4, 8, 8), torch.randn(4, 16, 80), cfg_audio=1, cfg_ref=1, steps=2)
+    assert nfe == 2
+
+
+def test_pipeline_call_covers_the_audio(model):
+    pipe = AvatarPipeline.from_pretrained(model)
+    image = np.full((32, 32, 3), 128, np.uint8)
+    res = pipe(image, speech_like(0.9), seed=0)
+    assert res.frames.shape == (round(0.9 * 25), 32, 32, 3) and res.frames.dtype == np.uint8
+    assert res.chunks == 6 and res.nfe == 6 * 3 * 3
+    with pytest.raises(LipstepError, match="empty"):
+        pipe(image, np.zeros(0, np.float32))
+
+
+def test_generate_real_photo_and_real_speech(model, inputs, tmp_path):
+    out = tmp_path / "talk.mp4"
+    r = _run("generate", "--model", model, "--image", inputs / "astronaut.png", "--audio", inputs / "speech.wav",
+             "--out", out, "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert "NFE" in r.stdout and "frames/s" in r.stdout
+    info = probe(out)
+    assert info["has_video"] and info["has_audio"] and (info["width"], info["height"]) == (32, 32)
+    assert info["frames"] == round(1.1 * 25)
+    audio_in, audio_out = read_audio(inputs / "speech.wav"), read_audio(out)
+    assert abs(len(audio_out) - len(audio_in)) < SR * 0.03
+    lag = np.argmax(np.correlate(audio_out[:8000], audio_in[:4000], "valid"))
+    assert lag < SR * 0.01  # the original audio, in sync (AAC round trip)
+
+
+@pytest.mark.parametrize("case", ["missing image", "non-image", "empty audio", "codec dir", "data dir",
+                                  "bad name", "bad suffix"])
+def test_generate_bad_inputs_fail_cleanly(model, inputs, tmp_path, case):
+    args = {"--model": model, "--image": inputs / "astronaut.png", "--audio": inputs / "speech.wav",
+            "--out": tmp_path / "out.mp4"}
+    expect = {"missing image": "nope.png: file not found", "non-image": "notes.txt", "empty audio": "empty.wav",
+              "codec dir": "not a lipstep model directory", "data dir": "data directory",
+              "bad name": "neither a directory nor a bundled model", "bad suffix": ".mp4"}[case]
+    if case == "missing image":
+        args["--image"] = inputs / "nope.png"
+    elif case == "non-image":
+        args["--image"] = inputs / "notes.txt"
+    elif case == "empty audio":
+        args["--audio"] = inputs / "empty.wav"
+    elif case == "codec dir":
+        args["--model"] = model / "codec"
+    elif case == "data dir":
+        args["--model"] = model.parent.parent / "prepared"
+    elif case == "bad name":
+        args["--model"] = "no-such-model"
+    elif case == "bad suffix":
+        args["--out"] = tmp_path / "out.gif"
+    r = _run("generate", *[x for kv in args.items() for x in kv])
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and expect in lines[0] and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())  # no partial output
+
+
+def test_read_info_rejects_mismatched_components(model, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model, bad)
+    cfg = json.loads((bad / "denoiser" / "config.json").read_text())
+    cfg["audio_window"] = 10
+    (bad / "denoiser" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LipstepError):
+        AvatarPipeline.from_pretrained(bad)
+    info = json.loads((bad / "lipstep.json").read_text())
+    info["kind"] = "widget"
+    (bad / "lipstep.json").write_text(json.dumps(info))
+    with pytest.raises(LipstepError, match="kind"):
+        read_info(bad)
+
+
+def test_bundled_models_are_listed_small_and_loadable():
+    bundled = bundled_models()
+    assert "teacher" in bundled
+    total = sum(f.stat().st_size for p in bundled.values() for f in p.rglob("*") if f.is_file())
+    assert total <= 40 * 2**20
+    rows = {r["name"]: r for r in describe_models()}
+    assert rows["teacher"]["kind"] == "teacher" and rows["teacher"]["nfe_per_chunk"] == 75
+    assert resolve_model("teacher") == bundled["teacher"]
+    r = _run("models")
+    assert r.returncode == 0 and "teacher" in r.stdout and "75" in r.stdout
+
+
+def test_generate_with_the_default_bundled_model(inputs, tmp_path):
+    out = tmp_path / "default.mp4"
+    r = _run("generate", "--image", inputs / "astronaut.png", "--audio", inputs / "speech.wav", "--out", out,
+             "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert probe(out)["frames"] == round(1.1 * 25)

@@ -1,0 +1,153 @@
+"""The teacher: objective pieces, overfitting one clip, the whole `train teacher` run with resume."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lipstep.data.dataset import WindowConfig, WindowDataset
+from lipstep.diffusion.schedules import make_schedule
+from lipstep.errors import LipstepError
+from lipstep.nets.dit import AvatarDiT, DiTConfig
+from lipstep.train.loop import TrainConfig
+from tests.mediafixtures import make_tiny_avatar_data
+from lipstep.train.teacher import (
+    TeacherConfig,
+    TeacherLossConfig,
+    TeacherMethod,
+    motion_weights,
+    resolve_patch,
+    snr_weight,
+    train_teacher,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A real (tiny) synthetic world, prepared at 32 px, and an untrained tiny codec."""
+    return make_tiny_avatar_data(tmp_path_factory.mktemp("teacher_world"))
+
+
+def _tiny_cfg(**train) -> TeacherConfig:
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2, stride=4), val_clips=1,
+                        val_steps=2, val_seconds=0.4)
+    cfg.train = TrainConfig(**{"steps": 4, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, **train})
+    return cfg
+
+
+# ------------------------------------------------------------------------------- objective pieces
+
+
+def test_snr_weight_is_min_snr_gamma():
+    s = make_schedule("vp_eps")
+    t = torch.tensor([0.05, 0.5, 0.99])
+    snr = s.snr(t)
+    assert torch.allclose(snr_weight(s, t, 5.0), snr.clamp(max=5.0) / snr)
+    assert torch.equal(snr_weight(s, t, 0.0), torch.ones(3))
+    v = make_schedule("vp_v")
+    assert torch.allclose(snr_weight(v, t, 5.0), snr.clamp(max=5.0) / (snr + 1))
+
+
+def test_motion_weights_favour_moving_positions():
+    x0 = torch.zeros(1, 4, 2, 4, 4)
+    x0[0, :, :, 1, 2] = torch.tensor([0.0, 1.0, -1.0, 2.0])[:, None]  # only (1, 2) moves
+    w = motion_weights(x0, 1.0)
+    assert w.shape == (1, 1, 1, 4, 4)
+    assert w[0, 0, 0, 1, 2] == w.max() and w[0, 0, 0, 1, 2] > 10 and w[0, 0, 0, 0, 0] == 1.0
+    assert bool((motion_weights(x0, 0.0) == 1).all())
+
+
+def test_resolve_patch():
+    assert resolve_patch(8, 0) == 1 and resolve_patch(16, 0) == 2 and resolve_patch(32, 0) == 4
+    assert resolve_patch(16, 4) == 4
+    with pytest.raises(LipstepError):
+        resolve_patch(16, 3)
+
+
+def test_first_chunk_training_replaces_motion_by_reference():
+    net = AvatarDiT(DiTConfig.preset("tiny", latent_size=4, frames=2, motion_frames=2))
+    m = TeacherMethod(net, make_schedule("vp_eps"), TeacherLossConfig(p_motion_ref=1.0))
+    batch = {"reference_latent": torch.randn(3, 4, 4, 4), "motion_latents": torch.randn(3, 2, 4, 4, 4),
+             "audio": torch.randn(3, 2, 16, 80)}
+    cond = m.cond_from_batch(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(cond.motion, batch["reference_latent"][:, None].expand(3, 2, 4, 4, 4))
+    m.cfg.p_motion_ref = 0.0
+    assert torch.equal(m.cond_from_batch(batch, torch.Generator()).motion, batch["motion_latents"])
+
+
+def test_tiny_teacher_overfits_one_clip(world):
+    """Fixed (t, eps) draws on one window: the loss must fall at least 10x."""
+    from lipstep.codecs.cache import encode_prepared
+    from lipstep.codecs.vae import load_codec
+
+    codec = load_codec(world / "codec")
+    cache = encode_prepared(world / "prepared", codec, progress=False)
+    ds = WindowDataset(world / "prepared", "train", WindowConfig(frames=4, motion_frames=2), latents=cache,
+                       pixels=False)
+    batch = {k: torch.stack([ds[0][k]] * 4) for k in ("latents", "reference_latent", "motion_latents", "audio")}
+    torch.manual_seed(0)
+    net = AvatarDiT(DiTConfig.preset("tiny", latent_size=8, frames=4, motion_frames=2))
+    method = TeacherMethod(net, make_schedule("vp_eps"), TeacherLossConfig(p_drop_audio=0, p_drop_both=0,
+                                                                            p_motion_ref=0, min_snr_gamma=0))
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    losses = []
+    for step in range(250):
+        loss, _ = method.loss(batch, step, torch.Generator().manual_seed(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+# ------------------------------------------------------------------------------- the whole run
+
+
+def test_train_teacher_writes_a_model_and_resumes(world, tmp_path):
+    out = tmp_path / "run"
+    cfg = _tiny_cfg(steps=2)
+    model = train_teacher(world / "prepared", world / "codec", out, cfg, progress=False)
+    assert (model / "lipstep.json").is_file() and (model / "denoiser" / "model.safetensors").is_file()
+    info = json.loads((model / "lipstep.json").read_text())
+    assert info["kind"] == "teacher" and info["frames"] == 4 and info["image_size"] == 32
+    assert info["trained"]["steps"] == 2
+    assert sorted(p.name for p in (out / "val").iterdir())  # validation video(s) written
+    assert json.loads((out / "config.json").read_text())["preset"] == "tiny"
+    with pytest.raises(LipstepError, match="already holds a training run"):
+        train_teacher(world / "prepared", world / "codec", out, cfg, progress=False)
+    cfg.train.steps = 4
+    train_teacher(world / "prepared", world / "codec", out, cfg, resume=True, progress=False)
+    assert json.loads((model / "lipstep.json").read_text())["trained"]["steps"] == 4
+    assert (out / "checkpoints" / "step_000004").is_dir()
+
+
+def test_resumed_teacher_repeats_uninterrupted_losses(world, tmp_path):
+    """Kill after 2 steps, resume to 4: the same EMA weights as 4 uninterrupted steps."""
+    from safetensors.torch import load_file
+
+    cfg = _tiny_cfg(steps=4)
+    cfg.val_clips = 0
+    train_teacher(world / "prepared", world / "codec", tmp_path / "a", cfg, progress=False)
+    cfg.train.steps = 2
+    train_teacher(world / "prepared", world / "codec", tmp_path / "b", cfg, progress=False)
+    cfg.train.steps = 4
+    train_teacher(world / "prepared", world / "codec", tmp_path / "b", cfg, resume=True, progress=False)
+    a = load_file(str(tmp_path / "a" / "model" / "denoiser" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "denoiser" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_teacher_config_rejects_bad_settings(world, tmp_path):
+    from lipstep.config import apply_overrides
+    from lipstep.errors import ConfigError
+
+    cfg = TeacherConfig()
+    with pytest.raises(ConfigError, match="did you mean"):
+        apply_overrides(cfg, ["loss.motion_weigth=1"])
+    with pytest.raises(ConfigError):
+        TeacherLossConfig(p_drop_audio=0.7, p_drop_both=0.5).validate()
+    with pytest.raises(LipstepError):
+        train_teacher(world / "prepared", tmp_path / "no_codec", tmp_path / "out", _tiny_cfg(), progress=False)
