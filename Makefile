@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: setup system-deps demo test test-fast lint clean
+.PHONY: setup system-deps demo test test-fast lint clean teacher
 
 setup: system-deps $(STAMP)
 
@@ -33,6 +33,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/pytest -q tests
+
+# Retrain the bundled default teacher from scratch (about 50 minutes on 2 CPU cores).
+teacher: setup
+	LIPSTEP=$(VENV)/bin/lipstep bash experiments/teacher/train_default.sh runs/default_teacher
 
 lint: setup
 	$(VENV)/bin/ruff check src tests

@@ -162,3 +162,13 @@ def test_generate_with_the_default_bundled_model(inputs, tmp_path):
              "--steps", "2")
     assert r.returncode == 0, r.stderr
     assert probe(out)["frames"] == round(1.1 * 25)
+
+
+def test_demo_generates_a_talking_video(model, tmp_path):
+    from lipstep.demo import run_demo
+
+    run_demo(tmp_path / "demo", model=str(model))
+    info = probe(tmp_path / "demo" / "talk.mp4")
+    assert info["has_audio"] and info["frames"] > 25
+    assert abs(info["seconds"] - len(read_audio(tmp_path / "demo" / "speech.wav")) / SR) < 0.1
+    assert (tmp_path / "demo" / "contact_sheet.png").is_file() and (tmp_path / "demo" / "portrait.png").is_file()

@@ -120,11 +120,13 @@ def prepare(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Where to write the demo outputs."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name "
+                                        "(default: the fastest bundled model)."),
 ):
-    """Run the main job on the embedded default (currently: render and prepare a small synthetic world)."""
+    """The main job on the embedded default: example portrait + example speech -> talking video."""
     from lipstep.demo import run_demo
 
-    run_demo(out)
+    run_demo(out, model)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,14 @@
 """`lipstep demo` / `make demo`: the main job on the embedded default.
 
-Until a trained generator is bundled, the demo renders a small synthetic world, prepares it for
-training, and writes a contact sheet of mouth states so the result can be looked at.
+It renders a small synthetic world with identities never seen in training (a different seed from
+the bundled model's training world), takes one of its portraits as the example portrait,
+synthesizes example speech with espeak-ng, and generates a lip-synced talking video with the
+fastest bundled model (`lipstep models`). It writes::
+
+    OUT/portrait.png        the example portrait
+    OUT/speech.wav          the example speech (+ speech.phonemes.json)
+    OUT/talk.mp4            the generated talking head with the speech muxed in
+    OUT/contact_sheet.png   top: generated frames over time; below: rendered world clips
 """
 
 from __future__ import annotations
@@ -26,16 +33,41 @@ def contact_sheet(world_dir: Path, out_png: Path, clips: int = 4, frames: int = 
     return out_png
 
 
-def run_demo(out: Path) -> None:
-    from lipstep.data.prepare import PrepareConfig, prepare_dataset
+DEMO_TEXT = "Hello! I am a talking avatar, and my lips follow every word you give me."
+
+
+def run_demo(out: Path, model: str | None = None) -> None:
+    import shutil
+
+    from lipstep.data.media import write_audio, write_image
+    from lipstep.data.speech import synthesize
     from lipstep.data.world import WorldConfig, synthesize_world
+    from lipstep.fsutil import write_json_atomic
+    from lipstep.pipeline import generate_file, resolve_model
 
     out = Path(out)
-    world = synthesize_world(WorldConfig(identities=4, clips_per_identity=1, seconds=3.0), out / "world")
+    model_dir = resolve_model(model)
+    world = synthesize_world(WorldConfig(identities=4, clips_per_identity=1, seconds=3.0, seed=2026), out / "world")
     print(world)
-    prepared = prepare_dataset(out / "world", out / "prepared", PrepareConfig(size=64))
-    print(prepared)
+    rows = [json.loads(line) for line in (out / "world" / "manifest.jsonl").read_text().splitlines()]
+    portrait = out / "portrait.png"
+    shutil.copyfile(out / "world" / "identities" / f"{rows[0]['identity']}.png", portrait)
+    speech = synthesize(DEMO_TEXT, voice="en-us+f3")
+    write_audio(out / "speech.wav", speech.wav, speech.sample_rate)
+    write_json_atomic(out / "speech.phonemes.json", [{"phoneme": p.symbol, "start": round(p.start, 4),
+                                                      "end": round(p.end, 4)} for p in speech.phonemes])
+    print(f"example portrait {portrait}; example speech {out / 'speech.wav'} ({speech.seconds:.2f} s)")
+    path, res, seconds = generate_file(model_dir, portrait, out / "speech.wav", out / "talk.mp4")
+    print(f"model {model_dir.name}: {len(res.frames)} frames ({res.seconds:.2f} s of video), {res.chunks} chunks x "
+          f"{res.steps} steps, NFE {res.nfe}, {seconds:.1f} s on this machine "
+          f"({len(res.frames) / seconds:.1f} frames/s)")
+    idx = np.linspace(0, len(res.frames) - 1, 8).round().astype(int)
+    top = np.concatenate(list(res.frames[idx]), axis=1)
     sheet = contact_sheet(out / "world", out / "contact_sheet.png")
-    first = json.loads((out / "world" / "manifest.jsonl").read_text().splitlines()[0])
-    print(f"example clip (video + speech): {out / 'world' / first['video']}")
-    print(f"contact sheet of mouth states: {sheet}")
+    from lipstep.data.media import read_image
+
+    below = read_image(sheet)
+    if below.shape[1] == top.shape[1]:
+        write_image(sheet, np.concatenate([top, below], axis=0))
+    print(f"talking video: {path}")
+    print(f"contact sheet: {sheet}")

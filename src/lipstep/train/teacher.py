@@ -73,13 +73,13 @@ class TeacherConfig:
     attention: Literal["full", "factorized"] = "full"
     patch: int = 0                   # latent patch side; 0 = smallest giving <= 64 tokens per frame
     grad_checkpointing: bool = False
-    schedule: Literal["vp_eps", "vp_v", "flow"] = "vp_eps"
+    schedule: Literal["vp_eps", "vp_v", "flow"] = "vp_v"  # v: robust x0 at high noise for small, short runs
     flow_shift: float = 1.0
     window: WindowConfig = field(default_factory=WindowConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)  # mel: the shards' own log-mel windows
     loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, batch_size=8, lr=3e-4,
-                                                                    checkpoint_every=500, ema_decay=0.999))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=2000, batch_size=8, lr=4e-4, ema_decay=0.995, checkpoint_every=250, validate_every=500, log_every=20))
     sampler: SamplerInfo = field(default_factory=SamplerInfo)
     val_clips: int = 2               # held-out clips rendered as validation videos
     val_steps: int = 10              # sampler steps of validation videos (cheaper than the default 25)

@@ -1,0 +1,1 @@
+"""lipstep.eval: metrics and checks (lip sync, fidelity, identity, temporal, speed)."""
