@@ -19,7 +19,6 @@ decoded and, by the caller, muxed with the original audio.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -273,37 +272,21 @@ def save_model(out: str | os.PathLike, info: ModelInfo, codec, audio_encoder, ne
     ``half=True`` stores the denoiser and codec weights in float16 (half the size; loading casts back
     to float32), which is how bundled checkpoints are kept small.
     """
-    import shutil
-    import tempfile
-
     from lipstep.audio.encoders import save_audio_encoder
     from lipstep.codecs.vae import save_codec
-    from lipstep.fsutil import write_json_atomic
+    from lipstep.fsutil import atomic_dir, write_json_atomic
 
     info.validate()
     out = Path(out)
     if out.exists() and not (out / INFO_NAME).is_file():
         raise LipstepError(f"{out} exists and is not a lipstep model directory; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if half:
             codec = _half_copy(codec)
         save_codec(codec, tmp / "codec")
         save_audio_encoder(audio_encoder, tmp / "audio")
         save_denoiser(net, tmp / "denoiser", dtype=torch.float16 if half else None)
         write_json_atomic(tmp / INFO_NAME, {"_type": "ModelInfo", **to_dict(info)})
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -47,9 +47,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,22 +351,11 @@ def _load_lipstep(path: Path, scaling_factor, shift_factor) -> Codec:
 @contextlib.contextmanager
 def _atomic_dir(out: Path) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces `out` (a codec dir or empty)."""
+    from lipstep.fsutil import atomic_dir
+
     _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         yield tmp
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_replaceable(out: Path) -> None:
