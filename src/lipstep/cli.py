@@ -132,7 +132,7 @@ def demo(
 # ---------------------------------------------------------------------------------------------
 # training verbs
 
-train_app = typer.Typer(help="Train a component: the latent codec or the diffusion teacher.",
+train_app = typer.Typer(help="Train a component: the latent codec, the diffusion teacher, or an evaluator.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -189,6 +189,113 @@ def train_teacher_cmd(
     apply_overrides(cfg, overrides or [])
     cfg.validate()
     train_teacher(data, codec, out, cfg, resume=resume)
+
+
+def _train_config(cls, steps: int | None, overrides: list[str] | None):
+    from lipstep.config import apply_overrides, set_key
+
+    cfg = cls()
+    if steps is not None:
+        set_key(cfg, "steps", steps, parse=False)
+    apply_overrides(cfg, overrides or [])
+    cfg.validate()
+    return cfg
+
+
+@train_app.command("mouth-reader")
+def train_mouth_reader_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared synthetic-world directory (with mouth labels)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Mouth reader directory to write."),
+    codec: Optional[Path] = typer.Option(None, "--codec", "-c", help="Codec directory: train on its reconstructions "
+                                         "too (recommended: generated frames are codec decodes)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: 1500)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of MouthTrainConfig.",
+                                                    show_default=False),
+):
+    """Train the CNN mouth reader behind MouthErr; reports its held-out error."""
+    from lipstep.eval.mouthreader import MouthTrainConfig, train_mouth_reader
+
+    r = train_mouth_reader(data, out, _train_config(MouthTrainConfig, steps, overrides), codec_dir=codec)
+    typer.echo(f"wrote mouth reader {r.out} ({r.parameters / 1e3:.0f} k parameters) in {r.seconds:.0f} s; held-out "
+               + "; ".join(f"{k}: openness MAE {v['mae']:.4f}, corr {v['corr']:.3f}"
+                           + (f" (codec recon: {v['mae_codec']:.4f}, {v['corr_codec']:.3f})" if "mae_codec" in v else "")
+                           for k, v in r.heldout.items()))
+
+
+@train_app.command("syncnet")
+def train_syncnet_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory (frames + audio)."),
+    out: Path = typer.Option(..., "--out", "-o", help="SyncNet directory to write."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: 3000)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of SyncTrainConfig.",
+                                                    show_default=False),
+):
+    """Train lipstep's own SyncNet-style evaluator (never use it as a training loss)."""
+    from lipstep.eval.sync import SyncTrainConfig, train_syncnet
+
+    r = train_syncnet(data, out, _train_config(SyncTrainConfig, steps, overrides))
+    typer.echo(f"wrote SyncNet {r.out} ({r.parameters / 1e6:.2f} M parameters) in {r.seconds:.0f} s; held-out "
+               f"({r.eval_split}) pair accuracy {r.accuracy:.3f}, rank accuracy {r.rank_accuracy:.3f}; "
+               f"protocol {r.protocol}")
+
+
+@train_app.command("features")
+def train_features_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Feature-net directory to write."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: 2000)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of FeatureTrainConfig.",
+                                                    show_default=False),
+):
+    """Train lipstep's own frame feature net (internal FD/KID/FVD when no Inception/I3D weights are given)."""
+    from lipstep.eval.fidelity import FeatureTrainConfig, train_feature_net
+
+    r = train_feature_net(data, out, _train_config(FeatureTrainConfig, steps, overrides), progress=True)
+    typer.echo(f"wrote feature net {r.out} in {r.seconds:.0f} s; held-out ({r.eval_split}) reconstruction L1 "
+               f"{r.eval_l1:.4f}")
+
+
+@train_app.command("identity")
+def train_identity_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory (several identities)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Identity-encoder directory to write."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the config's)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of IdentityTrainConfig.",
+                                                    show_default=False),
+):
+    """Train lipstep's own identity encoder (id_sim on the synthetic world)."""
+    from lipstep.eval.identity import IdentityTrainConfig, train_identity
+
+    r = train_identity(data, out, _train_config(IdentityTrainConfig, steps, overrides))
+    e = r.eval
+    typer.echo(f"wrote identity encoder {r.out} in {r.seconds:.0f} s; " + (
+        f"held-out ({e['split']}, {e['identities']} unseen identities) verification AUC {e['auc']:.4f}, "
+        f"EER {e['eer']:.4f}" if e else "no held-out identities to verify on"))
+
+
+@train_app.command("evaluators")
+def train_evaluators_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared synthetic-world directory."),
+    codec: Optional[Path] = typer.Option(None, "--codec", "-c", help="Codec directory (for the mouth reader)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Evaluators directory: mouth/, syncnet/, features/, identity/."),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Train only these (repeatable): mouth, syncnet, "
+                                             "features, identity."),
+):
+    """Train every evaluator `lipstep eval` uses without external weights, with default settings."""
+    names = only or ["mouth", "syncnet", "features", "identity"]
+    bad = [n for n in names if n not in ("mouth", "syncnet", "features", "identity")]
+    if bad:
+        raise LipstepError(f"--only: unknown evaluator {bad[0]!r}; choose from mouth, syncnet, features, identity")
+    for name in names:
+        typer.echo(f"--- {name}")
+        if name == "mouth":
+            train_mouth_reader_cmd(data, out / "mouth", codec, None, None)
+        elif name == "syncnet":
+            train_syncnet_cmd(data, out / "syncnet", None, None)
+        elif name == "features":
+            train_features_cmd(data, out / "features", None, None)
+        else:
+            train_identity_cmd(data, out / "identity", None, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +359,89 @@ def export(
     path = pipe.save_pretrained(out, half=half)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     typer.echo(f"wrote {path} ({size / 2**20:.1f} MB{', float16' if half else ''})")
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory with the split to generate."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: metrics.json, metrics.md, per_clip.jsonl, "
+                             "videos/."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name (default: the "
+                                        "fastest bundled model)."),
+    split: str = typer.Option("test", help="Split to evaluate: train, val or test."),
+    max_clips: int = typer.Option(0, help="Evaluate the first N clips of the split (0 = all)."),
+    seconds: float = typer.Option(0.0, help="Evaluate the first S seconds of each clip (0 = whole clips)."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the model's)."),
+    cfg_audio: Optional[float] = typer.Option(None, help="Audio guidance scale (default: the model's)."),
+    cfg_ref: Optional[float] = typer.Option(None, help="Reference guidance scale (default: the model's)."),
+    seed: int = typer.Option(0, help="Noise seed (the same for every clip)."),
+    audio_shift: float = typer.Option(0.0, help="Control: drive with the clip's audio rotated by this many seconds; "
+                                      "metrics still use the clip's own audio and labels."),
+    evaluators: Optional[Path] = typer.Option(None, "--evaluators", help="lipstep's own evaluators (lipstep train "
+                                              "evaluators); default: the bundled ones."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Directory with external weights under "
+                                               "their usual names (syncnet_v2.model, pt_inception-2015-12-05-*.pth, "
+                                               "i3d_torchscript.pt, w600k_r50.onnx)."),
+    syncnet: Optional[Path] = typer.Option(None, "--syncnet", help="Official syncnet_v2.model."),
+    inception: Optional[Path] = typer.Option(None, "--inception", help="pytorch-fid Inception weights (FID)."),
+    i3d: Optional[Path] = typer.Option(None, "--i3d", help="StyleGAN-V i3d_torchscript.pt (FVD)."),
+    arcface: Optional[Path] = typer.Option(None, "--arcface", help="ArcFace ONNX recognition model (CSIM)."),
+    dlib: bool = typer.Option(False, "--dlib", help="Also score identity with the dlib face descriptor (faces extra)."),
+    save_videos: int = typer.Option(2, help="Write GT | generated mp4s of the first N clips."),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+):
+    """Generate a split with a model and compute every metric whose weights are available."""
+    from lipstep.config import set_key
+    from lipstep.eval.runner import EvalConfig, evaluate_model, load_evaluators
+
+    cfg = EvalConfig()
+    for key, value in (("split", split), ("max_clips", max_clips), ("seconds", seconds), ("steps", steps),
+                       ("cfg_audio", cfg_audio), ("cfg_ref", cfg_ref), ("seed", seed), ("audio_shift", audio_shift),
+                       ("save_videos", save_videos)):
+        set_key(cfg, key, value, parse=False)
+    cfg.validate()
+    ev = load_evaluators(evaluators, weights_dir=weights_dir, syncnet=syncnet, inception=inception, i3d=i3d,
+                         arcface=arcface, dlib=dlib, device=device)
+    result = evaluate_model(model, data, out, cfg, ev, device=device)
+    typer.echo((out / "metrics.md").read_text(encoding="utf-8"))
+    typer.echo(f"wrote {out / 'metrics.json'} ({result['clips']} clips, {result['seconds']:.0f} s)")
+
+
+@app.command()
+def bench(
+    models: List[str] = typer.Option(..., "--models", "-m", help="Models to compare, each a directory or bundled "
+                                     "name, optionally NAME@STEPS (e.g. --models teacher teacher@8); one --models "
+                                     "may take several values. The text is the model's label."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: bench.json, bench.md, bench.png, inputs/."),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Portrait (default: the demo's example "
+                                         "portrait, made once in OUT/inputs)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="Speech (default: the demo's example speech)."),
+    seconds: float = typer.Option(4.0, help="Cut the audio to at most this many seconds."),
+    warmup: int = typer.Option(1, help="Untimed warm-up runs per model."),
+    repeats: int = typer.Option(3, help="Timed runs per model; median and p90 over them (papers: >= 10)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: physical cores, else 2)."),
+    seed: int = typer.Option(0, help="Seed of the initial noise (the same for every model)."),
+    cfg_audio: Optional[float] = typer.Option(None, help="Audio guidance scale for all models (default: each model's)."),
+    cfg_ref: Optional[float] = typer.Option(None, help="Reference guidance scale for all models (default: each model's)."),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+    evals: Optional[List[str]] = typer.Option(None, "--eval", help="LABEL=PATH/metrics.json from lipstep eval "
+                                              "(several may follow one --eval); draws OUT/bench.png."),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="Quality metric to plot (repeatable; "
+                                               "default: every numeric key the eval files share)."),
+    more: Optional[List[str]] = typer.Argument(None, hidden=True, show_default=False, metavar="VALUES"),
+):
+    """Time models side by side: per-component seconds, NFE, ms/frame, fps, RTF, first chunk, peak memory."""
+    from lipstep.eval.bench import run_bench
+
+    # Click options take one value each; the extra values of `--models a b` / `--eval x=1 y=2` arrive here.
+    extra = more or []
+    report = run_bench(models + [x for x in extra if "=" not in x], out, image=image, audio=audio, seconds=seconds,
+                       warmup=warmup, repeats=repeats, threads=threads, seed=seed, cfg_audio=cfg_audio,
+                       cfg_ref=cfg_ref, device=device, evals=(evals or []) + [x for x in extra if "=" in x],
+                       metrics=metric or None)
+    typer.echo((out / "bench.md").read_text(encoding="utf-8"))
+    wrote = ["bench.json", "bench.md"] + (["bench.png"] if (evals or any("=" in x for x in extra)) else [])
+    typer.echo(f"wrote {', '.join(str(out / w) for w in wrote)} ({len(report['models'])} models)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,27 +36,47 @@ def contact_sheet(world_dir: Path, out_png: Path, clips: int = 4, frames: int = 
 DEMO_TEXT = "Hello! I am a talking avatar, and my lips follow every word you give me."
 
 
-def run_demo(out: Path, model: str | None = None) -> None:
+def example_portrait(out: Path, *, workers: int = 0, progress: bool = True) -> Path:
+    """Render the demo's world of unseen identities in ``out/world``; copy its first portrait to
+    ``out/portrait.png``."""
     import shutil
 
-    from lipstep.data.media import write_audio, write_image
-    from lipstep.data.speech import synthesize
     from lipstep.data.world import WorldConfig, synthesize_world
-    from lipstep.fsutil import write_json_atomic
-    from lipstep.pipeline import generate_file, resolve_model
 
     out = Path(out)
-    model_dir = resolve_model(model)
-    world = synthesize_world(WorldConfig(identities=4, clips_per_identity=1, seconds=3.0, seed=2026), out / "world")
-    print(world)
+    cfg = WorldConfig(identities=4, clips_per_identity=1, seconds=3.0, seed=2026)
+    world = synthesize_world(cfg, out / "world", workers=workers, progress=progress)
+    if progress:
+        print(world)
     rows = [json.loads(line) for line in (out / "world" / "manifest.jsonl").read_text().splitlines()]
     portrait = out / "portrait.png"
     shutil.copyfile(out / "world" / "identities" / f"{rows[0]['identity']}.png", portrait)
+    return portrait
+
+
+def example_speech(out: Path) -> tuple[Path, float]:
+    """`DEMO_TEXT` spoken by espeak-ng into ``out/speech.wav`` (+ speech.phonemes.json): (path, seconds)."""
+    from lipstep.data.media import write_audio
+    from lipstep.data.speech import synthesize
+    from lipstep.fsutil import write_json_atomic
+
+    out = Path(out)
     speech = synthesize(DEMO_TEXT, voice="en-us+f3")
     write_audio(out / "speech.wav", speech.wav, speech.sample_rate)
     write_json_atomic(out / "speech.phonemes.json", [{"phoneme": p.symbol, "start": round(p.start, 4),
                                                       "end": round(p.end, 4)} for p in speech.phonemes])
-    print(f"example portrait {portrait}; example speech {out / 'speech.wav'} ({speech.seconds:.2f} s)")
+    return out / "speech.wav", speech.seconds
+
+
+def run_demo(out: Path, model: str | None = None) -> None:
+    from lipstep.data.media import write_image
+    from lipstep.pipeline import generate_file, resolve_model
+
+    out = Path(out)
+    model_dir = resolve_model(model)
+    portrait = example_portrait(out)
+    speech, seconds = example_speech(out)
+    print(f"example portrait {portrait}; example speech {speech} ({seconds:.2f} s)")
     path, res, seconds = generate_file(model_dir, portrait, out / "speech.wav", out / "talk.mp4")
     print(f"model {model_dir.name}: {len(res.frames)} frames ({res.seconds:.2f} s of video), {res.chunks} chunks x "
           f"{res.steps} steps, NFE {res.nfe}, {seconds:.1f} s on this machine "

@@ -19,3 +19,7 @@ class MediaError(LipstepError):
 
 class DataError(LipstepError):
     """A dataset or prepared directory is missing, empty or malformed."""
+
+
+class MissingDependency(LipstepError):
+    """An optional package that a requested feature needs is not installed (the message names the extra)."""

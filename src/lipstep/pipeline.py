@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -313,7 +314,7 @@ class Generation:
     nfe: int                        # network evaluations in total (all chunks)
     chunks: int
     steps: int
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: crop, audio, denoise, decode
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: crop_encode, audio, denoise, decode
 
     @property
     def seconds(self) -> float:
@@ -358,6 +359,12 @@ class AvatarPipeline:
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
+    def clock(self) -> float:
+        """`time.perf_counter()` after queued CUDA work has finished (async launches would shift timings)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     # --- building blocks (also used by validation, eval and bench) -------------------------------
 
     def model_fn(self):
@@ -391,12 +398,13 @@ class AvatarPipeline:
     @torch.no_grad()
     def generate_latents(self, reference: Tensor, audio: Tensor, *, steps: int | None = None,
                          cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
-                         n_frames: int | None = None, progress: bool = False, visemes: Tensor | None = None
-                         ) -> tuple[Tensor, int]:
+                         n_frames: int | None = None, progress: bool = False, visemes: Tensor | None = None,
+                         on_chunk: Callable[[int, Tensor], None] | None = None) -> tuple[Tensor, int]:
         """Chunked sampling: reference [1, C, h, w], audio windows [N', K, D] -> (latents [N, C, h, w], NFE).
 
         ``audio`` must cover a whole number of chunks or more (N' >= chunks · frames); ``n_frames`` (default
-        N') is how many latents are returned.
+        N') is how many latents are returned. ``on_chunk(k, latents [frames, C, h, w])`` is called as soon as
+        chunk k is sampled (streaming consumers, `lipstep bench`'s first-chunk latency).
         """
         from tqdm.auto import tqdm
 
@@ -436,6 +444,8 @@ class AvatarPipeline:
                         callback=lambda *_: bar.update(1), **extra)
             nfe += steps * per_step
             out.append(z[0])
+            if on_chunk is not None:
+                on_chunk(k, z[0])
             if M:
                 motion = z[:, -M:]
         bar.close()
@@ -451,31 +461,35 @@ class AvatarPipeline:
 
     def __call__(self, image: np.ndarray, audio: np.ndarray, *, steps: int | None = None,
                  cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
-                 detector: str = "auto", progress: bool = False) -> Generation:
-        """Portrait uint8 [H, W, 3] + mono float32 audio at the model's sample rate -> `Generation`."""
+                 detector: str = "auto", progress: bool = False,
+                 on_chunk: Callable[[int, Tensor], None] | None = None) -> Generation:
+        """Portrait uint8 [H, W, 3] + mono float32 audio at the model's sample rate -> `Generation`.
+
+        ``timings`` are seconds per stage (CUDA-synchronised); ``on_chunk`` as in `generate_latents`.
+        """
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             raise LipstepError("the audio is empty")
         if not np.isfinite(audio).all():
             raise LipstepError("the audio contains NaN or infinite samples")
         timings = {}
-        t0 = time.perf_counter()
+        t0 = self.clock()
         crop = self.crop(image, detector)
         ref = self.encode_image(crop)
-        timings["crop_encode"] = time.perf_counter() - t0
+        timings["crop_encode"] = self.clock() - t0
         n = self.n_frames(len(audio))
         T = self.info.frames
-        t0 = time.perf_counter()
+        t0 = self.clock()
         feats = self.audio_encoder.encode(audio, math.ceil(n / T) * T)
-        timings["audio"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        timings["audio"] = self.clock() - t0
+        t0 = self.clock()
         steps = steps or self.info.sampler.steps
         latents, nfe = self.generate_latents(ref, feats, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
-                                             seed=seed, n_frames=n, progress=progress)
-        timings["denoise"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+                                             seed=seed, n_frames=n, progress=progress, on_chunk=on_chunk)
+        timings["denoise"] = self.clock() - t0
+        t0 = self.clock()
         frames = self.decode(latents)
-        timings["decode"] = time.perf_counter() - t0
+        timings["decode"] = self.clock() - t0
         return Generation(frames=frames, audio=audio, fps=self.info.fps, sample_rate=self.info.sample_rate,
                           nfe=nfe, chunks=math.ceil(n / T), steps=steps, timings=timings)
 

@@ -401,6 +401,8 @@ class CodecTrainConfig:
     grad_clip: float = 1.0          # max gradient norm; 0 disables
     kl_weight: float = 1e-6         # β of the KL term ("kl" only); keeps the latent near a Gaussian
     edge_weight: float = 0.1        # weight of the L1 loss on image gradients (sharper edges); 0 disables
+    colour_aug: float = 0.5         # share of frames with permuted colour channels and per-channel gains
+    flip: bool = True               # mirror half of the frames left-right
     scale_frames: int = 512         # train frames encoded to estimate scaling_factor = 1 / std
     eval_frames: int = 256          # frames of the val (else test, else train) split for the PSNR report
     seed: int = 0                   # initial weights, frame draws and posterior samples
@@ -412,6 +414,7 @@ class CodecTrainConfig:
         check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         check(self.kl_weight >= 0 and self.edge_weight >= 0 and self.grad_clip >= 0,
               "kl_weight, edge_weight and grad_clip must be >= 0")
+        check(0.0 <= self.colour_aug <= 1.0, f"colour_aug must be in [0, 1], got {self.colour_aug}")
         check(self.scale_frames >= 2 and self.eval_frames >= 1,
               f"need scale_frames >= 2 and eval_frames >= 1, got {self.scale_frames}, {self.eval_frames}")
         check(self.codec.path is None, "train_codec trains lipstep's own codec: codec.path must be unset")
@@ -457,6 +460,30 @@ class _Frames:
 def _split_frames(root: Path, rows: list[dict], split: str) -> _Frames | None:
     chosen = [r for r in rows if r.get("split") == split and int(r.get("frames", 0)) > 0]
     return _Frames(root, chosen) if chosen else None
+
+
+def augment_frames(x: torch.Tensor, cfg: CodecTrainConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Colour and mirror augmentation of frames [B, 3, S, S] in [-1, 1].
+
+    A codec trained on a few dozen identities otherwise memorises their skin, hair and clothing
+    colours and reconstructs unseen identities as colour-shifted blur (18 dB instead of ~25 dB on the
+    synthetic world); permuting the colour channels and scaling each by 0.75..1.25 shows it many
+    more colour combinations. Mirroring keeps faces faces.
+    """
+    b = x.shape[0]
+    if cfg.colour_aug > 0:
+        pick = np.flatnonzero(rng.random(b) < cfg.colour_aug)
+        if len(pick):
+            perms = np.stack([rng.permutation(3) for _ in pick])
+            gains = torch.from_numpy(rng.uniform(0.75, 1.25, (len(pick), 3, 1, 1)).astype(np.float32))
+            sel = x[torch.from_numpy(pick)]
+            sel = torch.stack([sel[i, torch.from_numpy(p)] for i, p in enumerate(perms)])
+            x = x.clone()
+            x[torch.from_numpy(pick)] = ((sel + 1) * gains.to(x.device) - 1).clamp(-1, 1)
+    if cfg.flip:
+        mirror = torch.from_numpy(rng.random(b) < 0.5).to(x.device)
+        x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    return x
 
 
 def _edge_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -555,7 +582,7 @@ def train_codec(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     losses = []
     bar = tqdm(range(cfg.steps), desc=f"train codec {codec.name}", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        x = train.get(rng.integers(0, len(train), cfg.batch)).to(device)
+        x = augment_frames(train.get(rng.integers(0, len(train), cfg.batch)), cfg, rng).to(device)
         loss = _codec_loss(codec, x, cfg, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()

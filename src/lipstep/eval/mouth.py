@@ -117,12 +117,23 @@ def calibrate_probe(pipe, prepared: str | Path, split: str = "val", max_clips: i
 def lipsync_check(pipe, prepared: str | Path, *, split: str = "test", calib_split: str = "val",
                   max_clips: int = 8, seconds: float = 2.0, steps: int | None = None,
                   cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
-                  progress: bool = True) -> dict:
-    """Right audio vs a different clip's audio, scored against the clip's own labelled openness."""
+                  progress: bool = True, reader=None) -> dict:
+    """Right audio vs a different clip's audio, scored against the clip's own labelled openness.
+
+    ``reader``: a trained `MouthReader` (MouthErr of the evaluation harness); None = the pixel probe,
+    calibrated on codec reconstructions of ``calib_split``.
+    """
     from tqdm.auto import tqdm
 
     prepared = Path(prepared)
-    probe = calibrate_probe(pipe, prepared, calib_split)
+    if reader is None:
+        probe = calibrate_probe(pipe, prepared, calib_split)
+        read, name, calib = probe.predict, probe.name, (calib_split, probe.calib_mae, probe.calib_corr)
+    else:  # the trained reader reports its own held-out error (on codec reconstructions when it has them)
+        split_info = next(iter(reader.train_info.get("heldout", {}).items()), ("", {}))
+        read, name = reader.openness, reader.name
+        calib = (split_info[0], split_info[1].get("mae_codec", split_info[1].get("mae", float("nan"))),
+                 split_info[1].get("corr_codec", split_info[1].get("corr", float("nan"))))
     rows = _clips(prepared, split)[:max_clips]
     if len(rows) < 2:
         raise DataError(f"lipsync_check needs at least 2 clips in split '{split}' (one lends its audio)")
@@ -143,15 +154,15 @@ def lipsync_check(pipe, prepared: str | Path, *, split: str = "test", calib_spli
             lat, k = pipe.generate_latents(ref, feats, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
                                            seed=seed, n_frames=m)
             nfe = k
-            out[key] = probe.predict(pipe.decode(lat))
+            out[key] = read(pipe.decode(lat))
         right_err.append(float(np.abs(out["right"] - truth[:m]).mean()))
         wrong_err.append(float(np.abs(out["wrong"] - truth[:m]).mean()))
         right_corr.append(pearson(out["right"], truth[:m]))
         wrong_corr.append(pearson(out["wrong"], truth[:m]))
         wrong_follow.append(pearson(out["wrong"], other_truth[:m]))
     return {
-        "probe": probe.name, "probe_calib_split": calib_split, "probe_calib_mae": round(probe.calib_mae, 4),
-        "probe_calib_corr": round(probe.calib_corr, 4), "split": split, "clips": len(rows), "frames_per_clip": n,
+        "probe": name, "probe_calib_split": calib[0], "probe_calib_mae": round(float(calib[1]), 4),
+        "probe_calib_corr": round(float(calib[2]), 4), "split": split, "clips": len(rows), "frames_per_clip": n,
         "nfe_per_clip": nfe, "mouth_err_right": round(float(np.mean(right_err)), 4),
         "mouth_err_wrong": round(float(np.mean(wrong_err)), 4),
         "mouth_corr_right": round(float(np.mean(right_corr)), 4),

@@ -1,0 +1,146 @@
+"""`lipstep eval`: generate a split, score every available metric, list what was skipped and why."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipstep.eval.fidelity import FeatureNetConfig, FeatureTrainConfig, train_feature_net
+from lipstep.eval.identity import IdentityNetConfig, IdentityTrainConfig, train_identity
+from lipstep.eval.mouthreader import MouthReaderConfig, MouthTrainConfig, train_mouth_reader
+from lipstep.eval.runner import EvalConfig, evaluate_model, load_evaluators, metrics_markdown
+from lipstep.eval.sync import SyncTrainConfig, train_syncnet
+from lipstep.nets.syncnet import LipSyncConfig
+from lipstep.train.loop import TrainConfig
+from lipstep.train.teacher import TeacherConfig, train_teacher
+from lipstep.data.dataset import WindowConfig
+from tests.mediafixtures import make_tiny_avatar_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REQUIRED = ("mouth_err", "mouth_corr", "sync_c", "sync_d", "sync_offset", "fd", "kid", "fvd", "id_sim", "flicker",
+            "warp_err", "psnr_gt", "ssim_gt", "psnr_codec", "ssim_codec", "nfe")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """Tiny data, a tiny teacher (2 training steps) and tiny evaluators of every kind (mechanics, not quality)."""
+    root = make_tiny_avatar_data(tmp_path_factory.mktemp("evalrun"))
+    prepared = root / "prepared"
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0)
+    cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=2)
+    cfg.sampler.steps = 2
+    model = train_teacher(prepared, root / "codec", root / "run", cfg, progress=False)
+    ev = root / "evaluators"
+    train_mouth_reader(prepared, ev / "mouth", MouthTrainConfig(net=MouthReaderConfig(width=4), steps=3, batch=8),
+                       codec_dir=root / "codec", progress=False)
+    train_syncnet(prepared, ev / "syncnet", SyncTrainConfig(net=LipSyncConfig(width=8, levels=2, embed_dim=16),
+                                                            steps=2, batch=4, warmup_steps=1, eval_pairs=8,
+                                                            eval_clips=1), progress=False, device="cpu")
+    train_feature_net(prepared, ev / "features", FeatureTrainConfig(net=FeatureNetConfig(channels=(8, 16)), steps=2,
+                                                                    batch=8))
+    # the tiny world has one train identity; the identity encoder needs two, so it sees every clip as train
+    alltrain = root / "prepared_alltrain"
+    alltrain.mkdir()
+    (alltrain / "shards").symlink_to(prepared / "shards")
+    rows = [json.loads(line) | {"split": "train"} for line in (prepared / "manifest.jsonl").read_text().splitlines()]
+    (alltrain / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_identity(alltrain, ev / "identity", IdentityTrainConfig(net=IdentityNetConfig(width=8, embed_dim=16),
+                                                                  steps=2, batch=8, warmup_steps=1, eval_frames=4),
+                   progress=False)
+    return {"root": root, "prepared": alltrain, "model": model, "evaluators": ev}
+
+
+def test_eval_writes_every_weight_free_metric(setup, tmp_path):
+    ev = load_evaluators(setup["evaluators"])
+    out = tmp_path / "eval"
+    res = evaluate_model(setup["model"], setup["prepared"], out, EvalConfig(split="train", max_clips=2, save_videos=1),
+                         ev, progress=False)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(res))
+    for key in REQUIRED:
+        assert key in saved and np.isfinite(saved[key]), key
+    assert saved["clips"] == 2 and saved["nfe"] == 2 * 3  # 2 steps x 3 guidance passes
+    # names of the networks behind the metrics, and what was skipped and why
+    assert saved["extractors"]["mouth_err"] == "lipstep-mouth-reader-v1"
+    assert saved["extractors"]["sync_c"] == "lipstep-syncnet"
+    assert saved["extractors"]["fd"] == "lipstep-frames-v1" and "motion" in saved["extractors"]["fvd"]
+    assert saved["extractors"]["id_sim"] == "lipstep-identity-v1"
+    for key in ("fid", "fvd_i3d", "sync_c_official"):
+        assert key in saved["skipped"] and "given" in saved["skipped"][key]
+    # ceilings: the same measurement on the ground truth
+    assert saved["psnr_codec_gt"] > 0 and saved["id_sim_gt"] <= 1.0 + 1e-6
+    md = (out / "metrics.md").read_text()
+    assert "| mouth_err |" in md and "Skipped:" in md
+    rows = [json.loads(line) for line in (out / "per_clip.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["frames"] == 30
+    assert np.mean([r["psnr_gt"] for r in rows]) == pytest.approx(saved["psnr_gt"], abs=1e-4)
+    assert sorted(p.name for p in (out / "videos").iterdir()) == [f"{rows[0]['clip']}.mp4"]
+
+
+def test_audio_shift_control_changes_the_driving_audio_only(setup, tmp_path, monkeypatch):
+    from lipstep.pipeline import AvatarPipeline
+
+    heard = []
+    call = AvatarPipeline.__call__
+
+    def spy(self, image, audio, **kw):
+        heard.append(np.array(audio))
+        return call(self, image, audio, **kw)
+
+    monkeypatch.setattr(AvatarPipeline, "__call__", spy)
+    ev = load_evaluators(setup["evaluators"])
+    cfg = EvalConfig(split="train", max_clips=1, save_videos=0)
+    a = evaluate_model(setup["model"], setup["prepared"], tmp_path / "a", cfg, ev, progress=False)
+    b = evaluate_model(setup["model"], setup["prepared"], tmp_path / "a2", cfg, ev, progress=False)
+    cfg.audio_shift = 0.5
+    c = evaluate_model(setup["model"], setup["prepared"], tmp_path / "b", cfg, ev, progress=False)
+    assert a["mouth_err"] == b["mouth_err"] and a["sync_c"] == b["sync_c"]   # deterministic
+    assert np.array_equal(heard[0], heard[1])
+    assert np.array_equal(heard[2], np.roll(heard[0], 8000))                 # 0.5 s at 16 kHz
+    assert c["mouth_err_gt"] == a["mouth_err_gt"]    # still scored against the clip's own labels and audio
+    assert c["sync_c_gt"] == a["sync_c_gt"]
+    assert c["eval"]["audio_shift"] == 0.5
+
+
+def test_without_evaluators_everything_learned_is_skipped(setup, tmp_path):
+    from lipstep.eval.runner import Evaluators
+
+    ev = Evaluators(skipped={"mouth_err": "no evaluators"})
+    res = evaluate_model(setup["model"], setup["prepared"], tmp_path / "e", EvalConfig(split="train", max_clips=1,
+                                                                                        save_videos=0), ev,
+                         progress=False)
+    assert "mouth_err" not in res and "mouth_err" in res["skipped"]
+    assert np.isfinite(res["psnr_gt"]) and np.isfinite(res["flicker"])
+
+
+def test_markdown_lists_metrics_with_ceilings():
+    md = metrics_markdown({"model": "m", "eval": {"split": "test"}, "clips": 1, "frames": 10, "mouth_err": 0.1,
+                           "mouth_err_gt": 0.05, "extractors": {"mouth_err": "reader"}, "skipped": {"fid": "why"}})
+    assert "| mouth_err | 0.1 | 0.05 | reader |" in md and "- `fid`: why" in md
+
+
+def _run(*args):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lipstep", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["no_data", "bad_split", "no_evaluators", "bad_weights_dir", "codec_as_model"])
+def test_eval_cli_bad_inputs(setup, tmp_path, case):
+    args = {"no_data": ["--data", tmp_path / "nope", "--model", setup["model"]],
+            "bad_split": ["--data", setup["prepared"], "--model", setup["model"], "--split", "dev"],
+            "no_evaluators": ["--data", setup["prepared"], "--model", setup["model"], "--evaluators", tmp_path / "x"],
+            "bad_weights_dir": ["--data", setup["prepared"], "--model", setup["model"], "--weights-dir",
+                                tmp_path / "w"],
+            "codec_as_model": ["--data", setup["prepared"], "--model", setup["root"] / "codec"]}[case]
+    r = _run("eval", "--out", tmp_path / "out", *args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
