@@ -377,6 +377,8 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Noise seed (the same for every clip)."),
     audio_shift: float = typer.Option(0.0, help="Control: drive with the clip's audio rotated by this many seconds; "
                                       "metrics still use the clip's own audio and labels."),
+    other_audio: bool = typer.Option(False, "--other-audio", help="Control: drive each clip with the next clip's "
+                                     "audio; metrics still use the clip's own audio and labels."),
     evaluators: Optional[Path] = typer.Option(None, "--evaluators", help="lipstep's own evaluators (lipstep train "
                                               "evaluators); default: the bundled ones."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Directory with external weights under "
@@ -397,7 +399,7 @@ def eval_cmd(
     cfg = EvalConfig()
     for key, value in (("split", split), ("max_clips", max_clips), ("seconds", seconds), ("steps", steps),
                        ("cfg_audio", cfg_audio), ("cfg_ref", cfg_ref), ("seed", seed), ("audio_shift", audio_shift),
-                       ("save_videos", save_videos)):
+                       ("other_audio", other_audio), ("save_videos", save_videos)):
         set_key(cfg, key, value, parse=False)
     cfg.validate()
     ev = load_evaluators(evaluators, weights_dir=weights_dir, syncnet=syncnet, inception=inception, i3d=i3d,

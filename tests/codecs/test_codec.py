@@ -219,3 +219,25 @@ def test_train_codec_learns_and_saves_a_loadable_codec(tmp_path):
     first = train_codec(prepared, tmp_path / "codec3", CodecTrainConfig(codec=arch, steps=3, batch=4),
                         progress=False)
     assert again.losses == first.losses  # deterministic given the seed
+
+
+def test_training_augmentation_permutes_colours_and_mirrors_only():
+    from lipstep.codecs.vae import augment_frames
+
+    x = _frames(64)
+    cfg = CodecTrainConfig(colour_aug=1.0, flip=False)
+    y = augment_frames(x, cfg, np.random.default_rng(0))
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    # every frame is a colour permutation of itself times per-channel gains: per-channel means move,
+    # but the spatial pattern of each output channel is one of the input channels (correlation ~1)
+    for i in range(4):
+        corr = np.corrcoef(y[i].reshape(3, -1).numpy(), x[i].reshape(3, -1).numpy())[:3, 3:]
+        assert (corr.max(axis=1) > 0.95).all()
+    assert torch.equal(augment_frames(x, cfg, np.random.default_rng(0)), y)   # seeded
+    off = CodecTrainConfig(colour_aug=0.0, flip=False)
+    assert torch.equal(augment_frames(x, off, np.random.default_rng(0)), x)
+    mirrored = augment_frames(x, CodecTrainConfig(colour_aug=0.0, flip=True), np.random.default_rng(0))
+    same = [torch.equal(mirrored[i], x[i]) or torch.equal(mirrored[i], x[i].flip(-1)) for i in range(len(x))]
+    assert all(same) and not torch.equal(mirrored, x)
+    with pytest.raises(ConfigError, match="colour_aug"):
+        CodecTrainConfig(colour_aug=1.5).validate()

@@ -144,3 +144,24 @@ def test_eval_cli_bad_inputs(setup, tmp_path, case):
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_other_audio_control_drives_with_the_next_clip(setup, tmp_path, monkeypatch):
+    from lipstep.data.dataset import open_shard, read_manifest
+    from lipstep.pipeline import AvatarPipeline
+
+    heard = []
+    call = AvatarPipeline.__call__
+
+    def spy(self, image, audio, **kw):
+        heard.append(np.array(audio))
+        return call(self, image, audio, **kw)
+
+    monkeypatch.setattr(AvatarPipeline, "__call__", spy)
+    res = evaluate_model(setup["model"], setup["prepared"], tmp_path / "o",
+                         EvalConfig(split="train", max_clips=2, save_videos=0, other_audio=True),
+                         load_evaluators(setup["evaluators"]), progress=False)
+    rows = read_manifest(setup["prepared"])[:2]
+    second = np.asarray(open_shard(setup["prepared"] / rows[1]["shard"], ("audio",))["audio"])
+    assert np.array_equal(heard[0], second[:len(heard[0])])
+    assert res["eval"]["other_audio"] is True and np.isfinite(res["mouth_err"])

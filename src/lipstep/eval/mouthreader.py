@@ -89,7 +89,7 @@ class MouthReaderNet(nn.Module):
 
 
 def _to_input(frames, size: int) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, size, size] in [-1, 1] (bilinear, antialiased resize if needed)."""
+    """uint8 [N, H, W, 3] -> float [N, 3, size, size] in [-1, 1] (area down-, bilinear up-sampling)."""
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]
@@ -98,8 +98,10 @@ def _to_input(frames, size: int) -> torch.Tensor:
     if frames.shape[1] != frames.shape[2]:
         raise DataError(f"the mouth reader expects square face crops, got {frames.shape[1]}x{frames.shape[2]}")
     x = torch.from_numpy(np.array(frames)).float().div_(127.5).sub_(1.0).permute(0, 3, 1, 2)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if x.shape[-1] > size:  # area averaging: exact block means for integer factors
+        x = F.interpolate(x, size=(size, size), mode="area")
+    elif x.shape[-1] < size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x
 
 
@@ -114,6 +116,9 @@ class MouthReader:
         path = Path(path)
         if not path.is_dir():
             raise LipstepError(f"{path}: mouth reader directory not found")
+        kind = _read_json(path / "config.json").get("_type", MouthReaderConfig.__name__)
+        if kind != MouthReaderConfig.__name__:
+            raise LipstepError(f"{path}: not a mouth reader directory (its config.json describes a {kind})")
         try:
             cfg = load_config(MouthReaderConfig, path / "config.json")
         except ConfigError as e:

@@ -29,9 +29,11 @@ Every metric also has a ``*_gt`` ceiling where that makes sense (the same measur
 ground-truth frames). Metrics whose weights are missing are listed under ``skipped`` with the reason;
 ``extractors`` names the network behind each metric.
 
-The control ``audio_shift`` (seconds) drives the generation with the clip's audio rotated by that
-much while every metric still compares with the clip's own audio and labels: a model whose mouths
-follow the audio scores clearly worse under it (MouthErr up, Sync-C down).
+Two controls change only the audio that drives the generation while every metric still compares
+with the clip's own audio and labels: ``audio_shift`` (seconds) rotates the clip's audio by that
+much, ``other_audio`` uses the next clip's audio instead. A model whose mouths follow the audio
+scores clearly worse under either (MouthErr up, Sync-C down); the teacher acceptance compares
+MouthErr with the right audio against MouthErr with another clip's audio.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class EvalConfig:
     cfg_ref: float | None = None    # reference guidance scale (None = the model's default)
     seed: int = 0                   # noise seed, the same for every clip
     audio_shift: float = 0.0        # control: drive with the audio rotated by this many seconds
+    other_audio: bool = False       # control: drive each clip with the next clip's audio (cut/padded)
     save_videos: int = 2            # write GT | generated side-by-side mp4s of the first N clips
     kid_subsets: int = 100          # KID: random subsets ...
     kid_subset_size: int = 1000     # ... of this size (clipped to the sample count)
@@ -269,7 +272,12 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     gen_seconds, nfe_total = 0.0, 0
     for i, row in enumerate(tqdm(rows, desc=f"eval {cfg.split}", unit="clip", disable=not progress)):
         gt, wav, truth = _clip_data(root, row, cfg.seconds, fps, sr)
-        drive = np.roll(wav, int(round(cfg.audio_shift * sr))) if cfg.audio_shift else wav
+        drive = wav
+        if cfg.other_audio:  # the next clip's audio, cut or zero-padded to this clip's length
+            other = _clip_data(root, rows[(i + 1) % len(rows)], 0.0, fps, sr)[1][:len(wav)]
+            drive = np.pad(other, (0, len(wav) - len(other)))
+        if cfg.audio_shift:
+            drive = np.roll(drive, int(round(cfg.audio_shift * sr)))
         t0 = time.perf_counter()
         res = pipe(gt[0], drive, steps=cfg.steps, cfg_audio=cfg.cfg_audio, cfg_ref=cfg.cfg_ref, seed=cfg.seed)
         gen_seconds += time.perf_counter() - t0
