@@ -299,6 +299,43 @@ def train_evaluators_cmd(
 
 
 # ---------------------------------------------------------------------------------------------
+# distillation
+
+distill_app = typer.Typer(help="Distill a multi-step teacher into a few-step student.", no_args_is_help=True)
+app.add_typer(distill_app, name="distill")
+
+
+@distill_app.command("perflow")
+def distill_perflow_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory the student trains on (may differ from "
+                              "the teacher's data, e.g. a moderate-quality world)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints/, logs/, val/ and the student model/."),
+    teacher: str = typer.Option("teacher", "--teacher", "-t", help="Teacher model directory or bundled name."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: train.steps of the config)."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step and process (default: train.batch_size)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of PerflowConfig, e.g. "
+                                                    "windows=4 solver_steps=8 cfg_mode=tokens mixed.mode=fixed:0.2 "
+                                                    "target=velocity student_steps=6.", show_default=False),
+):
+    """FADA: PeRFlow step distillation with adaptive mixed supervision and multi-CFG token distillation."""
+    from lipstep.config import apply_overrides, load_config, set_key, validate
+    from lipstep.distill.perflow import PerflowConfig, distill_perflow
+
+    if resume and (out / "config.json").is_file():
+        cfg = load_config(PerflowConfig, out / "config.json")  # the run's own settings
+    else:
+        cfg = PerflowConfig()
+    if steps is not None:
+        set_key(cfg, "train.steps", steps, parse=False)
+    if batch_size is not None:
+        set_key(cfg, "train.batch_size", batch_size, parse=False)
+    apply_overrides(cfg, overrides or [])
+    validate(cfg)
+    distill_perflow(data, teacher, out, cfg, resume=resume)
+
+
+# ---------------------------------------------------------------------------------------------
 # generation
 
 

@@ -52,8 +52,12 @@ class SamplerInfo:
     steps: int = 25                 # sampler steps per chunk
     cfg_audio: float = 3.0          # FADA Eq. 9 audio scale (1 = no audio guidance)
     cfg_ref: float = 1.5            # FADA Eq. 9 reference scale (1 = no reference guidance)
-    spacing: str = "trailing"       # timestep grid of Schedule.timesteps
+    spacing: str = "trailing"       # timestep grid of Schedule.timesteps (ddim, euler)
     eta: float = 0.0                # DDIM noise (0 = deterministic given the initial noise)
+    windows: int = 4                # perflow: K time windows (steps >= windows)
+    target: str = "ddim_eps"        # perflow: how the output is read (ddim_eps | velocity)
+    guidance: str = "cfg"           # cfg: FADA Eq. 9, three condition patterns per step (one pass at
+    #                                 scales 1); embedded: the scales are a network input (CFG tokens), one pass
 
     def validate(self) -> None:
         from lipstep.samplers import SAMPLERS
@@ -63,6 +67,11 @@ class SamplerInfo:
         check(self.cfg_audio >= 0 and self.cfg_ref >= 0, "sampler cfg scales must be >= 0")
         check(self.spacing in ("trailing", "leading", "linspace"), f"sampler.spacing: bad value '{self.spacing}'")
         check(self.eta >= 0, "sampler.eta must be >= 0")
+        check(self.windows >= 1, f"sampler.windows must be >= 1, got {self.windows}")
+        check(self.name != "perflow" or self.steps >= self.windows,
+              f"sampler.steps ({self.steps}) must be >= sampler.windows ({self.windows}) for perflow")
+        check(self.target in ("ddim_eps", "velocity"), f"sampler.target: bad value '{self.target}'")
+        check(self.guidance in ("cfg", "embedded"), f"sampler.guidance must be cfg or embedded, got '{self.guidance}'")
 
 
 @dataclass
@@ -103,6 +112,8 @@ class ModelInfo:
         from lipstep.diffusion.guidance import nfe_per_step
 
         s = self.sampler
+        if s.guidance == "embedded":
+            return steps or s.steps
         return (steps or s.steps) * nfe_per_step(s.cfg_audio if cfg_audio is None else cfg_audio,
                                                  s.cfg_ref if cfg_ref is None else cfg_ref)
 
@@ -424,21 +435,31 @@ class AvatarPipeline:
         dev = self.device
         reference = reference.to(dev, torch.float32)
         C, h, w = reference.shape[1:]
-        denoiser = multi_cfg(self.model_fn(), cfg_audio, cfg_ref)
-        timesteps = self.schedule.timesteps(steps, spacing=s.spacing)
+        embedded = s.guidance == "embedded"
+        denoiser = self.model_fn() if embedded else multi_cfg(self.model_fn(), cfg_audio, cfg_ref)
+        scales = torch.tensor([[float(cfg_audio), float(cfg_ref)]], device=dev) if embedded else None
+        if s.name == "perflow":
+            from lipstep.samplers.perflow import perflow_timesteps
+
+            if steps < s.windows:
+                raise LipstepError(f"this PeRFlow student needs at least {s.windows} steps (one per window), got {steps}")
+            timesteps = perflow_timesteps(steps, s.windows)
+            extra = {"windows": s.windows, "target": s.target}
+        else:
+            timesteps = self.schedule.timesteps(steps, spacing=s.spacing)
+            extra = {"eta": s.eta} if s.name == "ddim" else {}
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         motion = reference[:, None].expand(1, M, C, h, w) if M else None
         sampler = SAMPLERS[s.name]
-        extra = {"eta": s.eta} if s.name == "ddim" else {}
         out, nfe = [], 0
         from lipstep.diffusion.guidance import nfe_per_step
 
-        per_step = nfe_per_step(cfg_audio, cfg_ref)
+        per_step = 1 if embedded else nfe_per_step(cfg_audio, cfg_ref)
         bar = tqdm(total=chunks * steps, desc="generate", unit="step", disable=not progress, dynamic_ncols=True)
         for k in range(chunks):
             a = audio[k * T:(k + 1) * T][None].to(dev, torch.float32)
             v = visemes[k * T:(k + 1) * T][None].to(dev) if visemes is not None else None
-            cond = Cond(reference=reference, audio=a, motion=motion, visemes=v)
+            cond = Cond(reference=reference, audio=a, motion=motion, visemes=v, cfg_scales=scales)
             noise = torch.randn((1, T, C, h, w), generator=gen).to(dev)
             z = sampler(denoiser, noise, timesteps, cond, schedule=self.schedule, generator=gen,
                         callback=lambda *_: bar.update(1), **extra)

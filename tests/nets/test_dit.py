@@ -82,7 +82,7 @@ def test_gates_and_cfg_output_start_at_zero():
 
 
 @pytest.mark.parametrize("attention", ["full", "factorized"])
-@pytest.mark.parametrize("cfg_layer", ["tokens", "plain"])
+@pytest.mark.parametrize("cfg_layer", ["tokens", "plain", "time"])
 def test_zero_init_cfg_layer_leaves_a_trained_net_unchanged(attention, cfg_layer):
     base = _trained(attention=attention, cfg_layer="none")
     with_cfg = AvatarDiT(_cfg(attention=attention, cfg_layer=cfg_layer)).eval()
@@ -188,7 +188,7 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(attention):
 
 
 @pytest.mark.parametrize("overrides", [
-    {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"},
+    {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"}, {"cfg_layer": "time"},
     {"use_visemes": True, "patch": 2, "frames": 4, "motion_frames": 0, "audio_dim": 32, "mlp_ratio": 2.5},
 ])
 def test_param_count_matches_built_tiny_model(overrides):

@@ -19,7 +19,9 @@ final projection is zero-initialised, so an untrained net outputs exactly 0. A b
                     at each spatial location;
   audio cross-attention - frame τ attends only to its own K audio vectors (T folded into batch);
   CFG cross-attention   - optional (FADA, algorithms.md §4): tokens attend to a guidance embedding
-                    Emb = cfg_a(γ_a − γ_r) + cfg_r(γ_r − γ_b) + γ_b; output projection zero-init;
+                    Emb = cfg_a(γ_a − γ_r) + cfg_r(γ_r − γ_b) + γ_b; output projection zero-init
+                    (``cfg_layer="time"`` instead adds a zero-init MLP of the scales to the
+                    timestep embedding: the ablation baseline without a layer);
   MLP.
 
 Null conditions (classifier-free guidance, condition dropout): where `drop_ref` is True the
@@ -83,9 +85,11 @@ class DiTConfig:
     use_visemes: bool = False     # add a learned viseme embedding (cond.visemes [B, T]) to the audio
     n_visemes: int = 15           # viseme classes (algorithms.md §5.3)
     grad_checkpointing: bool = False  # recompute each block in backward (less activation memory)
-    cfg_layer: Literal["none", "tokens", "plain"] = "none"  # CFG cross-attention after each audio
-    #   cross-attention: "tokens" = FADA learnable tokens (Emb linear in the scales); "plain" = an
-    #   MLP of (cfg_a, cfg_r) as the guidance embedding (ablation baseline); "none" = no layer
+    cfg_layer: Literal["none", "tokens", "plain", "time"] = "none"  # how the guidance scales enter:
+    #   "tokens" = FADA's CFG cross-attention after each audio cross-attention over learnable tokens
+    #   (Emb linear in the scales); "plain" = the same layer over an MLP of (cfg_a, cfg_r) (ablation:
+    #   CFG layer without tokens); "time" = an MLP of the scales added to the timestep embedding, no
+    #   extra layer (ablation: time-embedding injection); "none" = the scales are not an input
     cfg_tokens: int = 4           # n_tokens of the guidance embedding the CFG layer attends to
     dropout: float = 0.0          # dropout probability in attention weights and MLP
 
@@ -109,7 +113,7 @@ class DiTConfig:
         check(self.mlp_ratio > 0 and 0.0 <= self.dropout < 1.0, "DiT mlp_ratio > 0 and 0 <= dropout < 1")
         check(self.cfg_tokens > 0 and self.n_visemes > 0, "DiT cfg_tokens/n_visemes must be > 0")
         check(self.attention in ("full", "factorized"), f"DiT attention: bad value {self.attention!r}")
-        check(self.cfg_layer in ("none", "tokens", "plain"), f"DiT cfg_layer: bad value {self.cfg_layer!r}")
+        check(self.cfg_layer in ("none", "tokens", "plain", "time"), f"DiT cfg_layer: bad value {self.cfg_layer!r}")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -143,7 +147,7 @@ def _block_n(cfg: DiTConfig) -> int:
     n = _linear_n(w, 3 * (n_self + 2) * w)                  # adaLN: (shift, scale, gate) per branch
     n += (n_self + 1) * _attention_n(w)                     # self-attention(s) + audio cross-attention
     n += _linear_n(w, cfg.mlp_hidden) + _linear_n(cfg.mlp_hidden, w)
-    return n + (_attention_n(w) if cfg.cfg_layer != "none" else 0)
+    return n + (_attention_n(w) if cfg.cfg_layer in ("tokens", "plain") else 0)
 
 
 def _embedding_n(cfg: DiTConfig) -> int:
@@ -158,7 +162,8 @@ def _embedding_n(cfg: DiTConfig) -> int:
 def _cfg_embedding_n(cfg: DiTConfig) -> int:
     w, n_tok = cfg.width, cfg.cfg_tokens
     return {"none": 0, "tokens": 3 * n_tok * w,
-            "plain": _linear_n(2, w) + _linear_n(w, n_tok * w)}[cfg.cfg_layer]
+            "plain": _linear_n(2, w) + _linear_n(w, n_tok * w),
+            "time": _linear_n(2, w) + _linear_n(w, w)}[cfg.cfg_layer]
 
 
 def param_count(cfg: DiTConfig) -> int:
@@ -315,6 +320,18 @@ class CFGScaleMLP(nn.Module):
         return rearrange(self.mlp(scales), "b (n w) -> b n w", n=self.n_tokens)
 
 
+class CFGTimeEmbed(nn.Module):
+    """Ablation baseline ("time"): MLP(cfg_a, cfg_r) added to the timestep embedding; zero-init output."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.mlp = nn.Sequential(_linear(2, width), nn.SiLU(), _linear(width, width, zero=True))
+
+    def forward(self, scales: Tensor) -> Tensor:
+        """scales [B, 2] -> [B, W], added to the time embedding (zero at init: the net is unchanged)."""
+        return self.mlp(scales)
+
+
 class Mlp(nn.Module):
     """Token-wise feed-forward: Linear -> GELU(tanh) -> Linear."""
 
@@ -344,7 +361,7 @@ class DiTBlock(nn.Module):
         self.attn = SelfAttention(w, cfg.heads, drop)
         self.attn_time = SelfAttention(w, cfg.heads, drop) if self.factorized else None
         self.audio = CrossAttention(w, cfg.heads, drop)
-        self.cfg_attn = CFGCrossAttention(w, cfg.heads, drop) if cfg.cfg_layer != "none" else None
+        self.cfg_attn = CFGCrossAttention(w, cfg.heads, drop) if cfg.cfg_layer in ("tokens", "plain") else None
         self.mlp = Mlp(w, cfg.mlp_hidden, drop)
 
     def forward(self, x: Tensor, ctx: Tensor, audio: Tensor, c: Tensor, emb: Tensor | None):
@@ -461,7 +478,9 @@ class AvatarDiT(nn.Module):
         ctx = self.embed_context(cond.reference, cond.motion, drop_ref)    # [B, 1+M, N, W]
         audio = self.embed_audio(cond.audio, cond.visemes, drop_audio)     # [B, T, K, W]
         c = self.embed_time(t, x_t.shape[0])                               # [B, W]
-        emb = self.guidance_embedding(cond.cfg_scales, x_t.shape[0])       # [B, n, W] or None
+        emb = self.guidance_embedding(cond.cfg_scales, x_t.shape[0])       # [B, n, W], [B, W] or None
+        if self.cfg.cfg_layer == "time":
+            c, emb = c + emb, None
         for block in self.blocks:
             x, ctx = self._run_block(block, x, ctx, audio, c, emb)
         return self.unpatchify(self.final(x, c))                           # [B, T, C, h, w]
@@ -515,7 +534,8 @@ class AvatarDiT(nn.Module):
         return self.time_mlp(timestep_embedding(t, TIME_FREQ_DIM).to(self.pos_space.dtype))
 
     def guidance_embedding(self, cfg_scales: Tensor | None, batch: int) -> Tensor | None:
-        """(cfg_a, cfg_r) [B, 2] -> the CFG layer's context [B, n, W]; scales (1, 1) when unset."""
+        """(cfg_a, cfg_r) [B, 2] -> the CFG layer's context [B, n, W] (a time-embedding offset [B, W] for
+        ``cfg_layer="time"``); scales (1, 1) when unset."""
         if self.cfg_embed is None:
             return None
         if cfg_scales is None:
@@ -559,6 +579,8 @@ def _guidance_embedder(cfg: DiTConfig) -> nn.Module | None:
         return CFGTokens(cfg.cfg_tokens, cfg.width)
     if cfg.cfg_layer == "plain":
         return CFGScaleMLP(cfg.cfg_tokens, cfg.width)
+    if cfg.cfg_layer == "time":
+        return CFGTimeEmbed(cfg.width)
     return None
 
 

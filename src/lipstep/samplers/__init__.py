@@ -6,7 +6,8 @@ from ``Schedule.timesteps``. No sampler keeps step state or touches torch's glob
 
 from lipstep.samplers.ddim import sample_ddim
 from lipstep.samplers.euler import sample_euler
+from lipstep.samplers.perflow import sample_perflow
 
-SAMPLERS = {"ddim": sample_ddim, "euler": sample_euler}
+SAMPLERS = {"ddim": sample_ddim, "euler": sample_euler, "perflow": sample_perflow}
 
-__all__ = ["SAMPLERS", "sample_ddim", "sample_euler"]
+__all__ = ["SAMPLERS", "sample_ddim", "sample_euler", "sample_perflow"]

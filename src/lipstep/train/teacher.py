@@ -121,6 +121,25 @@ def motion_weights(x0: Tensor, strength: float) -> Tensor:
     return (1.0 + strength * d)[:, None]
 
 
+def batch_cond(batch: dict, generator: torch.Generator | None = None, p_motion_ref: float = 0.0, *,
+               use_visemes: bool = False) -> Cond:
+    """The Cond of a latent batch (teacher and students alike).
+
+    With a generator and ``p_motion_ref > 0``, each sample's motion latents are replaced by its
+    reference latent repeated with that probability: first-chunk training, since generation feeds
+    the first chunk the reference as motion (there is no previous chunk).
+    """
+    ref, motion = batch["reference_latent"], batch.get("motion_latents")
+    if motion is not None and motion.shape[1] == 0:
+        motion = None
+    if motion is not None and generator is not None and p_motion_ref > 0:
+        u = torch.rand(len(ref), generator=generator, device=generator.device).to(ref.device)
+        use_ref = append_dims(u < p_motion_ref, motion.ndim)
+        motion = torch.where(use_ref, ref[:, None].expand_as(motion), motion)
+    return Cond(reference=ref, audio=batch["audio"], motion=motion,
+                visemes=batch.get("visemes") if use_visemes else None)
+
+
 class TeacherMethod:
     """Denoising objective with condition dropout (see the module docstring)."""
 
@@ -143,15 +162,7 @@ class TeacherMethod:
 
     def cond_from_batch(self, batch: dict, generator: torch.Generator | None = None) -> Cond:
         """The Cond of a latent batch; with a generator, first-chunk motion replacement is drawn too."""
-        ref, motion = batch["reference_latent"], batch.get("motion_latents")
-        if motion is not None and motion.shape[1] == 0:
-            motion = None
-        if motion is not None and generator is not None and self.cfg.p_motion_ref > 0:
-            u = torch.rand(len(ref), generator=generator, device=generator.device).to(ref.device)
-            use_ref = append_dims(u < self.cfg.p_motion_ref, motion.ndim)
-            motion = torch.where(use_ref, ref[:, None].expand_as(motion), motion)
-        return Cond(reference=ref, audio=batch["audio"], motion=motion,
-                    visemes=batch.get("visemes") if self.use_visemes else None)
+        return batch_cond(batch, generator, self.cfg.p_motion_ref, use_visemes=self.use_visemes)
 
     def loss(self, batch: dict, step: int, generator: torch.Generator):
         x0 = batch["latents"]
@@ -312,5 +323,5 @@ def _validator(prepared: Path, cache: Path, codec, audio, info: ModelInfo, cfg: 
     return run
 
 
-__all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "build_teacher_net", "motion_weights",
+__all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "batch_cond", "build_teacher_net", "motion_weights",
            "resolve_patch", "sample_times", "snr_weight", "train_teacher"]

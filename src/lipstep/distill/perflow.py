@@ -1,0 +1,419 @@
+"""FADA: PeRFlow step distillation + adaptive mixed supervision + multi-CFG token distillation.
+
+A frozen multi-step teacher (DDIM, multi-condition CFG, FADA Eq. 9) becomes a few-step student
+that starts from the teacher's weights (algorithms.md §2.9, §4). Per training sample:
+
+1. **Window and time.** The time axis is cut into ``K`` equal windows (default 4); a window ``k`` and
+   a time ``t`` inside it (``start_k ≥ t > end_k``) are drawn uniformly.
+2. **Window endpoints.** ``z_start = a_start·x0 + s_start·eps`` (forward diffusion of the real
+   latents, ``eps ~ N(0, I)``); ``z_end`` = the frozen teacher's DDIM solve from ``start`` to ``end`` in
+   ``solver_steps`` steps (default 8) with multi-CFG at per-sample guidance scales ``(cfg_a, cfg_r)``
+   drawn from ``cfg_audio_range`` × ``cfg_ref_range``; no gradient.
+3. **Straight line.** ``z_t = z_start + (z_end − z_start)·(t − start)/(end − start)``.
+4. **Target.** ``"ddim_eps"`` (default; keeps the teacher's parametrisation): with
+   ``λ = sqrt(abar_end/abar_start)``, ``η = sqrt(1 − abar_end) − λ·sqrt(1 − abar_start)``, the constant
+   ``eps* = (z_end − λ·z_start)/η``; the student's native output at ``(z_t, t)`` is read as a noise
+   estimate (``schedule.to_eps``) and regressed on ``eps*``. ``"velocity"``: the output itself is
+   regressed on ``(z_end − z_start)/(end − start)``. One step of the PeRFlow sampler
+   (`lipstep.samplers.perflow`) from ``start`` with ``eps*`` lands exactly on ``z_end``.
+5. **Guidance.** ``cfg_mode`` says how the sampled scales reach the student (its one forward pass):
+   ``tokens`` (FADA: CFG cross-attention layers over Emb = cfg_a(γ_a − γ_r) + cfg_r(γ_r − γ_b) + γ_b),
+   ``plain`` (the CFG layer over an MLP of the scales, no tokens), ``time`` (an MLP of the scales
+   added to the timestep embedding), ``none`` (no scale input; the teacher target is then the
+   conditional teacher, scales 1: "conditional only"). New layers are zero-initialised, so at step 0
+   the student equals the teacher.
+6. **Mixed supervision** (`lipstep.distill.losses`): ``L = L_distill + W(R)·L_gt`` per sample, with
+   ``L_gt`` the student's ordinary eps-prediction loss on the real latents at the same t
+   (``x_t = a_t·x0 + s_t·eps``, guidance scales (1, 1)), ``L_teacher`` the conditional teacher's loss
+   on the same ``(x_t, eps)``, ``R = L_gt / L_teacher`` (stop-gradient). Modes: off | fixed:<w> |
+   adaptive-unlimited | adaptive.
+
+Both losses use the teacher's per-position motion weighting (`lipstep.train.teacher.motion_weights`),
+so moving regions (the mouth) count as they did when the teacher was trained.
+
+`distill_perflow` runs it end to end and writes a self-contained student directory whose
+``lipstep.json`` records its sampler (``perflow``, steps, windows, target, guidance scales).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from types import SimpleNamespace
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lipstep.config import check
+from lipstep.diffusion.cond import Cond
+from lipstep.diffusion.guidance import multi_cfg
+from lipstep.diffusion.schedules import Schedule, append_dims, ddim_step
+from lipstep.distill.losses import MixedConfig, mixed_weight, parse_mixed_mode
+from lipstep.errors import LipstepError
+from lipstep.samplers.perflow import TARGETS, ddim_eps_coeffs, window_bounds
+from lipstep.train.loop import TrainConfig
+from lipstep.train.teacher import batch_cond, motion_weights
+
+CFG_MODES = ("none", "time", "plain", "tokens")
+
+
+@dataclass
+class PerflowConfig:
+    """`lipstep distill perflow`: windows, teacher solve, target, guidance, mixed supervision, training."""
+
+    windows: int = 4                        # K equal time windows
+    solver_steps: int = 8                   # teacher DDIM steps inside one window (M)
+    target: Literal["ddim_eps", "velocity"] = "ddim_eps"
+    cfg_mode: Literal["none", "time", "plain", "tokens"] = "tokens"
+    cfg_tokens: int = 4                     # tokens per guidance embedding (tokens / plain)
+    cfg_audio_range: tuple[float, float] = (1.0, 5.0)   # cfg_a ~ U(range) per sample
+    cfg_ref_range: tuple[float, float] = (1.0, 3.0)     # cfg_r ~ U(range) per sample
+    mixed: MixedConfig = field(default_factory=MixedConfig)
+    motion_weight: float = 1.0              # extra weight on moving positions (as the teacher's loss)
+    p_motion_ref: float = 0.2               # first-chunk training (motion = reference), as the teacher
+    student_steps: int = 6                  # the student's default sampler steps (6 over 4 = 2, 2, 1, 1)
+    cfg_audio: float | None = None          # the student's default scales; None = the teacher's defaults
+    cfg_ref: float | None = None
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=600, batch_size=4, lr=1e-4, warmup_steps=50, ema_decay=0.99, checkpoint_every=100,
+        validate_every=0, log_every=10))
+    pairs: int = 0                          # 0 = the teacher solves its window online every step; N > 0 =
+    #                                         solve N (window start, window end) pairs once into a pair bank
+    #                                         and train on it (t is still drawn fresh inside each window)
+    pairs_dir: str = ""                     # the pair bank's directory ("" = OUT/pairs); an existing bank
+    #                                         made with the same teacher, data and pair settings is reused
+    val_clips: int = 2                      # held-out clips rendered as validation videos at the end
+    val_seconds: float = 2.0
+
+    def validate(self) -> None:
+        check(self.windows >= 1, f"windows must be >= 1, got {self.windows}")
+        check(self.solver_steps >= 1, f"solver_steps must be >= 1, got {self.solver_steps}")
+        check(self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}")
+        check(self.cfg_mode in CFG_MODES, f"cfg_mode must be one of {CFG_MODES}, got {self.cfg_mode!r}")
+        check(self.cfg_tokens >= 1, "cfg_tokens must be >= 1")
+        for name in ("cfg_audio_range", "cfg_ref_range"):
+            lo, hi = getattr(self, name)
+            check(0 <= lo <= hi, f"{name} must be (lo, hi) with 0 <= lo <= hi, got ({lo}, {hi})")
+        check(self.motion_weight >= 0 and 0 <= self.p_motion_ref <= 1,
+              "motion_weight must be >= 0 and p_motion_ref in [0, 1]")
+        check(self.student_steps >= self.windows,
+              f"student_steps ({self.student_steps}) must be >= windows ({self.windows}): one step per window at least")
+        self.mixed.validate()
+        check(parse_mixed_mode(self.mixed.mode)[0] == "off" or self.target == "ddim_eps",
+              "mixed supervision needs target=ddim_eps (its ground-truth loss is an eps loss)")
+        check(self.val_clips >= 0 and self.val_seconds > 0, "val_clips >= 0 and val_seconds > 0 required")
+        check(self.pairs >= 0, f"pairs must be >= 0, got {self.pairs}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the pieces
+
+
+def sample_windows(n: int, windows: int, generator: torch.Generator, device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per sample: window (start, end) and a time inside it, start ≥ t > end (float64 [n] each)."""
+    k = torch.randint(windows, (n,), generator=generator, device=generator.device)
+    u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
+    start, end = window_bounds(k.cpu(), windows)
+    start, end, u = start.to(device), end.to(device), u.to(device)
+    return start, end, start - (start - end) * u
+
+
+def sample_scales(n: int, cfg: PerflowConfig, generator: torch.Generator, device) -> Tensor:
+    """Guidance scales [n, 2] = (cfg_a, cfg_r) per sample; all ones for cfg_mode "none"."""
+    if cfg.cfg_mode == "none":
+        return torch.ones(n, 2, device=device)
+    u = torch.rand(n, 2, generator=generator, device=generator.device).to(device)
+    lo = torch.tensor([cfg.cfg_audio_range[0], cfg.cfg_ref_range[0]], device=device)
+    hi = torch.tensor([cfg.cfg_audio_range[1], cfg.cfg_ref_range[1]], device=device)
+    return lo + (hi - lo) * u
+
+
+@torch.no_grad()
+def teacher_window_solve(teacher, schedule: Schedule, z_start: Tensor, start: Tensor, end: Tensor, cond: Cond,
+                         scales: Tensor, steps: int) -> Tensor:
+    """DDIM from ``start`` to ``end`` (per-sample [B] times) in ``steps`` steps with multi-CFG at ``scales``."""
+    fn = multi_cfg(lambda x, t, c: teacher(x, schedule.model_time(t), c), scales[:, 0], scales[:, 1])
+    z = z_start.float()
+    for j in range(steps):
+        t = (start - (start - end) * (j / steps)).float()
+        t_next = (start - (start - end) * ((j + 1) / steps)).float()
+        pred = fn(z, t, cond)
+        z = ddim_step(schedule, z, t, t_next, schedule.to_x0(pred, z, t), schedule.to_eps(pred, z, t)).float()
+    return z
+
+
+def perflow_targets(schedule: Schedule, z_start: Tensor, z_end: Tensor, start: Tensor, end: Tensor,
+                    target: str) -> Tensor:
+    """The regression target: constant ``eps*`` ("ddim_eps") or straight-line velocity ("velocity")."""
+    if target == "velocity":
+        return (z_end - z_start) / append_dims((end - start).to(z_start.dtype), z_start.ndim)
+    lam, eta = ddim_eps_coeffs(schedule, start, end, z_start)
+    return (z_end - lam * z_start) / eta
+
+
+def build_student(teacher, cfg: PerflowConfig):
+    """A copy of the teacher's AvatarDiT with the guidance input of ``cfg.cfg_mode`` (zero-initialised)."""
+    from lipstep.nets.dit import AvatarDiT
+
+    dit = dataclasses.replace(teacher.cfg, cfg_layer=cfg.cfg_mode, cfg_tokens=cfg.cfg_tokens)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        student = AvatarDiT(dit)
+    result = student.load_state_dict(teacher.state_dict(), strict=False)
+    bad = [k for k in result.missing_keys if not k.startswith("cfg_embed") and ".cfg_attn." not in k]
+    if bad or result.unexpected_keys:
+        raise LipstepError(f"the student cannot start from the teacher's weights (missing {bad[:2]}, "
+                           f"unexpected {result.unexpected_keys[:2]})")
+    return student.train().requires_grad_(True)
+
+
+class PerflowMethod:
+    """The FADA objective (module docstring) for `lipstep.train.loop.train`: one role, the student."""
+
+    roles = ("student",)
+
+    def __init__(self, student, teacher, schedule: Schedule, cfg: PerflowConfig):
+        cfg.validate()
+        self.student, self.schedule, self.cfg = student, schedule, cfg
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def trainable(self):
+        return {"student": self.student}
+
+    def phase(self, step: int) -> str:
+        return "student"
+
+    def bind(self, modules) -> None:
+        self.student = modules["student"]
+
+    def _student_eps_err(self, pred: Tensor, z: Tensor, t: Tensor, target: Tensor) -> Tensor:
+        out = self.schedule.to_eps(pred, z, t) if self.cfg.target == "ddim_eps" else pred.float()
+        return (out.float() - target.float()).square()
+
+    def loss(self, batch: dict, step: int, generator: torch.Generator):
+        cfg, schedule = self.cfg, self.schedule
+        x0 = batch["latents"].float()
+        b, dev = x0.shape[0], x0.device
+        if "z_end" in batch:  # a pair bank item: window, noise, scales and the teacher's solve are stored
+            cond = batch_cond(batch)
+            start, end = (v.to(dev) for v in window_bounds(batch["window"].cpu(), cfg.windows))
+            u = torch.rand(b, generator=generator, device=generator.device, dtype=torch.float64).to(dev)
+            t = start - (start - end) * u
+            eps, scales, z_end = batch["eps"].float(), batch["scales"].float(), batch["z_end"].float()
+            z_start = schedule.add_noise(x0, eps, start).float()
+        else:
+            cond = batch_cond(batch, generator, cfg.p_motion_ref)
+            start, end, t = sample_windows(b, cfg.windows, generator, dev)
+            eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(dev)
+            scales = sample_scales(b, cfg, generator, dev)
+            z_start = schedule.add_noise(x0, eps, start).float()
+            z_end = teacher_window_solve(self.teacher, schedule, z_start, start, end, cond, scales, cfg.solver_steps)
+        frac = append_dims(((t - start) / (end - start)).float(), x0.ndim)
+        z_t = z_start + (z_end - z_start) * frac
+        target = perflow_targets(schedule, z_start, z_end, start, end, cfg.target)
+        weight = motion_weights(x0, cfg.motion_weight)
+        use_scales = cfg.cfg_mode != "none"
+        s_cond = dataclasses.replace(cond, cfg_scales=scales if use_scales else None)
+        mixed_on = parse_mixed_mode(cfg.mixed.mode)[0] != "off"
+        t32 = t.float()
+        if not mixed_on:
+            pred = self.student(z_t, schedule.model_time(t32), s_cond)
+            l_distill = (self._student_eps_err(pred, z_t, t32, target) * weight).flatten(1).mean(1)
+            return l_distill.mean(), {"l_distill": float(l_distill.detach().mean())}
+        # mixed supervision: the ground-truth branch rides in the same student forward (batch 2B)
+        x_t = schedule.add_noise(x0, eps, t32).float()
+        gt_cond = dataclasses.replace(cond, cfg_scales=torch.ones_like(scales) if use_scales else None)
+        both = self.student(torch.cat([z_t, x_t]), schedule.model_time(torch.cat([t32, t32])),
+                            Cond.cat([s_cond, gt_cond]))
+        pred, pred_gt = both.chunk(2)
+        l_distill = (self._student_eps_err(pred, z_t, t32, target) * weight).flatten(1).mean(1)
+        l_gt = (self._student_eps_err(pred_gt, x_t, t32, eps) * weight).flatten(1).mean(1)
+        with torch.no_grad():
+            p_teacher = self.teacher(x_t, schedule.model_time(t32), cond)
+            l_teacher = (self._student_eps_err(p_teacher, x_t, t32, eps) * weight).flatten(1).mean(1)
+            r = l_gt.detach() / l_teacher.clamp_min(1e-8)
+            w = mixed_weight(cfg.mixed, r)
+        loss = (l_distill + w * l_gt).mean()
+        return loss, {"l_distill": float(l_distill.detach().mean()), "l_gt": float(l_gt.detach().mean()),
+                      "ratio": float(r.median()), "w_gt": float(w.mean())}
+
+
+# ---------------------------------------------------------------------------------------------
+# the pair bank: teacher window solves computed once, reused by every epoch (and by other runs)
+
+PAIR_KEYS = ("latents", "reference_latent", "motion_latents", "audio", "eps", "window", "scales", "z_end")
+PART_SIZE = 64  # pairs per bank file
+
+
+def pair_settings(cfg: PerflowConfig, teacher_path, prepared) -> dict:
+    """What a pair bank depends on; a bank is reused only when all of it matches."""
+    return {"teacher": str(Path(teacher_path).resolve()), "data": str(Path(prepared).resolve()),
+            "windows": cfg.windows, "solver_steps": cfg.solver_steps, "guided": cfg.cfg_mode != "none",
+            "cfg_audio_range": list(cfg.cfg_audio_range), "cfg_ref_range": list(cfg.cfg_ref_range),
+            "p_motion_ref": cfg.p_motion_ref, "seed": cfg.train.seed}
+
+
+def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Path, settings: dict, *,
+                    batch_size: int = 8, progress: bool = True) -> Path:
+    """Solve ``n_pairs`` teacher windows into ``directory`` (parts of `PART_SIZE`, resumable, atomic)."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from lipstep.fsutil import atomic_path, write_json_atomic
+    from lipstep.train.loop import batch_indices
+
+    directory.mkdir(parents=True, exist_ok=True)
+    meta_path = directory / "bank.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        if old.get("settings") != settings:
+            diff = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
+            raise LipstepError(f"{directory}: pair bank made with other settings ({', '.join(diff)}); "
+                               f"choose another pairs_dir or remove it")
+    write_json_atomic(meta_path, {"settings": settings, "pairs": n_pairs, "part_size": PART_SIZE})
+    cfg, schedule = method.cfg, method.schedule
+    parts = -(-n_pairs // PART_SIZE)
+    done = sum((directory / f"part_{p:05d}.safetensors").is_file() for p in range(parts))
+    bar = tqdm(total=n_pairs, initial=min(n_pairs, done * PART_SIZE), desc="teacher pairs", unit="pair",
+               disable=not progress, dynamic_ncols=True)
+    for p in range(parts):
+        path = directory / f"part_{p:05d}.safetensors"
+        if path.is_file():
+            continue
+        count = min(PART_SIZE, n_pairs - p * PART_SIZE)
+        order = batch_indices(len(dataset), count, settings["seed"] + 7919, start_step=p)
+        items = [dataset[i] for i in next(order)]
+        dev = next(method.teacher.parameters()).device
+        batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in items[0] if torch.is_tensor(items[0][k])}
+        gen = torch.Generator(device="cpu").manual_seed(settings["seed"] * 1000003 + p)
+        out = {k: [] for k in PAIR_KEYS}
+        for lo in range(0, count, batch_size):
+            sub = {k: v[lo:lo + batch_size] for k, v in batch.items()}
+            b = len(sub["latents"])
+            cond = batch_cond(sub, gen, cfg.p_motion_ref)
+            k = torch.randint(cfg.windows, (b,), generator=gen)
+            start, end = (v.to(dev) for v in window_bounds(k, cfg.windows))
+            eps = torch.randn(sub["latents"].shape, generator=gen).to(dev)
+            scales = sample_scales(b, cfg, gen, dev)
+            z_start = schedule.add_noise(sub["latents"].float(), eps, start).float()
+            z_end = teacher_window_solve(method.teacher, schedule, z_start, start, end, cond, scales, cfg.solver_steps)
+            motion = cond.motion if cond.motion is not None else sub["latents"][:, :0]
+            for key, v in (("latents", sub["latents"]), ("reference_latent", cond.reference), ("motion_latents", motion),
+                           ("audio", cond.audio), ("eps", eps), ("window", k), ("scales", scales), ("z_end", z_end)):
+                out[key].append(v.detach().cpu())
+            bar.update(b)
+        with atomic_path(path) as tmp:
+            save_file({k: torch.cat(v).contiguous() for k, v in out.items()}, str(tmp))
+    bar.close()
+    return directory
+
+
+class PairBank(torch.utils.data.Dataset):
+    """The pairs of a bank directory as dataset items (all in memory)."""
+
+    def __init__(self, directory: Path, n_pairs: int):
+        from safetensors.torch import load_file
+
+        parts = sorted(Path(directory).glob("part_*.safetensors"))
+        if not parts:
+            raise LipstepError(f"{directory}: no pair bank files")
+        data = [load_file(str(p)) for p in parts]
+        self.data = {k: torch.cat([d[k] for d in data])[:n_pairs] for k in PAIR_KEYS}
+        if len(self.data["latents"]) < n_pairs:
+            raise LipstepError(f"{directory}: the pair bank holds {len(self.data['latents'])} pairs, {n_pairs} asked")
+
+    def __len__(self) -> int:
+        return len(self.data["latents"])
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v[i] for k, v in self.data.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# running it
+
+
+def student_info(teacher_info, cfg: PerflowConfig, *, trained: dict | None = None):
+    """The student's ModelInfo: the teacher's schedule and window, the PeRFlow sampler as its default."""
+    from lipstep.pipeline import ModelInfo, SamplerInfo
+
+    t = teacher_info.sampler
+    cfg_audio = t.cfg_audio if cfg.cfg_audio is None else cfg.cfg_audio
+    cfg_ref = t.cfg_ref if cfg.cfg_ref is None else cfg.cfg_ref
+    if cfg.cfg_mode == "none":
+        cfg_audio = cfg_ref = 1.0  # trained on the conditional teacher: no guidance input, one pass
+    sampler = SamplerInfo(name="perflow", steps=cfg.student_steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
+                          spacing=t.spacing, windows=cfg.windows, target=cfg.target,
+                          guidance="embedded" if cfg.cfg_mode != "none" else "cfg")
+    return ModelInfo(kind="student", recipe="perflow", schedule=teacher_info.schedule,
+                     flow_shift=teacher_info.flow_shift, sampler=sampler, frames=teacher_info.frames,
+                     motion_frames=teacher_info.motion_frames, image_size=teacher_info.image_size,
+                     fps=teacher_info.fps, sample_rate=teacher_info.sample_rate, trained=trained or {})
+
+
+def distill_perflow(prepared: str | Path, teacher: str | Path, out: str | Path, cfg: PerflowConfig | None = None,
+                    *, resume: bool = False, progress: bool = True) -> Path:
+    """Distill ``teacher`` (a model directory or bundled name) on ``prepared``; returns ``out/model``."""
+    from lipstep.codecs.cache import encode_prepared
+    from lipstep.config import validate
+    from lipstep.data.dataset import WindowConfig, WindowDataset
+    from lipstep.nets.dit import param_count
+    from lipstep.pipeline import AvatarPipeline, save_model
+    from lipstep.train.loop import latest_checkpoint, train
+    from lipstep.train.teacher import _check_shapes, _validator
+
+    cfg = cfg or PerflowConfig()
+    validate(cfg)
+    prepared, out = Path(prepared), Path(out)
+    if not (prepared / "manifest.jsonl").is_file():
+        raise LipstepError(f"{prepared} is not a prepared directory (no manifest.jsonl); run lipstep prepare first")
+    if not resume and latest_checkpoint(out) is not None:
+        raise LipstepError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    started = time.perf_counter()
+    pipe = AvatarPipeline.from_pretrained(teacher, device="cuda" if torch.cuda.is_available() else "cpu")
+    if pipe.info.kind != "teacher":
+        raise LipstepError(f"{pipe.path}: is a {pipe.info.kind} ({pipe.info.recipe}); distill perflow needs a teacher")
+    if pipe.audio_encoder.cfg.kind != "mel" or (pipe.audio_encoder.window, pipe.audio_encoder.feature_dim) != (16, 80):
+        raise LipstepError("distill perflow trains on the shards' log-mel windows: the teacher's audio encoder must "
+                           "be mel with window 16 and 80 mels")
+    size = _check_shapes(pipe.codec, prepared)
+    if size != pipe.info.image_size:
+        raise LipstepError(f"{prepared}: {size}px frames, but the teacher works on {pipe.info.image_size}px; "
+                           f"prepare the data with --size {pipe.info.image_size}")
+    cache = encode_prepared(prepared, pipe.codec, progress=progress)
+    window = WindowConfig(frames=pipe.info.frames, motion_frames=pipe.info.motion_frames)
+    dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False)
+    student = build_student(pipe.denoiser, cfg).cpu()
+    method = PerflowMethod(student, pipe.denoiser, pipe.schedule, cfg)
+    if cfg.pairs:
+        bank = Path(cfg.pairs_dir) if cfg.pairs_dir else out / "pairs"
+        build_pair_bank(method, dataset, cfg.pairs, bank, pair_settings(cfg, pipe.path, prepared),
+                        progress=progress)
+        dataset = PairBank(bank, cfg.pairs)
+    print(f"perflow: student AvatarDiT ({param_count(student.cfg) / 1e6:.2f} M parameters, cfg_mode "
+          f"{cfg.cfg_mode}) from the teacher {pipe.path}; {cfg.windows} windows, {cfg.solver_steps} teacher steps "
+          f"per window, target {cfg.target}, mixed {cfg.mixed.mode}; {len(dataset)} training windows", flush=True)
+    info = student_info(pipe.info, cfg)
+    vcfg = SimpleNamespace(val_clips=cfg.val_clips, val_steps=cfg.student_steps, val_seconds=cfg.val_seconds)
+    validate_fn = _validator(prepared, cache, pipe.codec, pipe.audio_encoder, info, vcfg, out)
+    state = train(method, dataset, cfg.train, out, resume=resume, run_config=cfg,
+                  validate=(lambda step, models: validate_fn(step, {"denoiser": models["student"]}))
+                  if cfg.val_clips else None, progress=progress)
+    final = state.emas["student"].shadow if "student" in state.emas else student
+    info.trained = {"teacher": str(pipe.path), "data": str(prepared.resolve()), "steps": state.step,
+                    "seconds_this_run": round(time.perf_counter() - started, 1),
+                    "weights": "ema" if "student" in state.emas else "model",
+                    "windows": cfg.windows, "solver_steps": cfg.solver_steps, "cfg_mode": cfg.cfg_mode,
+                    "mixed": cfg.mixed.mode, "target": cfg.target}
+    model_dir = save_model(out / "model", info, pipe.codec, pipe.audio_encoder, final.eval())
+    (out / "distill.json").write_text(json.dumps(info.trained, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote the student model to {model_dir} ({info.nfe_per_chunk()} NFE per chunk)", flush=True)
+    return model_dir
+
+
+__all__ = ["CFG_MODES", "PairBank", "PerflowConfig", "PerflowMethod", "build_pair_bank", "build_student", "distill_perflow", "perflow_targets",
+           "pair_settings", "sample_scales", "sample_windows", "student_info", "teacher_window_solve"]
