@@ -167,8 +167,23 @@ def test_generate_with_the_default_bundled_model(inputs, tmp_path):
 def test_demo_generates_a_talking_video(model, tmp_path):
     from lipstep.demo import run_demo
 
-    run_demo(tmp_path / "demo", model=str(model))
+    run_demo(tmp_path / "demo", model=str(model), bench_seconds=0)
     info = probe(tmp_path / "demo" / "talk.mp4")
     assert info["has_audio"] and info["frames"] > 25
     assert abs(info["seconds"] - len(read_audio(tmp_path / "demo" / "speech.wav")) / SR) < 0.1
     assert (tmp_path / "demo" / "contact_sheet.png").is_file() and (tmp_path / "demo" / "portrait.png").is_file()
+    assert not (tmp_path / "demo" / "bench").exists()
+
+
+def test_demo_benchmarks_every_bundled_model_side_by_side(model, tmp_path, monkeypatch, capsys):
+    import lipstep.pipeline
+    from lipstep.demo import bench_bundled, example_portrait, example_speech
+
+    example_portrait(tmp_path, progress=False)
+    example_speech(tmp_path)
+    monkeypatch.setattr(lipstep.pipeline, "bundled_models", lambda: {"one": Path(model)})
+    assert bench_bundled(tmp_path, 0.4) is None  # a single model: nothing to compare
+    monkeypatch.setattr(lipstep.pipeline, "bundled_models", lambda: {"one": Path(model), "two": Path(model)})
+    report = bench_bundled(tmp_path, 0.4)
+    assert set(report["models"]) == {"one", "two"} and (tmp_path / "bench" / "bench.json").is_file()
+    assert "one" in capsys.readouterr().out

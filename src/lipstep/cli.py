@@ -122,11 +122,16 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Where to write the demo outputs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name "
                                         "(default: the fastest bundled model)."),
+    bench_seconds: float = typer.Option(2.0, help="Seconds of speech in the teacher-vs-student benchmark "
+                                        "(0 = no benchmark)."),
 ):
-    """The main job on the embedded default: example portrait + example speech -> talking video."""
+    """The main job on the embedded default: example portrait + example speech -> talking video, then the
+    bundled teacher against the bundled student(s) in one `lipstep bench` run."""
     from lipstep.demo import run_demo
 
-    run_demo(out, model)
+    if bench_seconds < 0:
+        raise LipstepError("--bench-seconds must be >= 0")
+    run_demo(out, model, bench_seconds=bench_seconds)
 
 
 # ---------------------------------------------------------------------------------------------

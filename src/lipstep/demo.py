@@ -9,6 +9,8 @@ fastest bundled model (`lipstep models`). It writes::
     OUT/speech.wav          the example speech (+ speech.phonemes.json)
     OUT/talk.mp4            the generated talking head with the speech muxed in
     OUT/contact_sheet.png   top: generated frames over time; below: rendered world clips
+    OUT/bench/bench.md      with a teacher and a student bundled: `lipstep bench` of all bundled
+                            models side by side on the same portrait and speech (also printed)
 """
 
 from __future__ import annotations
@@ -68,7 +70,21 @@ def example_speech(out: Path) -> tuple[Path, float]:
     return out / "speech.wav", speech.seconds
 
 
-def run_demo(out: Path, model: str | None = None) -> None:
+def bench_bundled(out: Path, seconds: float = 2.0) -> dict | None:
+    """`lipstep bench` of every bundled model on the demo's inputs (``out/bench``); None when only one is bundled."""
+    from lipstep.eval.bench import format_table, run_bench
+    from lipstep.pipeline import bundled_models
+
+    names = list(bundled_models())
+    if len(names) < 2:
+        return None
+    report = run_bench(names, out / "bench", image=out / "portrait.png", audio=out / "speech.wav", seconds=seconds,
+                       warmup=1, repeats=1, progress=False)
+    print(format_table(report))
+    return report
+
+
+def run_demo(out: Path, model: str | None = None, *, bench_seconds: float = 2.0) -> None:
     from lipstep.data.media import write_image
     from lipstep.pipeline import generate_file, resolve_model
 
@@ -91,3 +107,7 @@ def run_demo(out: Path, model: str | None = None) -> None:
         write_image(sheet, np.concatenate([top, below], axis=0))
     print(f"talking video: {path}")
     print(f"contact sheet: {sheet}")
+    if bench_seconds > 0:
+        report = bench_bundled(out, bench_seconds)
+        if report is not None:
+            print(f"benchmark: {out / 'bench' / 'bench.md'}")

@@ -199,3 +199,18 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="cfg_audio_range"):
         PerflowConfig(cfg_audio_range=(3.0, 1.0)).validate()
     assert make_schedule("vp_v").prediction == "v"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "is not a prepared directory"),
+    (["windows=0"], "windows must be >= 1"),
+    (["cfg_mod=tokens"], "did you mean"),
+    (["mixed.mode=sometimes"], "mixed.mode must be"),
+])
+def test_cli_errors_are_one_line(tmp_path, extra, message):
+    from tests.test_cli import run_cli
+
+    r = run_cli("distill", "perflow", "--data", tmp_path / "missing", "--out", tmp_path / "run", *extra)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
