@@ -4,7 +4,7 @@
 # clip's own audio and labels):
 #   bash experiments/eval/teacher_eval.sh PREPARED OUT [CLIPS=8] [SECONDS=2]
 set -euo pipefail
-PREPARED=${1:?prepared directory (the default teacher's world)}
+PREPARED=${1:?prepared directory of the default teacher world}
 OUT=${2:?output directory}
 CLIPS=${3:-8}
 SECONDS_=${4:-2}

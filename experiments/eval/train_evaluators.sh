@@ -10,4 +10,9 @@ PREPARED=${1:?prepared directory}
 CODEC=${2:?codec directory}
 OUT=${3:-runs/evaluators}
 LIPSTEP=${LIPSTEP:-lipstep}
-$LIPSTEP train evaluators --data "$PREPARED" --codec "$CODEC" --out "$OUT"
+# The bundled evaluators were trained with these four commands (the SyncNet and feature net with fewer
+# steps than their defaults, to fit our 2-core CPU; `lipstep train evaluators` runs all four at defaults):
+$LIPSTEP train mouth-reader --data "$PREPARED" --codec "$CODEC" --out "$OUT/mouth"
+$LIPSTEP train syncnet --data "$PREPARED" --out "$OUT/syncnet" --steps 1200 batch=32
+$LIPSTEP train features --data "$PREPARED" --out "$OUT/features" --steps 150
+$LIPSTEP train identity --data "$PREPARED" --out "$OUT/identity"

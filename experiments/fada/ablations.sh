@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # FADA's ablations (paper Tables 2-4) at synthetic-world scale, on our 2-core CPU:
-#   bash experiments/fada/ablations.sh DATA_ROOT [STEPS=120] [CLIPS=4]
+#   bash experiments/fada/ablations.sh DATA_ROOT [STEPS=100] [CLIPS=8]
 # DATA_ROOT holds `prepared` (the default teacher's clean world: evaluation on its test split) and
 # `prepared_mod` (the moderate-quality world the students train on, FADA's broader student data):
 #   lipstep synth --out DATA_ROOT/world --identities 40 --clips-per-identity 4 --seconds 4
@@ -13,8 +13,8 @@
 # made by `python experiments/fada/tables.py DATA_ROOT`.
 set -euo pipefail
 ROOT=${1:?data root}
-STEPS=${2:-120}
-CLIPS=${3:-4}
+STEPS=${2:-100}
+CLIPS=${3:-8}
 LIPSTEP=${LIPSTEP:-lipstep}
 RUNS=$ROOT/fada
 EVALS=$ROOT/fada_eval
@@ -24,6 +24,7 @@ BANK=(pairs=512 solver_steps=4 "pairs_dir=$ROOT/bank_k4_m4")
 
 run() {  # run NAME [overrides...]: distill (resumable) then evaluate on the clean test split
     local name=$1; shift
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi  # ONLY="a b": a subset
     if [ ! -f "$RUNS/$name/model/lipstep.json" ]; then
         local resume=(); [ -d "$RUNS/$name/checkpoints" ] && resume=(--resume)
         $LIPSTEP distill perflow "${COMMON[@]}" --out "$RUNS/$name" "${resume[@]}" val_clips=0 "$@"
@@ -51,6 +52,7 @@ run cfg_plain "${BANK[@]}" cfg_mode=plain mixed.mode=off
 # references: the teacher at 75 NFE and the undistilled teacher at 6 DDIM steps (x 3 CFG passes)
 for spec in "teacher_25x3:" "teacher_6x3:--steps 6"; do
     name=${spec%%:*}; extra=${spec#*:}
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
     [ -f "$EVALS/$name/metrics.json" ] || $LIPSTEP eval --model teacher --data "$ROOT/prepared" --out "$EVALS/$name" \
         --max-clips "$CLIPS" --seconds 2 --save-videos 1 $extra
 done

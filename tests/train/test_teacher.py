@@ -1,9 +1,7 @@
 """The teacher: objective pieces, overfitting one clip, the whole `train teacher` run with resume."""
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -38,7 +38,6 @@ MouthErr with the right audio against MouthErr with another clip's audio.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import time

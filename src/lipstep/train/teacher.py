@@ -26,8 +26,6 @@ weights as a model directory ``OUT/model`` that `lipstep generate` takes.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
