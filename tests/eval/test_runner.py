@@ -123,6 +123,13 @@ def test_markdown_lists_metrics_with_ceilings():
     md = metrics_markdown({"model": "m", "eval": {"split": "test"}, "clips": 1, "frames": 10, "mouth_err": 0.1,
                            "mouth_err_gt": 0.05, "extractors": {"mouth_err": "reader"}, "skipped": {"fid": "why"}})
     assert "| mouth_err | 0.1 | 0.05 | reader |" in md and "- `fid`: why" in md
+    assert "| mouth_err_gt |" not in md  # a ceiling, shown in its metric's row
+
+
+def test_markdown_keeps_metrics_named_against_ground_truth():
+    md = metrics_markdown({"model": "m", "eval": {"split": "test"}, "clips": 1, "frames": 10, "psnr_gt": 21.5,
+                           "ssim_gt": 0.75, "psnr_codec": 30.0, "psnr_codec_gt": 18.0})
+    assert "| psnr_gt | 21.5 |" in md and "| ssim_gt | 0.75 |" in md and "| psnr_codec | 30 | 18 |" in md
 
 
 def _run(*args):

@@ -103,3 +103,21 @@ def test_sampler_rejects_steps_that_cross_a_window_end():
     z = torch.zeros(1, 2, 4, 2, 2)
     with pytest.raises(ValueError, match="crosses the window end"):
         sample_perflow(lambda x, t, c: x, z, torch.tensor([1.0, 0.5, 0.0]), _cond(1), schedule=sch, windows=4)
+
+
+@pytest.mark.parametrize("schedule", ["vp_eps", "vp_v"])
+def test_one_step_per_window_is_ddim(schedule):
+    """With K = n windows every step starts a window, and the PeRFlow update is exactly the DDIM step."""
+    from lipstep.samplers import sample_ddim
+
+    sch = make_schedule(schedule)
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(1, 3, 4, 2, 2, generator=g)
+
+    def net(x, t, cond):  # any smooth denoiser
+        return torch.tanh(x * w) * (1 + t.reshape(-1, 1, 1, 1, 1))
+
+    noise = torch.randn(1, 3, 4, 2, 2, generator=g)
+    a = sample_perflow(net, noise, perflow_timesteps(5, 5), _cond(1), schedule=sch, windows=5)
+    b = sample_ddim(net, noise, sch.timesteps(5, spacing="trailing"), _cond(1), schedule=sch)
+    assert torch.allclose(a, b, atol=1e-5)

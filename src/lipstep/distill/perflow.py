@@ -396,7 +396,9 @@ def distill_perflow(prepared: str | Path, teacher: str | Path, out: str | Path, 
         dataset = PairBank(bank, cfg.pairs)
     print(f"perflow: student AvatarDiT ({param_count(student.cfg) / 1e6:.2f} M parameters, cfg_mode "
           f"{cfg.cfg_mode}) from the teacher {pipe.path}; {cfg.windows} windows, {cfg.solver_steps} teacher steps "
-          f"per window, target {cfg.target}, mixed {cfg.mixed.mode}; {len(dataset)} training windows", flush=True)
+          f"per window, target {cfg.target}, mixed {cfg.mixed.mode}; {len(dataset)} "
+          f"{'teacher pairs from ' + str(bank) if cfg.pairs else 'training windows (teacher solved online)'}",
+          flush=True)
     info = student_info(pipe.info, cfg)
     vcfg = SimpleNamespace(val_clips=cfg.val_clips, val_steps=cfg.student_steps, val_seconds=cfg.val_seconds)
     validate_fn = _validator(prepared, cache, pipe.codec, pipe.audio_encoder, info, vcfg, out)

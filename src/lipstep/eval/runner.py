@@ -395,7 +395,10 @@ def metrics_markdown(result: dict) -> str:
     lines = [f"# lipstep eval: {result.get('model')} on {result.get('eval', {}).get('split')} "
              f"({result.get('clips')} clips, {result.get('frames')} frames)", "",
              "| metric | generated | ground truth | extractor |", "|---|---|---|---|"]
-    numeric = {k: v for k, v in result.items() if isinstance(v, int | float) and not k.endswith("_gt")}
+    # "<metric>_gt" is the ground-truth ceiling of <metric> when <metric> exists (mouth_err_gt); metrics
+    # whose own name ends in _gt (psnr_gt: generated against ground truth) are rows of their own
+    numeric = {k: v for k, v in result.items()
+               if isinstance(v, int | float) and not (k.endswith("_gt") and k[:-3] in result)}
     ordered = sorted(numeric, key=lambda k: (next((i for i, p in enumerate(_ORDER) if k.startswith(p)), 99), k))
     for k in ordered:
         gt = result.get(f"{k}_gt")
