@@ -145,23 +145,26 @@ def test_read_info_rejects_mismatched_components(model, tmp_path):
 
 
 def test_bundled_models_are_listed_small_and_loadable():
+    from lipstep.pipeline import BUNDLED_ROOT, default_model
+
     bundled = bundled_models()
-    assert "teacher" in bundled
-    total = sum(f.stat().st_size for p in bundled.values() for f in p.rglob("*") if f.is_file())
+    assert {"teacher", "fada"} <= set(bundled)
+    total = sum(f.stat().st_size for f in BUNDLED_ROOT.rglob("*") if f.is_file())  # models and evaluators
     assert total <= 40 * 2**20
     rows = {r["name"]: r for r in describe_models()}
     assert rows["teacher"]["kind"] == "teacher" and rows["teacher"]["nfe_per_chunk"] == 75
-    assert resolve_model("teacher") == bundled["teacher"]
+    assert (rows["fada"]["kind"], rows["fada"]["recipe"], rows["fada"]["nfe_per_chunk"]) == ("student", "perflow", 6)
+    assert resolve_model("teacher") == bundled["teacher"] and default_model() == "fada"
     r = _run("models")
-    assert r.returncode == 0 and "teacher" in r.stdout and "75" in r.stdout
+    assert r.returncode == 0 and "teacher" in r.stdout and "75" in r.stdout and "fada" in r.stdout
 
 
 def test_generate_with_the_default_bundled_model(inputs, tmp_path):
     out = tmp_path / "default.mp4"
-    r = _run("generate", "--image", inputs / "astronaut.png", "--audio", inputs / "speech.wav", "--out", out,
-             "--steps", "2")
+    r = _run("generate", "--image", inputs / "astronaut.png", "--audio", inputs / "speech.wav", "--out", out)
     assert r.returncode == 0, r.stderr
     assert probe(out)["frames"] == round(1.1 * 25)
+    assert "4 chunks x 6 steps, NFE 24" in r.stdout  # the bundled FADA student: 6 NFE per chunk
 
 
 def test_demo_generates_a_talking_video(model, tmp_path):
