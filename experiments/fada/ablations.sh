@@ -49,6 +49,13 @@ run cfg_none pairs=256 solver_steps=4 "pairs_dir=$ROOT/bank_none_m4" cfg_mode=no
 run cfg_time "${BANK[@]}" cfg_mode=time mixed.mode=off
 run cfg_plain "${BANK[@]}" cfg_mode=plain mixed.mode=off
 
+# control: the teacher's weights under the student's sampler (6 PeRFlow steps, one pass), no training
+if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" untrained "* ]]; then
+    [ -f "$RUNS/untrained/lipstep.json" ] || ${PYTHON:-python} "$(dirname "$0")/untrained_student.py" "$RUNS/untrained"
+    [ -f "$EVALS/untrained/metrics.json" ] || $LIPSTEP eval --model "$RUNS/untrained" --data "$ROOT/prepared" \
+        --out "$EVALS/untrained" --max-clips "$CLIPS" --seconds 2 --save-videos 1
+fi
+
 # references: the teacher at 75 NFE and the undistilled teacher at 6 DDIM steps (x 3 CFG passes)
 for spec in "teacher_25x3:" "teacher_6x3:--steps 6"; do
     name=${spec%%:*}; extra=${spec#*:}

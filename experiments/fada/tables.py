@@ -21,6 +21,7 @@ TABLES = {
     "Table 2 — basic distillation (6 steps, one pass, CFG tokens, no mixed supervision)": [
         ("teacher_25x3", "teacher, DDIM 25 × 3 CFG passes"),
         ("teacher_6x3", "teacher, DDIM 6 × 3 CFG passes (no distillation)"),
+        ("untrained", "teacher weights under the student sampler, no training (control)"),
         ("reflow_k1", "rectified-flow student (1 window, velocity target)"),
         ("perflow_k4", "PeRFlow student (4 windows, ddim_eps target)"),
     ],

@@ -185,10 +185,10 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     if model is None:
         model = default_model()
     path = Path(model)
-    if path.is_dir():
-        return path
     models = bundled_models()
-    if str(model) in models:
+    if path.is_dir() and ((path / INFO_NAME).is_file() or str(model) not in models):
+        return path
+    if str(model) in models:  # also when a local directory of that name is not a model directory
         return models[str(model)]
     names = ", ".join(models) or "none installed"
     raise LipstepError(f"model '{model}' is neither a directory nor a bundled model (bundled: {names})")

@@ -190,3 +190,12 @@ def test_bad_specs_fail_with_one_line(model, inputs, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["bench.json"]  # no inputs/, bench.md, temporary files
     assert (out / "bench.json").read_text() == "{}\n"
+
+
+def test_default_plot_shows_the_headline_metrics():
+    from lipstep.eval.bench import quality_metrics
+
+    evals = {"a": {"mouth_err": 0.2, "mouth_err_gt": 0.1, "fd": 3.0, "fd_frames": 400, "zeta": 1.0},
+             "b": {"mouth_err": 0.3, "mouth_err_gt": 0.1, "fd": 4.0, "fd_frames": 400, "zeta": 2.0}}
+    assert quality_metrics(evals) == ["mouth_err", "fd"]
+    assert quality_metrics({"a": {"zeta": 1.0}, "b": {"zeta": 2.0}}) == ["zeta"]  # nothing headline: all shared

@@ -53,6 +53,8 @@ COMPONENTS = ("crop_encode", "audio", "denoise", "decode", "mux")
 # Keys of a `lipstep eval` metrics.json that describe the run rather than its quality.
 NOT_QUALITY = {"nfe", "nfe_total", "steps", "chunks", "frames", "clips", "seed", "seconds", "n", "count"}
 MAX_PLOTTED_METRICS = 8
+# what `lipstep eval` reports first, in this order, when present in every eval file (the default plot)
+HEADLINE_METRICS = ("mouth_err", "mouth_corr", "sync_c", "sync_d", "fd", "fvd", "id_sim", "psnr_gt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +128,9 @@ def quality_metrics(evals: dict[str, dict[str, float]], wanted: list[str] | None
     shared = set.intersection(*(set(e) for e in evals.values())) - NOT_QUALITY
     if not shared:
         raise LipstepError("the --eval files share no quality metric to plot; choose one with --metric")
+    headline = [m for m in HEADLINE_METRICS if m in shared]
+    if headline:  # eval's headline metrics, not ceilings (*_gt of another metric) or sample counts
+        return headline[:MAX_PLOTTED_METRICS]
     return sorted(shared)[:MAX_PLOTTED_METRICS]
 
 
