@@ -82,3 +82,14 @@ def test_set_key_without_parsing_keeps_python_values():
     assert cfg.train.steps == 7
     with pytest.raises(ConfigError):
         set_key(cfg, "train.steps", "7", parse=False)
+
+
+def test_a_literal_none_choice_is_reachable_from_the_command_line():
+    @dataclass
+    class WithNone:
+        cfg_mode: Literal["none", "tokens"] = "tokens"
+
+    assert apply_overrides(WithNone(), ["cfg_mode=none"]).cfg_mode == "none"
+    assert apply_overrides(WithNone(), ["cfg_mode=None"]).cfg_mode == "none"
+    with pytest.raises(ConfigError, match="must be one of"):
+        apply_overrides(Outer(), ["mode=none"])  # no "none" choice: still an error

@@ -190,3 +190,20 @@ def test_demo_benchmarks_every_bundled_model_side_by_side(model, tmp_path, monke
     report = bench_bundled(tmp_path, 0.4)
     assert set(report["models"]) == {"one", "two"} and (tmp_path / "bench" / "bench.json").is_file()
     assert "one" in capsys.readouterr().out
+
+
+def test_a_bundled_name_wins_over_a_same_named_folder_that_is_not_a_model(tmp_path, monkeypatch, model):
+    from lipstep.pipeline import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher").mkdir()  # e.g. a run or data folder called like the bundled model
+    assert resolve_model("teacher") == bundled_models()["teacher"]
+    other = tmp_path / "mine"
+    other.mkdir()
+    assert resolve_model("mine") == Path("mine")  # not bundled: the folder (read_info then names the problem)
+    import shutil
+
+    shutil.copytree(model, tmp_path / "fada_local")
+    (tmp_path / "teacher").rmdir()
+    shutil.copytree(model, tmp_path / "teacher")  # a real model folder of that name is used as given
+    assert resolve_model("teacher") == Path("teacher")

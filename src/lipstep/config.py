@@ -60,6 +60,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
+        if value is None and "none" in args:  # `key=none` on the command line parses as None
+            return "none"
         raise ConfigError(f"{key}: must be one of {', '.join(repr(a) for a in args)}, got {value!r}"
                           + (_hint(str(value), [str(a) for a in args]) if isinstance(value, str) else ""))
     if origin in (tuple, list):
