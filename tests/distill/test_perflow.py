@@ -214,3 +214,17 @@ def test_cli_errors_are_one_line(tmp_path, extra, message):
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_distill_perflow_resumes_with_its_pair_bank(world, tmp_path):
+    cfg = PerflowConfig(solver_steps=1, pairs=6, val_clips=0, mixed=MixedConfig(mode="off"))
+    cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, log_every=1)
+    distill_perflow(world / "prepared", world / "teacher" / "model", tmp_path / "run", cfg, progress=False)
+    bank = sorted((tmp_path / "run" / "pairs").glob("part_*.safetensors"))
+    stamp = bank[0].stat().st_mtime_ns
+    cfg.train.steps = 3
+    model = distill_perflow(world / "prepared", world / "teacher" / "model", tmp_path / "run", cfg, resume=True,
+                            progress=False)
+    assert json.loads((tmp_path / "run" / "distill.json").read_text())["steps"] == 3
+    assert bank[0].stat().st_mtime_ns == stamp  # the bank was reused, not solved again
+    assert read_info(model).trained["steps"] == 3
