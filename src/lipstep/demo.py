@@ -78,8 +78,10 @@ def bench_bundled(out: Path, seconds: float = 2.0) -> dict | None:
     names = list(bundled_models())
     if len(names) < 2:
         return None
+    print(f"benchmarking the bundled models {', '.join(names)} on {seconds:g} s of the speech "
+          f"(1 warm-up + 1 timed run each; the teacher takes about a minute per run on 2 CPU cores)", flush=True)
     report = run_bench(names, out / "bench", image=out / "portrait.png", audio=out / "speech.wav", seconds=seconds,
-                       warmup=1, repeats=1, progress=False)
+                       warmup=1, repeats=1)
     print(format_table(report))
     return report
 
