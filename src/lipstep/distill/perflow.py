@@ -277,6 +277,7 @@ def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Pat
     write_json_atomic(meta_path, {"settings": settings, "pairs": n_pairs, "part_size": PART_SIZE})
     cfg, schedule = method.cfg, method.schedule
     parts = -(-n_pairs // PART_SIZE)
+    dev = next(method.teacher.parameters()).device
     done = sum((directory / f"part_{p:05d}.safetensors").is_file() for p in range(parts))
     bar = tqdm(total=n_pairs, initial=min(n_pairs, done * PART_SIZE), desc="teacher pairs", unit="pair",
                disable=not progress, dynamic_ncols=True)
@@ -287,7 +288,6 @@ def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Pat
         count = min(PART_SIZE, n_pairs - p * PART_SIZE)
         order = batch_indices(len(dataset), count, settings["seed"] + 7919, start_step=p)
         items = [dataset[i] for i in next(order)]
-        dev = next(method.teacher.parameters()).device
         batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in items[0] if torch.is_tensor(items[0][k])}
         gen = torch.Generator(device="cpu").manual_seed(settings["seed"] * 1000003 + p)
         out = {k: [] for k in PAIR_KEYS}
