@@ -106,6 +106,29 @@ def test_trained_cfg_layer_changes_output_with_the_scales():
         assert not torch.allclose(model(x_t, t, cond), default)
 
 
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_folded_cfg_attention_equals_plain_cross_attention(heads):
+    """The CFG layer's inference path (projections folded into the n keys) is the same attention."""
+    from lipstep.nets.dit import CFGCrossAttention
+
+    torch.manual_seed(heads)
+    layer = CFGCrossAttention(16, heads)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape) * 0.3)                  # non-zero proj and biases
+    h, emb = torch.randn(3, 40, 16), torch.randn(3, 5, 16)
+    torch.testing.assert_close(layer.folded(h, emb), layer.attn(h, emb), atol=1e-5, rtol=1e-5)
+    x = torch.randn(3, 40, 16)
+    torch.testing.assert_close(layer.eval()(x, emb), x + layer.attn(layer.norm(x), emb), atol=1e-5, rtol=1e-5)
+    # the folded path is differentiable and gives the plain path's gradients
+    grads = []
+    for fn in (layer.folded, layer.attn):
+        layer.zero_grad()
+        fn(h, emb).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in layer.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+
+
 def test_cfg_tokens_embedding_algebra():
     model = _randomise(AvatarDiT(_cfg(cfg_layer="tokens")), keep_zero="<nothing>")
     emb = model.cfg_embed

@@ -289,7 +289,31 @@ class CFGCrossAttention(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """x [B, L, W], emb [B, n_tokens, W] -> x + attention output [B, L, W]."""
-        return x + self.attn(self.norm(x), emb)
+        if self.training and self.attn.dropout > 0:
+            return x + self.attn(self.norm(x), emb)
+        return x + self.folded(self.norm(x), emb)
+
+    def folded(self, h: Tensor, emb: Tensor) -> Tensor:
+        """The attention output with the query and output projections folded into the n keys/values.
+
+        With n_tokens keys per sample, q·k = h·(W_qᵀk) + b_q·k and proj(Σ a·v) = Σ a·(W_p v) + b_p: both
+        products then cost heads·n·W per token instead of W² (n·heads = 24 against W = 192 for the
+        `small` student), the same numbers up to float rounding. This is most of what the one-pass
+        student's CFG layers cost at inference.
+        """
+        a = self.attn
+        s, n, w = emb.shape
+        heads = a.heads
+        d = w // heads
+        k, v = (y.view(s, n, heads, d) for y in a.kv(emb).chunk(2, -1))                    # [S, n, h, d]
+        wq = a.q.weight.view(heads, d, w)                                                   # [h, d, W]
+        keys = torch.einsum("snhd,hdw->shnw", k, wq).mul(d ** -0.5).reshape(s, heads * n, w)
+        bias = torch.einsum("snhd,hd->shn", k, a.q.bias.view(heads, d)).mul(d ** -0.5).reshape(s, 1, heads * n)
+        wp = a.proj.weight.view(w, heads, d)                                                # [W, h, d]
+        values = torch.einsum("snhd,whd->shnw", v, wp).reshape(s, heads * n, w)
+        logits = torch.baddbmm(bias, h, keys.transpose(1, 2))                               # [S, L, h·n]
+        weights = logits.view(s, -1, heads, n).softmax(-1).view(s, -1, heads * n)
+        return torch.baddbmm(a.proj.bias.view(1, 1, w), weights, values)                    # [S, L, W]
 
 
 class CFGTokens(nn.Module):
