@@ -3,6 +3,7 @@
 #   bash experiments/teacher/train_default.sh [RUN_DIR]
 # synthetic world -> prepared shards -> codec -> small teacher -> float16 bundle. About 50 minutes on
 # our 2-core CPU (see README.md here for the measured times); any CUDA GPU is used automatically.
+# CODEC_BLOCKS overrides the codec's block_out_channels (train_v2.sh), BUNDLE the export directory.
 set -euo pipefail
 RUN=${1:-runs/default_teacher}
 LIPSTEP=${LIPSTEP:-lipstep}
@@ -10,6 +11,6 @@ mkdir -p "$RUN"
 $LIPSTEP synth --out "$RUN/world" --identities 40 --clips-per-identity 4 --seconds 4
 $LIPSTEP prepare "$RUN/world" --out "$RUN/prepared" --size 64
 $LIPSTEP train codec --data "$RUN/prepared" --out "$RUN/codec" --steps 1000 \
-    'codec.block_out_channels=[16,32,64]' codec.norm_num_groups=16
+    "codec.block_out_channels=${CODEC_BLOCKS:-[16,32,64]}" codec.norm_num_groups=16
 $LIPSTEP train teacher --data "$RUN/prepared" --codec "$RUN/codec" --out "$RUN/teacher" --preset small
 $LIPSTEP export --model "$RUN/teacher/model" --out "${BUNDLE:-src/lipstep/weights/teacher}" --half
