@@ -247,6 +247,20 @@ def test_deterministic_under_manual_seed():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_audio_standardisation_equals_standardised_input():
+    """audio_mean / audio_std are a fixed affine map in front of the audio MLP, nothing else."""
+    plain = _trained(seed=3)
+    norm = AvatarDiT(_cfg(audio_mean=-9.0, audio_std=3.0)).eval()
+    norm.load_state_dict(plain.state_dict())
+    x_t, t, cond = _inputs()
+    raw = Cond(reference=cond.reference, audio=cond.audio * 3.0 - 9.0, motion=cond.motion, visemes=cond.visemes)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x_t, t, raw), plain(x_t, t, cond))
+        assert not torch.allclose(plain(x_t, t, raw), plain(x_t, t, cond))
+    with pytest.raises(ConfigError, match="audio_std"):
+        _cfg(audio_std=0.0)
+
+
 def test_scalar_time_is_broadcast():
     model = _trained()
     x_t, _, cond = _inputs()

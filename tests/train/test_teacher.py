@@ -15,6 +15,7 @@ from lipstep.train.teacher import (
     TeacherConfig,
     TeacherLossConfig,
     TeacherMethod,
+    audio_stats,
     motion_weights,
     resolve_patch,
     snr_weight,
@@ -104,6 +105,20 @@ def test_tiny_teacher_overfits_one_clip(world):
 # ------------------------------------------------------------------------------- the whole run
 
 
+def test_audio_stats_are_the_train_split_log_mel_moments(world):
+    from lipstep.data.dataset import open_shard, read_manifest
+
+    prepared = world / "prepared"
+    rows = [r for r in read_manifest(prepared) if r["split"] == "train"]
+    mel = torch.cat([torch.from_numpy(open_shard(prepared / r["shard"])["mel"].astype("float64")).reshape(-1)
+                     for r in rows])
+    mean, std = audio_stats(prepared)
+    assert mean == pytest.approx(mel.mean().item(), abs=1e-6) and std == pytest.approx(mel.std().item(), rel=1e-3)
+    assert mean < -1 and std > 0.5  # log-mel of real speech is far from zero mean / unit variance
+    with pytest.raises(LipstepError, match="no nosuch clips"):
+        audio_stats(prepared, split="nosuch")
+
+
 def test_train_teacher_writes_a_model_and_resumes(world, tmp_path):
     out = tmp_path / "run"
     cfg = _tiny_cfg(steps=2)
@@ -114,6 +129,8 @@ def test_train_teacher_writes_a_model_and_resumes(world, tmp_path):
     assert info["trained"]["steps"] == 2
     assert sorted(p.name for p in (out / "val").iterdir())  # validation video(s) written
     assert json.loads((out / "config.json").read_text())["preset"] == "tiny"
+    dit = json.loads((model / "denoiser" / "config.json").read_text())
+    assert (dit["audio_mean"], dit["audio_std"]) == tuple(round(v, 4) for v in audio_stats(world / "prepared"))
     with pytest.raises(LipstepError, match="already holds a training run"):
         train_teacher(world / "prepared", world / "codec", out, cfg, progress=False)
     cfg.train.steps = 4

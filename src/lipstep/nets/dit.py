@@ -81,6 +81,9 @@ class DiTConfig:
     motion_frames: int = 2        # M max: motion frames get temporal positions -M..-1 (fewer/none ok)
     audio_dim: int = 80           # D: width of one audio feature vector
     audio_window: int = 16        # K: audio feature vectors per video frame
+    audio_mean: float = 0.0       # audio features enter the audio MLP as (a - audio_mean) / audio_std:
+    audio_std: float = 1.0        #   log-mel sits near -9 ± 3, so a fixed standardisation (training-set
+    #   statistics, `lipstep.train.teacher.audio_stats`) keeps its first layer out of saturation; 0 / 1 = off
     attention: Literal["full", "factorized"] = "full"  # joint over all tokens | spatial then temporal
     use_visemes: bool = False     # add a learned viseme embedding (cond.visemes [B, T]) to the audio
     n_visemes: int = 15           # viseme classes (algorithms.md §5.3)
@@ -110,6 +113,7 @@ class DiTConfig:
               f"DiT latent_size {self.latent_size} not divisible by patch {self.patch}")
         check(self.frames > 0 and self.motion_frames >= 0, "DiT frames must be > 0, motion_frames >= 0")
         check(self.audio_dim > 0 and self.audio_window > 0, "DiT audio_dim/audio_window must be > 0")
+        check(self.audio_std > 0, f"DiT audio_std must be > 0, got {self.audio_std}")
         check(self.mlp_ratio > 0 and 0.0 <= self.dropout < 1.0, "DiT mlp_ratio > 0 and 0 <= dropout < 1")
         check(self.cfg_tokens > 0 and self.n_visemes > 0, "DiT cfg_tokens/n_visemes must be > 0")
         check(self.attention in ("full", "factorized"), f"DiT attention: bad value {self.attention!r}")
@@ -546,6 +550,8 @@ class AvatarDiT(nn.Module):
 
     def embed_audio(self, audio: Tensor, visemes: Tensor | None, drop_audio: Tensor) -> Tensor:
         """Audio [B, T, K, D] (+ visemes [B, T]) -> audio tokens [B, T, K, W]; null where dropped."""
+        if self.cfg.audio_mean != 0.0 or self.cfg.audio_std != 1.0:
+            audio = (audio - self.cfg.audio_mean) / self.cfg.audio_std
         a = self.audio_mlp(audio)                                     # [B, T, K, W]
         if self.viseme is not None:
             a = a + self.viseme(visemes)[:, :, None]                  # [B, T, 1, W] over K

@@ -16,7 +16,11 @@ or flow velocity). Options, all per sample and all from the step's generator:
   x0 over the window: positions that move (the mouth above all; also blinks and head motion) count
   more. Talking heads are mostly static, and the mouth is a few latent pixels, so an unweighted loss
   spends almost all its signal on the background. The weight is computed from the data, so it needs
-  no landmarks and works on real video as well as on the synthetic world.
+  no landmarks and works on real video as well as on the synthetic world;
+- ``audio_norm``: the log-mel input is standardised with one mean and one standard deviation of the
+  training split (`audio_stats`, stored in the net's config as ``audio_mean`` / ``audio_std``, so
+  students and the pipeline inherit it). Raw log-mel sits near -9 ± 3, which would push the audio
+  MLP's first layer far from the unit-variance inputs its initialisation assumes.
 
 `train_teacher` runs the whole thing: encode the prepared clips with the codec (cached, resumable),
 build the net from a preset, train with `lipstep.train.loop.train` (checkpoints, exact resume, EMA),
@@ -70,6 +74,7 @@ class TeacherConfig:
     preset: Literal["tiny", "small", "base", "large"] = "small"
     attention: Literal["full", "factorized"] = "full"
     patch: int = 0                   # latent patch side; 0 = smallest giving <= 64 tokens per frame
+    audio_norm: bool = True          # standardise the log-mel input with the training split's mean / std
     grad_checkpointing: bool = False
     schedule: Literal["vp_eps", "vp_v", "flow"] = "vp_v"  # v: robust x0 at high noise for small, short runs
     flow_shift: float = 1.0
@@ -192,13 +197,38 @@ def resolve_patch(latent_size: int, patch: int) -> int:
     return next(p for p in range(1, latent_size + 1) if latent_size % p == 0 and (latent_size // p) <= 8)
 
 
-def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: int):
+def audio_stats(prepared: str | Path, split: str = "train", max_clips: int = 64) -> tuple[float, float]:
+    """Mean and standard deviation of the shards' log-mel over (up to ``max_clips``) clips of a split.
+
+    One scalar each, not per mel bin: a per-bin or per-vector normalisation would remove the overall
+    loudness, which is what tells an open vowel from a closed consonant.
+    """
+    from lipstep.data.dataset import open_shard, read_manifest
+
+    prepared = Path(prepared)
+    rows = [r for r in read_manifest(prepared) if r["split"] == split][:max_clips]
+    if not rows:
+        raise DataError(f"{prepared}: no {split} clips to take audio statistics from")
+    total = total_sq = count = 0.0
+    for row in rows:
+        mel = np.asarray(open_shard(prepared / row["shard"])["mel"], dtype=np.float64)
+        total, total_sq, count = total + mel.sum(), total_sq + np.square(mel).sum(), count + mel.size
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    if not np.isfinite(mean) or not std > 1e-6:
+        raise DataError(f"{prepared}: the {split} clips' log-mel has no spread (mean {mean}, std {std}): silent audio?")
+    return float(mean), std
+
+
+def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: int,
+                      audio_norm: tuple[float, float] = (0.0, 1.0)):
     from lipstep.nets.dit import AvatarDiT, DiTConfig
 
     latent_size = codec.cfg.image_size // codec.downsample
     dit = DiTConfig.preset(cfg.preset, latent_channels=codec.latent_channels, latent_size=latent_size,
                            patch=resolve_patch(latent_size, cfg.patch), frames=cfg.window.frames,
                            motion_frames=cfg.window.motion_frames, audio_dim=audio_dim, audio_window=audio_window,
+                           audio_mean=round(audio_norm[0], 4), audio_std=round(audio_norm[1], 4),
                            attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing)
     return AvatarDiT(dit)
 
@@ -258,9 +288,10 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
     dataset = WindowDataset(prepared, "train", cfg.window, latents=cache, pixels=False)
     if cfg.audio.kind == "viseme":
         dataset = _VisemeAudio(dataset, audio)
+    norm = audio_stats(prepared) if cfg.audio_norm and cfg.audio.kind == "mel" else (0.0, 1.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        net = build_teacher_net(cfg, codec, audio.feature_dim, audio.window)
+        net = build_teacher_net(cfg, codec, audio.feature_dim, audio.window, norm)
     schedule = ModelInfo(schedule=cfg.schedule, flow_shift=cfg.flow_shift).make_schedule()
     method = TeacherMethod(net, schedule, cfg.loss)
     print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
@@ -321,5 +352,5 @@ def _validator(prepared: Path, cache: Path, codec, audio, info: ModelInfo, cfg: 
     return run
 
 
-__all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "batch_cond", "build_teacher_net", "motion_weights",
+__all__ = ["TeacherConfig", "audio_stats", "TeacherLossConfig", "TeacherMethod", "batch_cond", "build_teacher_net", "motion_weights",
            "resolve_patch", "sample_times", "snr_weight", "train_teacher"]
