@@ -211,7 +211,7 @@ def audio_stats(prepared: str | Path, split: str = "train", max_clips: int = 64)
         raise DataError(f"{prepared}: no {split} clips to take audio statistics from")
     total = total_sq = count = 0.0
     for row in rows:
-        mel = np.asarray(open_shard(prepared / row["shard"])["mel"], dtype=np.float64)
+        mel = np.asarray(open_shard(prepared / row["shard"], keys=("mel",))["mel"], dtype=np.float64)
         total, total_sq, count = total + mel.sum(), total_sq + np.square(mel).sum(), count + mel.size
     mean = total / count
     std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
@@ -352,5 +352,5 @@ def _validator(prepared: Path, cache: Path, codec, audio, info: ModelInfo, cfg: 
     return run
 
 
-__all__ = ["TeacherConfig", "audio_stats", "TeacherLossConfig", "TeacherMethod", "batch_cond", "build_teacher_net", "motion_weights",
-           "resolve_patch", "sample_times", "snr_weight", "train_teacher"]
+__all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "audio_stats", "batch_cond", "build_teacher_net",
+           "motion_weights", "resolve_patch", "sample_times", "snr_weight", "train_teacher"]
