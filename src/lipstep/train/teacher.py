@@ -20,7 +20,11 @@ or flow velocity). Options, all per sample and all from the step's generator:
 - ``audio_norm``: the log-mel input is standardised with one mean and one standard deviation of the
   training split (`audio_stats`, stored in the net's config as ``audio_mean`` / ``audio_std``, so
   students and the pipeline inherit it). Raw log-mel sits near -9 ± 3, which would push the audio
-  MLP's first layer far from the unit-variance inputs its initialisation assumes.
+  MLP's first layer far from the unit-variance inputs its initialisation assumes;
+- ``mouth_weight``: a lip-sync loss from a frozen latent mouth-state expert (`lipstep.train.expert`)
+  on the predicted clean latents, for samples whose audio was kept: ``mouth_weight`` times the
+  mean squared error of the expert's reading against the window's mouth labels. It needs data with
+  mouth labels (the synthetic world); 0 turns it off.
 
 `train_teacher` runs the whole thing: encode the prepared clips with the codec (cached, resumable),
 build the net from a preset, train with `lipstep.train.loop.train` (checkpoints, exact resume, EMA),
@@ -47,6 +51,7 @@ from lipstep.diffusion.guidance import condition_dropout
 from lipstep.diffusion.schedules import Schedule, append_dims
 from lipstep.errors import DataError, LipstepError
 from lipstep.pipeline import ModelInfo, SamplerInfo
+from lipstep.train.expert import MouthExpertConfig
 from lipstep.train.loop import TrainConfig
 
 
@@ -58,12 +63,14 @@ class TeacherLossConfig:
     min_snr_gamma: float = 5.0       # min-SNR-γ weighting; 0 = plain MSE
     motion_weight: float = 1.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
+    mouth_weight: float = 0.0        # lip-sync loss from the frozen latent mouth expert; 0 = off (needs mouth labels)
 
     def validate(self) -> None:
         check(0 <= self.p_drop_audio and 0 <= self.p_drop_both and self.p_drop_audio + self.p_drop_both <= 1,
               "loss.p_drop_audio and p_drop_both must be >= 0 with a sum <= 1")
         check(0 <= self.p_motion_ref <= 1, "loss.p_motion_ref must be in [0, 1]")
-        check(self.min_snr_gamma >= 0 and self.motion_weight >= 0, "loss.min_snr_gamma and motion_weight must be >= 0")
+        check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.mouth_weight >= 0,
+              "loss.min_snr_gamma, motion_weight and mouth_weight must be >= 0")
         check(0 <= self.t_min < 1, "loss.t_min must be in [0, 1)")
 
 
@@ -81,6 +88,7 @@ class TeacherConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)  # mel: the shards' own log-mel windows
     loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
+    expert: MouthExpertConfig = field(default_factory=MouthExpertConfig)  # fitted only when loss.mouth_weight > 0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=2000, batch_size=8, lr=4e-4, ema_decay=0.995, checkpoint_every=250, validate_every=500, log_every=20))
     sampler: SamplerInfo = field(default_factory=SamplerInfo)
@@ -148,11 +156,15 @@ class TeacherMethod:
 
     roles = ("denoiser",)
 
-    def __init__(self, net, schedule: Schedule, cfg: TeacherLossConfig | None = None, *, use_visemes: bool = False):
+    def __init__(self, net, schedule: Schedule, cfg: TeacherLossConfig | None = None, *, use_visemes: bool = False,
+                 expert=None):
         self.net, self.schedule = net, schedule
         self.cfg = cfg or TeacherLossConfig()
         self.cfg.validate()
         self.use_visemes = use_visemes
+        if self.cfg.mouth_weight > 0 and expert is None:
+            raise LipstepError("loss.mouth_weight > 0 needs a mouth expert (lipstep.train.expert.train_mouth_expert)")
+        self.expert = expert if self.cfg.mouth_weight > 0 else None
 
     def trainable(self):
         return {"denoiser": self.net}
@@ -181,7 +193,24 @@ class TeacherMethod:
         per_sample = err.flatten(1).mean(1)
         w = snr_weight(self.schedule, t, self.cfg.min_snr_gamma)
         loss = (w * per_sample).mean()
-        return loss, {"mse": float(per_sample.detach().mean())}
+        logs = {"mse": float(per_sample.detach().mean())}
+        if self.expert is not None:
+            mouth = self.mouth_loss(pred, x_t, t, cond, batch)
+            loss = loss + self.cfg.mouth_weight * mouth
+            logs["mouth"] = float(mouth.detach())
+        return loss, logs
+
+    def mouth_loss(self, pred: Tensor, x_t: Tensor, t: Tensor, cond: Cond, batch: dict) -> Tensor:
+        """Mean squared error of the expert's mouth reading of x0_hat, over samples with audio kept."""
+        if "mouth" not in batch:
+            raise DataError("loss.mouth_weight > 0 needs mouth labels in the training windows (synthetic world data)")
+        self.expert.to(pred.device)
+        x0_hat = self.schedule.to_x0(pred, x_t.float(), t)                          # [B, T, C, h, w]
+        b, n = x0_hat.shape[:2]
+        read = self.expert(x0_hat.flatten(0, 1).float()).view(b, n, -1)            # [B, T, 3]
+        err = (read - batch["mouth"].float()).square().flatten(1).mean(1)          # [B]
+        keep = (~cond.masks()[0]).float()
+        return (err * keep).sum() / keep.sum().clamp_min(1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +322,12 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
         torch.manual_seed(cfg.train.seed)
         net = build_teacher_net(cfg, codec, audio.feature_dim, audio.window, norm)
     schedule = ModelInfo(schedule=cfg.schedule, flow_shift=cfg.flow_shift).make_schedule()
-    method = TeacherMethod(net, schedule, cfg.loss)
+    expert = None
+    if cfg.loss.mouth_weight > 0:
+        from lipstep.train.expert import train_mouth_expert
+
+        expert = train_mouth_expert(prepared, cache, out / "mouth_expert", cfg.expert, progress=progress)
+    method = TeacherMethod(net, schedule, cfg.loss, expert=expert)
     print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
           f"{net.cfg.tokens_per_frame} tokens/frame, {cfg.attention} attention), schedule {cfg.schedule}, "
           f"{len(dataset)} training windows", flush=True)

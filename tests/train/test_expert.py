@@ -1,0 +1,101 @@
+"""The latent mouth expert and the teacher's lip-sync loss built on it."""
+
+import json
+
+import pytest
+import torch
+
+from lipstep.data.dataset import WindowConfig, WindowDataset
+from lipstep.diffusion.schedules import make_schedule
+from lipstep.errors import LipstepError
+from lipstep.nets.dit import AvatarDiT, DiTConfig
+from lipstep.train.expert import MouthExpert, MouthExpertConfig, train_mouth_expert
+from lipstep.train.teacher import TeacherLossConfig, TeacherMethod
+from tests.mediafixtures import make_tiny_avatar_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from lipstep.codecs.cache import encode_prepared
+    from lipstep.codecs.vae import load_codec
+
+    root = make_tiny_avatar_data(tmp_path_factory.mktemp("expert_world"))
+    cache = encode_prepared(root / "prepared", load_codec(root / "codec"), progress=False)
+    return root, cache
+
+
+def _batch(world, n=2):
+    root, cache = world
+    ds = WindowDataset(root / "prepared", "train", WindowConfig(frames=4, motion_frames=2), latents=cache,
+                       pixels=False)
+    keys = ("latents", "reference_latent", "motion_latents", "audio", "mouth")
+    return {k: torch.stack([ds[i][k] for i in range(n)]) for k in keys}
+
+
+def test_expert_fits_the_train_split_and_is_reused(world, tmp_path):
+    root, cache = world
+    cfg = MouthExpertConfig(width=8, steps=60, batch_size=32, min_corr=-1.0)
+    expert = train_mouth_expert(root / "prepared", cache, tmp_path / "e", cfg, progress=False)
+    info = json.loads((tmp_path / "e" / "expert.json").read_text())
+    assert info["channels"] == 4 and info["scores"]["train"]["frames"] > 0
+    assert not any(p.requires_grad for p in expert.parameters()) and not expert.training
+    out = expert(torch.zeros(5, 4, 8, 8))
+    assert out.shape == (5, 3) and bool(((out > 0) & (out < 1)).all())
+    # the fit lowers the training error below that of predicting 0.5 everywhere
+    assert info["scores"]["train"]["openness_mae"] < 0.45
+    again = train_mouth_expert(root / "prepared", cache, tmp_path / "e", cfg, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(expert.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(LipstepError, match="min_corr"):
+        train_mouth_expert(root / "prepared", cache, tmp_path / "f", MouthExpertConfig(width=8, steps=1, min_corr=2.0),
+                           progress=False)
+    assert not (tmp_path / "f" / "model.safetensors").exists()  # a refused expert is not kept
+
+
+def test_mouth_loss_trains_the_net_not_the_expert(world):
+    torch.manual_seed(0)
+    net = AvatarDiT(DiTConfig.preset("tiny", latent_size=8, frames=4, motion_frames=2))
+    expert = MouthExpert(4, 8)
+    for p in expert.parameters():
+        p.requires_grad_(False)
+    loss_cfg = TeacherLossConfig(p_drop_audio=0, p_drop_both=0, mouth_weight=1.0)
+    method = TeacherMethod(net, make_schedule("vp_v"), loss_cfg, expert=expert)
+    batch = _batch(world)
+    loss, logs = method.loss(batch, 0, torch.Generator().manual_seed(0))
+    plain, _ = TeacherMethod(net, make_schedule("vp_v"), TeacherLossConfig(p_drop_audio=0, p_drop_both=0)).loss(
+        batch, 0, torch.Generator().manual_seed(0))
+    assert logs["mouth"] > 0 and loss.item() == pytest.approx(plain.item() + logs["mouth"], rel=1e-5)
+    loss.backward()
+    assert net.final.linear.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in expert.parameters())
+
+
+def test_mouth_loss_skips_samples_without_audio(world):
+    net = AvatarDiT(DiTConfig.preset("tiny", latent_size=8, frames=4, motion_frames=2))
+    method = TeacherMethod(net, make_schedule("vp_v"), TeacherLossConfig(mouth_weight=1.0), expert=MouthExpert(4, 8))
+    batch = _batch(world)
+    cond = method.cond_from_batch(batch)
+    x, t = batch["latents"], torch.full((2,), 0.5)
+    pred = net(x, method.schedule.model_time(t), cond)
+    assert method.mouth_loss(pred, x, t, cond, batch).item() > 0
+    assert method.mouth_loss(pred, x, t, cond.drop(audio=True), batch).item() == 0.0
+    with pytest.raises(LipstepError, match="mouth labels"):
+        method.mouth_loss(pred, x, t, cond, {k: v for k, v in batch.items() if k != "mouth"})
+    with pytest.raises(LipstepError, match="needs a mouth expert"):
+        TeacherMethod(net, make_schedule("vp_v"), TeacherLossConfig(mouth_weight=1.0))
+
+
+def test_train_teacher_fits_the_expert_when_the_mouth_loss_is_on(world, tmp_path):
+    from lipstep.train.loop import TrainConfig
+    from lipstep.train.teacher import TeacherConfig, train_teacher
+
+    root, _ = world
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2, stride=4), val_clips=0,
+                        loss=TeacherLossConfig(mouth_weight=0.5),
+                        expert=MouthExpertConfig(width=8, steps=5, batch_size=16, min_corr=-1.0))
+    cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, log_every=1)
+    train_teacher(root / "prepared", root / "codec", tmp_path / "run", cfg, progress=False)
+    assert (tmp_path / "run" / "mouth_expert" / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["loss"]["mouth_weight"] == 0.5 and saved["expert"]["steps"] == 5
