@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from tests.mediafixtures import make_tiny_avatar_data
 
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.diffusion.schedules import make_schedule
@@ -11,7 +12,6 @@ from lipstep.errors import LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
 from lipstep.train.expert import MouthExpert, MouthExpertConfig, train_mouth_expert
 from lipstep.train.teacher import TeacherLossConfig, TeacherMethod
-from tests.mediafixtures import make_tiny_avatar_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,15 +3,14 @@
 Usage: python finetune.py PREPARED OUT MOUTH_WEIGHT STEPS (see experiments/teacher/README.md).
 """
 import sys
-
-
 from pathlib import Path
-from lipstep.pipeline import AvatarPipeline, save_model
+
 from lipstep.codecs.cache import encode_prepared
-from lipstep.data.dataset import WindowDataset, WindowConfig
-from lipstep.train.teacher import TeacherMethod, TeacherLossConfig
+from lipstep.data.dataset import WindowConfig, WindowDataset
+from lipstep.pipeline import AvatarPipeline, save_model
 from lipstep.train.expert import train_mouth_expert
 from lipstep.train.loop import TrainConfig, train
+from lipstep.train.teacher import TeacherLossConfig, TeacherMethod
 
 prepared, out, weight, steps = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 pipe = AvatarPipeline.from_pretrained("src/lipstep/weights/teacher")

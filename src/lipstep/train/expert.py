@@ -105,7 +105,7 @@ def _fit_scores(net: MouthExpert, z: np.ndarray, y: np.ndarray) -> dict:
         pred = torch.cat([net(torch.from_numpy(z[i:i + 512])) for i in range(0, len(z), 512)]).numpy()
     err = np.abs(pred - y).mean(0)
     corr = float(np.corrcoef(pred[:, 0], y[:, 0])[0, 1]) if y[:, 0].std() > 0 else float("nan")
-    return {"frames": int(len(z)), "openness_mae": round(float(err[0]), 4),
+    return {"frames": len(z), "openness_mae": round(float(err[0]), 4),
             "mae_all": [round(float(e), 4) for e in err], "openness_corr": round(corr, 4)}
 
 
