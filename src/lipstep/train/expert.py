@@ -17,8 +17,8 @@ regressor of that state:
    frozen; its gradient reaches only the denoiser.
 
 The expert is a different network from everything the evaluation harness uses (`lipstep.eval`: the
-pixel-space mouth reader behind MouthErr and the pixel-space SyncNet behind Sync-C), and it never
-sees the validation or test split. It needs mouth labels; on real video without them, leave
+pixel-space mouth reader behind MouthErr and the pixel-space SyncNet behind Sync-C). It is fitted on
+the training split only; the validation split serves only to report its fit. It needs mouth labels; on real video without them, leave
 ``loss.mouth_weight`` at 0.
 
 Weights are written as ``OUT/mouth_expert/model.safetensors`` with ``expert.json`` (config and
@@ -103,8 +103,10 @@ def _split_latents(prepared: Path, cache: Path, split: str) -> tuple[np.ndarray,
 def _fit_scores(net: MouthExpert, z: np.ndarray, y: np.ndarray) -> dict:
     with torch.no_grad():
         pred = torch.cat([net(torch.from_numpy(z[i:i + 512])) for i in range(0, len(z), 512)]).numpy()
+    from lipstep.eval.mouth import pearson
+
     err = np.abs(pred - y).mean(0)
-    corr = float(np.corrcoef(pred[:, 0], y[:, 0])[0, 1]) if y[:, 0].std() > 0 else float("nan")
+    corr = pearson(pred[:, 0], y[:, 0])
     return {"frames": len(z), "openness_mae": round(float(err[0]), 4),
             "mae_all": [round(float(e), 4) for e in err], "openness_corr": round(corr, 4)}
 
@@ -127,18 +129,17 @@ def train_mouth_expert(prepared: str | Path, cache: str | Path, out: str | Path,
     z, y = _split_latents(prepared, cache, "train")
     if len(z) == 0:
         raise DataError(f"{prepared}: no train clips to fit the mouth expert on")
-    net = MouthExpert(z.shape[1], cfg.width)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = MouthExpert(z.shape[1], cfg.width)
     info_path = out / INFO
     if info_path.is_file() and (out / WEIGHTS).is_file():
         info = json.loads(info_path.read_text())
         if info.get("config") == to_dict(cfg) and info.get("channels") == int(z.shape[1]):
             net.load_state_dict(load_file(str(out / WEIGHTS)))
-            return _frozen(net)
+            return net.eval().requires_grad_(False)
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        net = MouthExpert(z.shape[1], cfg.width)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s / cfg.steps, 1.0))))
@@ -165,7 +166,7 @@ def train_mouth_expert(prepared: str | Path, cache: str | Path, out: str | Path,
     held = scores.get("val", scores["train"])
     print(f"mouth expert: openness MAE {held['openness_mae']:.4f}, r {held['openness_corr']:.3f} "
           f"({'val' if 'val' in scores else 'train'}, {held['frames']} frames)", flush=True)
-    if not held["openness_corr"] >= cfg.min_corr:  # NaN fails too
+    if held["openness_corr"] < cfg.min_corr:
         raise LipstepError(f"the mouth expert did not learn the mouth state (openness r {held['openness_corr']} < "
                            f"expert.min_corr {cfg.min_corr}); check the data's mouth labels or set loss.mouth_weight=0")
     out.mkdir(parents=True, exist_ok=True)
@@ -173,14 +174,7 @@ def train_mouth_expert(prepared: str | Path, cache: str | Path, out: str | Path,
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     write_json_atomic(info_path, {"config": to_dict(cfg), "channels": int(z.shape[1]), "scores": scores,
                                   "seconds": round(time.perf_counter() - started, 1)})
-    return _frozen(net)
-
-
-def _frozen(net: MouthExpert) -> MouthExpert:
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return net.requires_grad_(False)
 
 
 __all__ = ["MouthExpert", "MouthExpertConfig", "train_mouth_expert"]
