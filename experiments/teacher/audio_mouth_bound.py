@@ -22,7 +22,8 @@ from torch import nn
 
 
 def load_split(prepared: Path, split: str):
-    rows = [json.loads(line) for line in open(prepared / "manifest.jsonl")]
+    with open(prepared / "manifest.jsonl") as f:
+        rows = [json.loads(line) for line in f]
     out = []
     for r in rows:
         if r.get("split") == split:
@@ -73,7 +74,7 @@ def run(prepared: Path, context: int, steps: int, clips: int, seconds: float, se
         opt.step()
         sched.step()
     net.eval()
-    n = int(round(seconds * 25))
+    n = round(seconds * 25)
     errs, corrs = [], []
     with torch.no_grad():
         for mel, open_ in test:
@@ -82,7 +83,7 @@ def run(prepared: Path, context: int, steps: int, clips: int, seconds: float, se
             errs.append(float(np.abs(p - open_[:n]).mean()))
             corrs.append(float(np.corrcoef(p, open_[:n])[0, 1]))
     return {"context_frames": context, "audio_ms": 160 + 80 * context, "steps": steps,
-            "train_frames": int(len(y)), "test_clips": len(test), "seconds": seconds,
+            "train_frames": len(y), "test_clips": len(test), "seconds": seconds,
             "mae": round(float(np.mean(errs)), 4), "corr": round(float(np.mean(corrs)), 3),
             "per_clip_mae": [round(e, 4) for e in errs], "train_seconds": round(time.time() - t0, 1)}
 
