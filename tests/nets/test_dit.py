@@ -212,6 +212,7 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(attention):
 
 @pytest.mark.parametrize("overrides", [
     {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"}, {"cfg_layer": "time"},
+    {"audio_probe": 3},
     {"use_visemes": True, "patch": 2, "frames": 4, "motion_frames": 0, "audio_dim": 32, "mlp_ratio": 2.5},
 ])
 def test_param_count_matches_built_tiny_model(overrides):

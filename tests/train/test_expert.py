@@ -1,6 +1,7 @@
 """The latent mouth expert and the teacher's lip-sync loss built on it."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -99,3 +100,80 @@ def test_train_teacher_fits_the_expert_when_the_mouth_loss_is_on(world, tmp_path
     assert (tmp_path / "run" / "mouth_expert" / "model.safetensors").is_file()
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["loss"]["mouth_weight"] == 0.5 and saved["expert"]["steps"] == 5
+
+
+# --- the audio probe: a lip-sync signal straight into the denoiser's audio pathway ---------------
+
+
+def _probe_net(**kw):
+    return AvatarDiT(DiTConfig.preset("tiny", latent_size=8, frames=4, motion_frames=2, **kw))
+
+
+def test_audio_probe_reads_the_audio_tokens_and_leaves_the_output_alone(world):
+    torch.manual_seed(0)
+    net = _probe_net(audio_probe=3)
+    batch = _batch(world)
+    method = TeacherMethod(net, make_schedule("vp_v"), TeacherLossConfig(audio_mouth_weight=1.0))
+    cond = method.cond_from_batch(batch)
+    x, t = batch["latents"], torch.full((2,), 500.0)
+    out, read = net(x, t, cond, probe=True)
+    assert read.shape == (2, 4, 3)
+    torch.testing.assert_close(out, net(x, t, cond))
+    # the reading depends on the audio and on nothing else
+    other = net(x.flip(0), t, replace(cond, reference=cond.reference.flip(0)), probe=True)[1]
+    torch.testing.assert_close(read, other)
+    assert not torch.allclose(read, net(x, t, replace(cond, audio=cond.audio.flip(0)), probe=True)[1])
+    with pytest.raises(LipstepError, match="no audio probe"):
+        _probe_net()(x, t, cond, probe=True)
+
+
+def test_audio_mouth_loss_trains_the_audio_pathway(world):
+    torch.manual_seed(0)
+    net = _probe_net(audio_probe=3)
+    batch = _batch(world)
+    loss_cfg = TeacherLossConfig(p_drop_audio=0, p_drop_both=0, audio_mouth_weight=2.0)
+    loss, logs = TeacherMethod(net, make_schedule("vp_v"), loss_cfg).loss(batch, 0, torch.Generator().manual_seed(0))
+    plain, _ = TeacherMethod(net, make_schedule("vp_v"), TeacherLossConfig(p_drop_audio=0, p_drop_both=0)).loss(
+        batch, 0, torch.Generator().manual_seed(0))
+    assert logs["audio_mouth"] > 0 and loss.item() == pytest.approx(plain.item() + 2.0 * logs["audio_mouth"], rel=1e-5)
+    loss.backward()
+    assert net.audio_mlp[0].weight.grad.abs().sum() > 0 and net.audio_probe[-1].weight.grad.abs().sum() > 0
+    # fitting the probe alone lowers its error: the loss is a real training signal, not a constant
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    method = TeacherMethod(net, make_schedule("vp_v"), loss_cfg)
+    cond = method.cond_from_batch(batch)
+    x, t = batch["latents"], torch.full((2,), 500.0)
+    first = method.audio_mouth_loss(net(x, t, cond, probe=True)[1], cond, batch).item()
+    for _ in range(30):
+        opt.zero_grad()
+        method.audio_mouth_loss(net(x, t, cond, probe=True)[1], cond, batch).backward()
+        opt.step()
+    assert method.audio_mouth_loss(net(x, t, cond, probe=True)[1], cond, batch).item() < 0.5 * first
+
+
+def test_audio_mouth_loss_skips_dropped_audio_and_needs_a_probe_and_labels(world):
+    net = _probe_net(audio_probe=3)
+    method = TeacherMethod(net, make_schedule("vp_v"), TeacherLossConfig(audio_mouth_weight=1.0))
+    batch = _batch(world)
+    cond = method.cond_from_batch(batch)
+    read = torch.rand(2, 4, 3)
+    assert method.audio_mouth_loss(read, cond, batch).item() > 0
+    assert method.audio_mouth_loss(read, cond.drop(audio=True), batch).item() == 0.0
+    with pytest.raises(LipstepError, match="mouth labels"):
+        method.audio_mouth_loss(read, cond, {k: v for k, v in batch.items() if k != "mouth"})
+    with pytest.raises(LipstepError, match="audio probe"):
+        TeacherMethod(_probe_net(), make_schedule("vp_v"), TeacherLossConfig(audio_mouth_weight=1.0))
+
+
+def test_train_teacher_with_the_audio_probe_saves_a_loadable_model(world, tmp_path):
+    from lipstep.pipeline import AvatarPipeline
+    from lipstep.train.loop import TrainConfig
+    from lipstep.train.teacher import TeacherConfig, train_teacher
+
+    root, _ = world
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2, stride=4), val_clips=0,
+                        loss=TeacherLossConfig(audio_mouth_weight=1.0))
+    cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, log_every=1)
+    model = train_teacher(root / "prepared", root / "codec", tmp_path / "run", cfg, progress=False)
+    pipe = AvatarPipeline.from_pretrained(model)
+    assert pipe.denoiser.cfg.audio_probe == 3 and pipe.denoiser.audio_probe is not None

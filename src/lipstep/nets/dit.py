@@ -95,6 +95,9 @@ class DiTConfig:
     #   extra layer (ablation: time-embedding injection); "none" = the scales are not an input
     cfg_tokens: int = 4           # n_tokens of the guidance embedding the CFG layer attends to
     dropout: float = 0.0          # dropout probability in attention weights and MLP
+    audio_probe: int = 0          # outputs of a head reading the mouth state from the frame's pooled audio
+    #   tokens (`forward(..., probe=True)`); a training-time lip-sync signal for the audio pathway
+    #   (teacher loss.audio_mouth_weight); 0 = no head. The denoiser's output never depends on it
 
     @classmethod
     def preset(cls, name: str, **overrides) -> DiTConfig:
@@ -116,6 +119,7 @@ class DiTConfig:
         check(self.audio_std > 0, f"DiT audio_std must be > 0, got {self.audio_std}")
         check(self.mlp_ratio > 0 and 0.0 <= self.dropout < 1.0, "DiT mlp_ratio > 0 and 0 <= dropout < 1")
         check(self.cfg_tokens > 0 and self.n_visemes > 0, "DiT cfg_tokens/n_visemes must be > 0")
+        check(self.audio_probe >= 0, f"DiT audio_probe must be >= 0, got {self.audio_probe}")
         check(self.attention in ("full", "factorized"), f"DiT attention: bad value {self.attention!r}")
         check(self.cfg_layer in ("none", "tokens", "plain", "time"), f"DiT cfg_layer: bad value {self.cfg_layer!r}")
 
@@ -160,6 +164,7 @@ def _embedding_n(cfg: DiTConfig) -> int:
     n += (cfg.motion_frames + cfg.frames) * w + 2 * w                 # pos_time, type_ref, type_motion
     n += _linear_n(TIME_FREQ_DIM, w) + _linear_n(w, w)                # time MLP
     n += _linear_n(cfg.audio_dim, w) + _linear_n(w, w) + 2 * cfg.audio_window * w  # audio MLP, pos, null
+    n += (_linear_n(w, w) + _linear_n(w, cfg.audio_probe)) if cfg.audio_probe else 0  # audio probe head
     return n + (cfg.n_visemes * w if cfg.use_visemes else 0)
 
 
@@ -494,13 +499,21 @@ class AvatarDiT(nn.Module):
         self.viseme = nn.Embedding(cfg.n_visemes, w) if cfg.use_visemes else None
         if self.viseme is not None:
             nn.init.normal_(self.viseme.weight, std=INIT_STD)
+        self.audio_probe = (nn.Sequential(_linear(w, w), nn.GELU(approximate="tanh"), _linear(w, cfg.audio_probe))
+                            if cfg.audio_probe else None)
         self.cfg_embed = _guidance_embedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
-        """x_t [B, T, C, h, w], t [B] (model time, e.g. 1000·σ), cond -> raw output [B, T, C, h, w]."""
+    def forward(self, x_t: Tensor, t: Tensor, cond: Cond, probe: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x_t [B, T, C, h, w], t [B] (model time, e.g. 1000·σ), cond -> raw output [B, T, C, h, w].
+
+        ``probe=True`` also returns the audio probe's reading [B, T, audio_probe] of each frame's audio
+        tokens (mean over the K window positions; rows whose audio is dropped read the null audio).
+        """
         self._check_inputs(x_t, cond)
+        if probe and self.audio_probe is None:
+            raise ConfigError("this AvatarDiT has no audio probe (DiTConfig.audio_probe = 0)")
         drop_audio, drop_ref = cond.masks()
         x = self.embed_video(x_t)                                          # [B, T, N, W]
         ctx = self.embed_context(cond.reference, cond.motion, drop_ref)    # [B, 1+M, N, W]
@@ -509,9 +522,11 @@ class AvatarDiT(nn.Module):
         emb = self.guidance_embedding(cond.cfg_scales, x_t.shape[0])       # [B, n, W], [B, W] or None
         if self.cfg.cfg_layer == "time":
             c, emb = c + emb, None
+        read = self.audio_probe(audio.mean(2)) if probe else None          # [B, T, P]
         for block in self.blocks:
             x, ctx = self._run_block(block, x, ctx, audio, c, emb)
-        return self.unpatchify(self.final(x, c))                           # [B, T, C, h, w]
+        out = self.unpatchify(self.final(x, c))                            # [B, T, C, h, w]
+        return (out, read) if probe else out
 
     # --- tokens ------------------------------------------------------------------------------
 

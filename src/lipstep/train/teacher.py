@@ -64,13 +64,16 @@ class TeacherLossConfig:
     motion_weight: float = 1.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
     mouth_weight: float = 0.0        # lip-sync loss from the frozen latent mouth expert; 0 = off (needs mouth labels)
+    audio_mouth_weight: float = 0.0  # the denoiser's audio tokens must predict the mouth state (an audio probe
+    #   head, DiTConfig.audio_probe, trained with the denoiser); 0 = off (needs mouth labels)
 
     def validate(self) -> None:
         check(0 <= self.p_drop_audio and 0 <= self.p_drop_both and self.p_drop_audio + self.p_drop_both <= 1,
               "loss.p_drop_audio and p_drop_both must be >= 0 with a sum <= 1")
         check(0 <= self.p_motion_ref <= 1, "loss.p_motion_ref must be in [0, 1]")
-        check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.mouth_weight >= 0,
-              "loss.min_snr_gamma, motion_weight and mouth_weight must be >= 0")
+        check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.mouth_weight >= 0
+              and self.audio_mouth_weight >= 0,
+              "loss.min_snr_gamma, motion_weight, mouth_weight and audio_mouth_weight must be >= 0")
         check(0 <= self.t_min < 1, "loss.t_min must be in [0, 1)")
 
 
@@ -165,6 +168,8 @@ class TeacherMethod:
         if self.cfg.mouth_weight > 0 and expert is None:
             raise LipstepError("loss.mouth_weight > 0 needs a mouth expert (lipstep.train.expert.train_mouth_expert)")
         self.expert = expert if self.cfg.mouth_weight > 0 else None
+        if self.cfg.audio_mouth_weight > 0 and not getattr(getattr(net, "cfg", None), "audio_probe", 0):
+            raise LipstepError("loss.audio_mouth_weight > 0 needs a denoiser with an audio probe (DiTConfig.audio_probe)")
 
     def trainable(self):
         return {"denoiser": self.net}
@@ -187,7 +192,12 @@ class TeacherMethod:
         x_t = self.schedule.add_noise(x0, eps, t)
         cond = self.cond_from_batch(batch, generator)
         cond = condition_dropout(cond, generator, self.cfg.p_drop_audio, self.cfg.p_drop_both)
-        pred = self.net(x_t, self.schedule.model_time(t), cond).float()
+        probe = self.cfg.audio_mouth_weight > 0
+        pred = self.net(x_t, self.schedule.model_time(t), cond, probe=True) if probe else \
+            self.net(x_t, self.schedule.model_time(t), cond)
+        if probe:
+            pred, read = pred
+        pred = pred.float()
         target = self.schedule.target(x0, eps, t).float()
         err = (pred - target).square() * motion_weights(x0, self.cfg.motion_weight)
         per_sample = err.flatten(1).mean(1)
@@ -198,7 +208,20 @@ class TeacherMethod:
             mouth = self.mouth_loss(pred, x_t, t, cond, batch)
             loss = loss + self.cfg.mouth_weight * mouth
             logs["mouth"] = float(mouth.detach())
+        if probe:
+            audio_mouth = self.audio_mouth_loss(read, cond, batch)
+            loss = loss + self.cfg.audio_mouth_weight * audio_mouth
+            logs["audio_mouth"] = float(audio_mouth.detach())
         return loss, logs
+
+    def audio_mouth_loss(self, read: Tensor, cond: Cond, batch: dict) -> Tensor:
+        """Mean squared error of the audio probe's mouth reading [B, T, P], over samples with audio kept."""
+        if "mouth" not in batch:
+            raise DataError("loss.audio_mouth_weight > 0 needs mouth labels in the training windows (synthetic world data)")
+        mouth = batch["mouth"].float()
+        err = (read.float()[..., :mouth.shape[-1]] - mouth).square().flatten(1).mean(1)  # [B]
+        keep = (~cond.masks()[0]).float()
+        return (err * keep).sum() / keep.sum().clamp_min(1.0)
 
     def mouth_loss(self, pred: Tensor, x_t: Tensor, t: Tensor, cond: Cond, batch: dict) -> Tensor:
         """Mean squared error of the expert's mouth reading of x0_hat, over samples with audio kept."""
@@ -258,7 +281,8 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
                            patch=resolve_patch(latent_size, cfg.patch), frames=cfg.window.frames,
                            motion_frames=cfg.window.motion_frames, audio_dim=audio_dim, audio_window=audio_window,
                            audio_mean=round(audio_norm[0], 4), audio_std=round(audio_norm[1], 4),
-                           attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing)
+                           attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing,
+                           audio_probe=3 if cfg.loss.audio_mouth_weight > 0 else 0)
     return AvatarDiT(dit)
 
 
