@@ -193,10 +193,8 @@ class TeacherMethod:
         cond = self.cond_from_batch(batch, generator)
         cond = condition_dropout(cond, generator, self.cfg.p_drop_audio, self.cfg.p_drop_both)
         probe = self.cfg.audio_mouth_weight > 0
-        pred = self.net(x_t, self.schedule.model_time(t), cond, probe=True) if probe else \
-            self.net(x_t, self.schedule.model_time(t), cond)
-        if probe:
-            pred, read = pred
+        out = self.net(x_t, self.schedule.model_time(t), cond, probe=probe)
+        pred, read = out if probe else (out, None)
         pred = pred.float()
         target = self.schedule.target(x0, eps, t).float()
         err = (pred - target).square() * motion_weights(x0, self.cfg.motion_weight)
@@ -216,24 +214,25 @@ class TeacherMethod:
 
     def audio_mouth_loss(self, read: Tensor, cond: Cond, batch: dict) -> Tensor:
         """Mean squared error of the audio probe's mouth reading [B, T, P], over samples with audio kept."""
-        if "mouth" not in batch:
-            raise DataError("loss.audio_mouth_weight > 0 needs mouth labels in the training windows (synthetic world data)")
-        mouth = batch["mouth"].float()
-        err = (read.float()[..., :mouth.shape[-1]] - mouth).square().flatten(1).mean(1)  # [B]
-        keep = (~cond.masks()[0]).float()
-        return (err * keep).sum() / keep.sum().clamp_min(1.0)
+        return _kept_audio_mouth_mse(read, cond, batch, "loss.audio_mouth_weight")
 
     def mouth_loss(self, pred: Tensor, x_t: Tensor, t: Tensor, cond: Cond, batch: dict) -> Tensor:
         """Mean squared error of the expert's mouth reading of x0_hat, over samples with audio kept."""
-        if "mouth" not in batch:
-            raise DataError("loss.mouth_weight > 0 needs mouth labels in the training windows (synthetic world data)")
         self.expert.to(pred.device)
         x0_hat = self.schedule.to_x0(pred, x_t.float(), t)                          # [B, T, C, h, w]
         b, n = x0_hat.shape[:2]
         read = self.expert(x0_hat.flatten(0, 1).float()).view(b, n, -1)            # [B, T, 3]
-        err = (read - batch["mouth"].float()).square().flatten(1).mean(1)          # [B]
-        keep = (~cond.masks()[0]).float()
-        return (err * keep).sum() / keep.sum().clamp_min(1.0)
+        return _kept_audio_mouth_mse(read, cond, batch, "loss.mouth_weight")
+
+
+def _kept_audio_mouth_mse(read: Tensor, cond: Cond, batch: dict, option: str) -> Tensor:
+    """MSE of a mouth reading [B, T, P] against the labels [B, T, 3], averaged over samples with audio kept."""
+    if "mouth" not in batch:
+        raise DataError(f"{option} > 0 needs mouth labels in the training windows (synthetic world data)")
+    mouth = batch["mouth"].float()
+    err = (read.float()[..., :mouth.shape[-1]] - mouth).square().flatten(1).mean(1)  # [B]
+    keep = (~cond.masks()[0]).float()
+    return (err * keep).sum() / keep.sum().clamp_min(1.0)
 
 
 # ---------------------------------------------------------------------------------------------
