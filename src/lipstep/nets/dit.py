@@ -11,7 +11,8 @@ window) get temporal positions -M..-1 and a "motion" type embedding. Reference a
 are context: they take part in self-attention but are never decoded and never see the audio.
 
 Blocks (adaLN-Zero, Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"): the
-timestep embedding modulates (shift, scale, gate) every branch; all gates start at zero, and the
+timestep embedding modulates (shift, scale, gate) every branch (with ``audio_adaln``, a video frame's
+modulation also carries an MLP of that frame's pooled audio tokens; the context keeps the time's); all gates start at zero, and the
 final projection is zero-initialised, so an untrained net outputs exactly 0. A block is
   self-attention  - "full": one joint attention over all T·N video + context tokens;
                     "factorized": spatial attention within each frame (video frames also see the
@@ -95,6 +96,9 @@ class DiTConfig:
     #   extra layer (ablation: time-embedding injection); "none" = the scales are not an input
     cfg_tokens: int = 4           # n_tokens of the guidance embedding the CFG layer attends to
     dropout: float = 0.0          # dropout probability in attention weights and MLP
+    audio_adaln: bool = False     # each video frame's adaLN conditioning = time embedding + an MLP of that
+    #   frame's pooled audio tokens (zero-initialised output, so switching it on leaves a net unchanged):
+    #   the audio then modulates every branch of every block, not only the audio cross-attention
     audio_probe: int = 0          # outputs of a head reading the mouth state from the frame's pooled audio
     #   tokens (`forward(..., probe=True)`); a training-time lip-sync signal for the audio pathway
     #   (teacher loss.audio_mouth_weight); 0 = no head. The denoiser's output never depends on it
@@ -165,6 +169,7 @@ def _embedding_n(cfg: DiTConfig) -> int:
     n += _linear_n(TIME_FREQ_DIM, w) + _linear_n(w, w)                # time MLP
     n += _linear_n(cfg.audio_dim, w) + _linear_n(w, w) + 2 * cfg.audio_window * w  # audio MLP, pos, null
     n += (_linear_n(w, w) + _linear_n(w, cfg.audio_probe)) if cfg.audio_probe else 0  # audio probe head
+    n += 2 * _linear_n(w, w) if cfg.audio_adaln else 0                # per-frame audio adaLN MLP
     return n + (cfg.n_visemes * w if cfg.use_visemes else 0)
 
 
@@ -222,9 +227,20 @@ def _per_sample(v: Tensor, x: Tensor) -> Tensor:
     return v.view(v.shape[0], *([1] * (x.dim() - v.dim())), *v.shape[1:])
 
 
+def _per_frame(v: Tensor, x: Tensor) -> Tensor:
+    """View a modulation v [B, W] (one per sample) or [B, F, W] (one per frame) over frames x [B, F, N, W]."""
+    return v[:, :, None] if v.dim() == 3 else _per_sample(v, x)
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN: x·(1 + scale) + shift, with shift/scale [B, W] broadcast over x [B, ..., W]."""
-    return x * (1 + _per_sample(scale, x)) + _per_sample(shift, x)
+    """adaLN: x·(1 + scale) + shift, with shift/scale [B, W] broadcast over x [B, ..., W], or [B, F, W]
+    (per frame) over x [B, F, N, W]."""
+    return x * (1 + _per_frame(scale, x)) + _per_frame(shift, x)
+
+
+def _frames(v: Tensor, n: int) -> Tensor:
+    """A modulation [B, W] repeated over n frames -> [B, n, W]; a per-frame one [B, n, W] as it is."""
+    return v if v.dim() == 3 else v[:, None].expand(-1, n, -1)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -397,49 +413,60 @@ class DiTBlock(nn.Module):
         self.cfg_attn = CFGCrossAttention(w, cfg.heads, drop) if cfg.cfg_layer in ("tokens", "plain") else None
         self.mlp = Mlp(w, cfg.mlp_hidden, drop)
 
-    def forward(self, x: Tensor, ctx: Tensor, audio: Tensor, c: Tensor, emb: Tensor | None):
-        """x [B, T, N, W] video, ctx [B, F, N, W] reference (+ motion), audio [B, T, K, W],
-        c [B, W] time embedding, emb [B, n, W] guidance embedding or None -> (x, ctx)."""
-        mods = self.ada(c).chunk(3 * self.n_branches, dim=-1)
-        triples = [mods[i:i + 3] for i in range(0, len(mods), 3)]
+    def forward(self, x: Tensor, ctx: Tensor, audio: Tensor, c: Tensor, c_ctx: Tensor, emb: Tensor | None):
+        """x [B, T, N, W] video, ctx [B, F, N, W] reference (+ motion), audio [B, T, K, W], c the video's
+        conditioning ([B, W], or [B, T, W] per frame with audio adaLN), c_ctx [B, W] the context's,
+        emb [B, n, W] guidance embedding or None -> (x, ctx)."""
+        mx = self._triples(c)
+        mc = list(mx) if c_ctx is c else self._triples(c_ctx)
         if self.factorized:
-            x, ctx = self._spatial(x, ctx, *triples.pop(0))
-            x, ctx = self._temporal(x, ctx, *triples.pop(0))
+            x, ctx = self._spatial(x, ctx, mx.pop(0), mc.pop(0))
+            x, ctx = self._temporal(x, ctx, mx.pop(0), mc.pop(0))
         else:
-            x, ctx = self._joint(x, ctx, *triples.pop(0))
-        x = self._audio(x, audio, *triples.pop(0))
+            x, ctx = self._joint(x, ctx, mx.pop(0), mc.pop(0))
+        x = self._audio(x, audio, *mx.pop(0))
+        mc.pop(0)
         if self.cfg_attn is not None:
             x = self._cfg(x, emb)
-        return self._mlp(x, ctx, *triples.pop(0))
+        return self._mlp(x, ctx, mx.pop(0), mc.pop(0))
 
-    def _joint(self, x, ctx, shift, scale, gate):
+    def _triples(self, c: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The (shift, scale, gate) of every branch, in order, from a conditioning vector [B, (T,) W]."""
+        mods = self.ada(c).chunk(3 * self.n_branches, dim=-1)
+        return [mods[i:i + 3] for i in range(0, len(mods), 3)]
+
+    def _joint(self, x, ctx, mx, mc):
         """Full attention over all context + video tokens of a sample."""
         n_ctx = ctx.shape[1] * ctx.shape[2]
-        z = torch.cat([ctx.flatten(1, 2), x.flatten(1, 2)], dim=1)  # [B, F·N + T·N, W]
-        z = z + _per_sample(gate, z) * self.attn(modulate(self.norm(z), shift, scale))
-        return z[:, n_ctx:].view_as(x), z[:, :n_ctx].view_as(ctx)
+        h = torch.cat([modulate(self.norm(ctx), *mc[:2]).flatten(1, 2),
+                       modulate(self.norm(x), *mx[:2]).flatten(1, 2)], dim=1)  # [B, F·N + T·N, W]
+        o = self.attn(h)
+        x = x + _per_frame(mx[2], x) * o[:, n_ctx:].view_as(x)
+        ctx = ctx + _per_frame(mc[2], ctx) * o[:, :n_ctx].view_as(ctx)
+        return x, ctx
 
-    def _spatial(self, x, ctx, shift, scale, gate):
+    def _spatial(self, x, ctx, mx, mc):
         """Attention within each frame; video frames also see the context, context sees itself."""
         b, t = x.shape[:2]
-        hx = rearrange(modulate(self.norm(x), shift, scale), "b t n w -> (b t) n w")    # [B·T, N, W]
-        hc = rearrange(modulate(self.norm(ctx), shift, scale), "b f n w -> b (f n) w")  # [B, F·N, W]
+        hx = rearrange(modulate(self.norm(x), *mx[:2]), "b t n w -> (b t) n w")        # [B·T, N, W]
+        hc = rearrange(modulate(self.norm(ctx), *mc[:2]), "b f n w -> b (f n) w")      # [B, F·N, W]
         qx, kx, vx = self.attn.project(hx)                                              # [B·T, h, N, d]
         qc, kc, vc = self.attn.project(hc)                                              # [B, h, F·N, d]
         kc_t, vc_t = kc.repeat_interleave(t, dim=0), vc.repeat_interleave(t, dim=0)     # [B·T, h, F·N, d]
         ox = self.attn.attend(qx, torch.cat([kx, kc_t], 2), torch.cat([vx, vc_t], 2))   # [B·T, N, W]
         oc = self.attn.attend(qc, kc, vc)                                               # [B, F·N, W]
-        x = x + _per_sample(gate, x) * rearrange(ox, "(b t) n w -> b t n w", b=b)
-        ctx = ctx + _per_sample(gate, ctx) * oc.view_as(ctx)
+        x = x + _per_frame(mx[2], x) * rearrange(ox, "(b t) n w -> b t n w", b=b)
+        ctx = ctx + _per_frame(mc[2], ctx) * oc.view_as(ctx)
         return x, ctx
 
-    def _temporal(self, x, ctx, shift, scale, gate):
+    def _temporal(self, x, ctx, mx, mc):
         """Attention across motion + video frames at each spatial location (reference excluded)."""
-        b, n_motion = x.shape[0], ctx.shape[1] - 1
+        b, n_motion, t = x.shape[0], ctx.shape[1] - 1, x.shape[1]
         z = torch.cat([ctx[:, 1:], x], dim=1)                                          # [B, M+T, N, W]
+        shift, scale, gate = (torch.cat([_frames(vc, n_motion), _frames(vx, t)], dim=1) for vc, vx in zip(mc, mx))
         h = rearrange(modulate(self.norm(z), shift, scale), "b f n w -> (b n) f w")    # [B·N, M+T, W]
         o = rearrange(self.attn_time(h), "(b n) f w -> b f n w", b=b)                  # [B, M+T, N, W]
-        z = z + _per_sample(gate, z) * o
+        z = z + _per_frame(gate, z) * o
         return z[:, n_motion:], torch.cat([ctx[:, :1], z[:, :n_motion]], dim=1)
 
     def _audio(self, x, audio, shift, scale, gate):
@@ -448,15 +475,15 @@ class DiTBlock(nn.Module):
         q = rearrange(modulate(self.norm(x), shift, scale), "b t n w -> (b t) n w")  # [B·T, N, W]
         kv = rearrange(audio, "b t k w -> (b t) k w")                                 # [B·T, K, W]
         o = rearrange(self.audio(q, kv), "(b t) n w -> b t n w", b=b)                 # [B, T, N, W]
-        return x + _per_sample(gate, x) * o
+        return x + _per_frame(gate, x) * o
 
     def _cfg(self, x, emb):
         """All video tokens of a sample attend to its guidance embedding."""
         return self.cfg_attn(x.flatten(1, 2), emb).view_as(x)  # [B, T·N, W] -> [B, T, N, W]
 
-    def _mlp(self, x, ctx, shift, scale, gate):
-        x = x + _per_sample(gate, x) * self.mlp(modulate(self.norm(x), shift, scale))
-        ctx = ctx + _per_sample(gate, ctx) * self.mlp(modulate(self.norm(ctx), shift, scale))
+    def _mlp(self, x, ctx, mx, mc):
+        x = x + _per_frame(mx[2], x) * self.mlp(modulate(self.norm(x), *mx[:2]))
+        ctx = ctx + _per_frame(mc[2], ctx) * self.mlp(modulate(self.norm(ctx), *mc[:2]))
         return x, ctx
 
 
@@ -470,7 +497,7 @@ class FinalLayer(nn.Module):
         self.linear = _linear(width, patch_dim, zero=True)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        """x [B, T, N, W], c [B, W] -> [B, T, N, C·p·p]."""
+        """x [B, T, N, W], c [B, W] or per frame [B, T, W] -> [B, T, N, C·p·p]."""
         shift, scale = self.ada(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
@@ -501,6 +528,8 @@ class AvatarDiT(nn.Module):
             nn.init.normal_(self.viseme.weight, std=INIT_STD)
         self.audio_probe = (nn.Sequential(_linear(w, w), nn.GELU(approximate="tanh"), _linear(w, cfg.audio_probe))
                             if cfg.audio_probe else None)
+        self.audio_adaln = (nn.Sequential(_linear(w, w), nn.SiLU(), _linear(w, w, zero=True))
+                            if cfg.audio_adaln else None)
         self.cfg_embed = _guidance_embedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
@@ -522,10 +551,12 @@ class AvatarDiT(nn.Module):
         emb = self.guidance_embedding(cond.cfg_scales, x_t.shape[0])       # [B, n, W], [B, W] or None
         if self.cfg.cfg_layer == "time":
             c, emb = c + emb, None
-        read = self.audio_probe(audio.mean(2)) if probe else None          # [B, T, P]
+        pooled = audio.mean(2)                                             # [B, T, W]
+        read = self.audio_probe(pooled) if probe else None                 # [B, T, P]
+        c_video = c if self.audio_adaln is None else c[:, None] + self.audio_adaln(pooled)  # [B, (T,) W]
         for block in self.blocks:
-            x, ctx = self._run_block(block, x, ctx, audio, c, emb)
-        out = self.unpatchify(self.final(x, c))                            # [B, T, C, h, w]
+            x, ctx = self._run_block(block, x, ctx, audio, c_video, c, emb)
+        out = self.unpatchify(self.final(x, c_video))                      # [B, T, C, h, w]
         return (out, read) if probe else out
 
     # --- tokens ------------------------------------------------------------------------------

@@ -86,6 +86,7 @@ class TeacherConfig:
     patch: int = 0                   # latent patch side; 0 = smallest giving <= 64 tokens per frame
     audio_norm: bool = True          # standardise the log-mel input with the training split's mean / std
     grad_checkpointing: bool = False
+    audio_adaln: bool = False        # each frame's adaLN also carries its pooled audio (DiTConfig.audio_adaln)
     schedule: Literal["vp_eps", "vp_v", "flow"] = "vp_v"  # v: robust x0 at high noise for small, short runs
     flow_shift: float = 1.0
     window: WindowConfig = field(default_factory=WindowConfig)
@@ -281,7 +282,7 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
                            motion_frames=cfg.window.motion_frames, audio_dim=audio_dim, audio_window=audio_window,
                            audio_mean=round(audio_norm[0], 4), audio_std=round(audio_norm[1], 4),
                            attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing,
-                           audio_probe=3 if cfg.loss.audio_mouth_weight > 0 else 0)
+                           audio_adaln=cfg.audio_adaln, audio_probe=3 if cfg.loss.audio_mouth_weight > 0 else 0)
     return AvatarDiT(dit)
 
 
