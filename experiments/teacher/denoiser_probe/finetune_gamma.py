@@ -15,7 +15,7 @@ from lipstep.train.teacher import TeacherLossConfig, TeacherMethod
 
 prepared, out, gamma, steps = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 pipe = AvatarPipeline.from_pretrained("src/lipstep/weights/teacher")
-net = pipe.denoiser.float().train()
+net = pipe.denoiser.float().train().requires_grad_(True)
 codec = pipe.codec.float()
 cache = encode_prepared(prepared, codec, progress=False)
 ds = WindowDataset(prepared, "train", WindowConfig(frames=pipe.info.frames, motion_frames=pipe.info.motion_frames),
