@@ -8,8 +8,9 @@ are then compared with the clip's ground truth:
 ==============  =====================================================================================
 key             what
 ==============  =====================================================================================
-mouth_err       mean |openness read from the generated frame - labelled openness of the driving
-                audio| (the mouth reader, `eval/mouthreader.py`); mouth_corr: Pearson over time
+mouth_err       mean |openness read from the generated frame - the clip's labelled openness| (also
+                under the audio controls below; the mouth reader, `eval/mouthreader.py`); mouth_corr:
+                Pearson over time
 sync_c/sync_d   Sync-C / Sync-D and the AV offset (official protocol, `eval/sync.py`) of the generated
                 frames against the clip's audio; official SyncNet S when its weights are given, else
                 lipstep's own SyncNet (the extractor name says which)
