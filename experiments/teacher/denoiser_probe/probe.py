@@ -11,17 +11,18 @@ mouth and sampling loses it; if not, the denoiser's audio conditioning is what i
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lipstep.codecs.cache import encode_prepared
-from lipstep.data.dataset import WindowConfig, WindowDataset
-from lipstep.eval.mouthreader import MouthReader
-from lipstep.eval.runner import default_evaluators_dir
-from lipstep.pipeline import AvatarPipeline
-from lipstep.train.teacher import batch_cond
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from proxy import load, windows  # noqa: E402
+
+from lipstep.eval.mouthreader import MouthReader  # noqa: E402
+from lipstep.eval.runner import default_evaluators_dir  # noqa: E402
+from lipstep.train.teacher import batch_cond  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("model")
@@ -33,12 +34,10 @@ ap.add_argument("--levels", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 
 args = ap.parse_args()
 
 torch.manual_seed(0)
-pipe = AvatarPipeline.from_pretrained(args.model)
-net, codec, schedule = pipe.denoiser.float().eval(), pipe.codec.float(), pipe.schedule
+pipe = load(args.model)
+net, schedule = pipe.denoiser.float().eval(), pipe.schedule
 reader = MouthReader(default_evaluators_dir() / "mouth")
-cache = encode_prepared(args.prepared, codec, progress=False)
-ds = WindowDataset(args.prepared, "test", WindowConfig(frames=pipe.info.frames, motion_frames=pipe.info.motion_frames),
-                   latents=cache, pixels=False)
+_, ds = windows(pipe, args.prepared, "test")
 idx = np.random.default_rng(0).choice(len(ds), size=min(args.windows, len(ds)), replace=False)
 items = [ds[int(i)] for i in idx]
 batch = {k: torch.stack([it[k] for it in items]) for k in ("latents", "reference_latent", "motion_latents",
@@ -71,7 +70,8 @@ rows = {"model": args.model, "windows": int(b), "frames": int(t_frames), "cfg_au
 gt = read(x0)
 rows["codec_reconstruction"] = float(np.abs(gt - labels).mean())
 rows["other_labels_vs_labels"] = float(np.abs(other_labels - labels).mean())
-print(f"codec reconstruction MouthErr {rows['codec_reconstruction']:.4f}; other labels {rows['other_labels_vs_labels']:.4f}")
+print(f"codec reconstruction MouthErr {rows['codec_reconstruction']:.4f}; "
+      f"other labels {rows['other_labels_vs_labels']:.4f}")
 for t in args.levels:
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(t * 1000)))
     own, oth = read(x0_hat(batch, t, eps)), read(x0_hat(other, t, eps))
