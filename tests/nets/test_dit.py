@@ -170,6 +170,39 @@ def test_zero_init_audio_adaln_leaves_a_trained_net_unchanged(attention):
 
 
 @pytest.mark.parametrize("attention", ["full", "factorized"])
+def test_zero_init_channel_context_leaves_a_trained_net_unchanged(attention):
+    base = _trained(attention=attention)
+    with_ctx = AvatarDiT(_cfg(attention=attention, channel_context=True)).eval()
+    result = with_ctx.load_state_dict(base.state_dict(), strict=False)
+    assert not result.unexpected_keys and sorted(result.missing_keys) == ["context_embed.bias", "context_embed.weight"]
+    x_t, t, cond = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(with_ctx(x_t, t, cond), base(x_t, t, cond), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
+@pytest.mark.parametrize("motion", [M, None])
+def test_channel_context_carries_the_last_motion_frame_and_the_reference(attention, motion):
+    # Cut every context token out of the self-attention (the null context for all samples would also
+    # blank the aligned path), so reference and motion can only arrive through the aligned embedding.
+    model = _trained(attention=attention, channel_context=True)
+    x_t, t, cond = _inputs(motion=motion)
+    with torch.no_grad():
+        model.embed_context = lambda ref, mot, drop: torch.zeros(ref.shape[0], 1, model.cfg.tokens_per_frame,
+                                                                 model.cfg.width)
+        before = model(x_t, t, cond)
+        if motion:  # only the LAST motion frame enters the aligned path
+            earlier = Cond(**{**cond.__dict__, "motion": cond.motion.clone()})
+            earlier.motion[:, :-1] += 1.0
+            torch.testing.assert_close(model(x_t, t, earlier), before)
+            last = Cond(**{**cond.__dict__, "motion": cond.motion.clone()})
+            last.motion[:, -1] += 1.0
+            assert (model(x_t, t, last) - before).abs().max() > 1e-3
+        moved = Cond(**{**cond.__dict__, "reference": cond.reference + 1.0})
+        assert (model(x_t, t, moved) - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("attention", ["full", "factorized"])
 def test_audio_adaln_carries_the_audio_without_the_cross_attention(attention):
     # With every audio cross-attention silenced, the audio can only reach the output through the
     # per-frame adaLN: the output then moves with the audio only when audio_adaln is on.
@@ -201,8 +234,9 @@ def test_drop_audio_makes_output_independent_of_audio(attention, audio_adaln):
 
 
 @pytest.mark.parametrize("attention", ["full", "factorized"])
-def test_drop_ref_makes_output_independent_of_reference_and_motion(attention):
-    model = _trained(attention=attention)
+@pytest.mark.parametrize("channel_context", [False, True])
+def test_drop_ref_makes_output_independent_of_reference_and_motion(attention, channel_context):
+    model = _trained(attention=attention, channel_context=channel_context)
     x_t, t, cond = _inputs()
     other = Cond(**{**cond.__dict__, "reference": torch.randn_like(cond.reference),
                     "motion": torch.randn_like(cond.motion)})
@@ -245,6 +279,7 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(attention, audio_adaln
 @pytest.mark.parametrize("overrides", [
     {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"}, {"cfg_layer": "time"},
     {"audio_probe": 3}, {"audio_adaln": True}, {"audio_adaln": True, "attention": "factorized"},
+    {"channel_context": True}, {"channel_context": True, "patch": 2, "motion_frames": 0},
     {"use_visemes": True, "patch": 2, "frames": 4, "motion_frames": 0, "audio_dim": 32, "mlp_ratio": 2.5},
 ])
 def test_param_count_matches_built_tiny_model(overrides):

@@ -48,6 +48,12 @@ def test_snr_weight_is_min_snr_gamma():
     assert torch.equal(snr_weight(s, t, 0.0), torch.ones(3))
     v = make_schedule("vp_v")
     assert torch.allclose(snr_weight(v, t, 5.0), snr.clamp(max=5.0) / (snr + 1))
+    # the floor lifts the x0 weight (v weight · (SNR + 1)) of the noisy end to the floor and leaves
+    # every t with SNR >= floor as min-SNR-γ had it
+    floored = snr_weight(v, t, 5.0, 1.0)
+    assert snr[2] < 0.01 and torch.allclose(floored[2] * (snr[2] + 1), torch.tensor(1.0))
+    assert floored[2] > 50 * snr_weight(v, t, 5.0)[2]
+    assert snr[0] > 1 and torch.allclose(floored[0], snr_weight(v, t, 5.0)[0])
 
 
 def test_motion_weights_favour_moving_positions():

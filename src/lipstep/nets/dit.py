@@ -9,6 +9,9 @@ a spatial position and a temporal position (0..T-1). The reference latent goes t
 patch embedding plus a "reference" type embedding; motion-frame latents (the M frames before the
 window) get temporal positions -M..-1 and a "motion" type embedding. Reference and motion tokens
 are context: they take part in self-attention but are never decoded and never see the audio.
+With ``channel_context`` each video token also gets, through a zero-initialised linear map, the
+patches of the last motion latent and of the reference at its own position (channel concatenation,
+as image-to-video models condition on their first frame): a spatially aligned copy source.
 
 Blocks (adaLN-Zero, Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"): the
 timestep embedding modulates (shift, scale, gate) every branch (with ``audio_adaln``, a video frame's
@@ -102,6 +105,11 @@ class DiTConfig:
     audio_probe: int = 0          # outputs of a head reading the mouth state from the frame's pooled audio
     #   tokens (`forward(..., probe=True)`); a training-time lip-sync signal for the audio pathway
     #   (teacher loss.audio_mouth_weight); 0 = no head. The denoiser's output never depends on it
+    channel_context: bool = False  # also give every video token the same-position patch of the last motion
+    #   latent and of the reference latent (channel concatenation through a zero-initialised linear map, as
+    #   image-to-video models condition on their first frame): a spatially aligned copy source, so the net
+    #   spends its capacity on what changes (the mouth) instead of re-learning to copy the face through
+    #   attention; null (zeros) where the reference is dropped. Off leaves the net as before
 
     @classmethod
     def preset(cls, name: str, **overrides) -> DiTConfig:
@@ -170,6 +178,7 @@ def _embedding_n(cfg: DiTConfig) -> int:
     n += _linear_n(cfg.audio_dim, w) + _linear_n(w, w) + 2 * cfg.audio_window * w  # audio MLP, pos, null
     n += (_linear_n(w, w) + _linear_n(w, cfg.audio_probe)) if cfg.audio_probe else 0  # audio probe head
     n += 2 * _linear_n(w, w) if cfg.audio_adaln else 0                # per-frame audio adaLN MLP
+    n += _linear_n(2 * cfg.patch_dim, w) if cfg.channel_context else 0  # channel-wise context embedding
     return n + (cfg.n_visemes * w if cfg.use_visemes else 0)
 
 
@@ -530,6 +539,7 @@ class AvatarDiT(nn.Module):
                             if cfg.audio_probe else None)
         self.audio_adaln = (nn.Sequential(_linear(w, w), nn.SiLU(), _linear(w, w, zero=True))
                             if cfg.audio_adaln else None)
+        self.context_embed = _linear(2 * cfg.patch_dim, w, zero=True) if cfg.channel_context else None
         self.cfg_embed = _guidance_embedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
@@ -545,6 +555,8 @@ class AvatarDiT(nn.Module):
             raise ConfigError("this AvatarDiT has no audio probe (DiTConfig.audio_probe = 0)")
         drop_audio, drop_ref = cond.masks()
         x = self.embed_video(x_t)                                          # [B, T, N, W]
+        if self.context_embed is not None:
+            x = x + self.embed_aligned_context(cond.reference, cond.motion, drop_ref)
         ctx = self.embed_context(cond.reference, cond.motion, drop_ref)    # [B, 1+M, N, W]
         audio = self.embed_audio(cond.audio, cond.visemes, drop_audio)     # [B, T, K, W]
         c = self.embed_time(t, x_t.shape[0])                               # [B, W]
@@ -577,6 +589,15 @@ class AvatarDiT(nn.Module):
         m, t = self.cfg.motion_frames, x_t.shape[1]
         pos = self.pos_space[None] + self.pos_time[m:m + t, None]   # [T, N, W]
         return self.patch_embed(self.patchify(x_t)) + pos
+
+    def embed_aligned_context(self, reference: Tensor, motion: Tensor | None, drop_ref: Tensor) -> Tensor:
+        """``channel_context``: the last motion latent (the reference when there is none) and the reference,
+        concatenated channel-wise and patch-embedded at each video token's own position -> [B, 1, N, W],
+        added to every frame; zeros in place of both where the reference is dropped."""
+        last = motion[:, -1] if motion is not None and motion.shape[1] else reference    # [B, C, h, w]
+        pair = torch.cat([last, reference], dim=1)[:, None]                              # [B, 1, 2C, h, w]
+        pair = torch.where(_per_sample(drop_ref, pair), torch.zeros_like(pair), pair)
+        return self.context_embed(self.patchify(pair))                                   # [B, 1, N, W]
 
     def embed_context(self, reference: Tensor, motion: Tensor | None, drop_ref: Tensor) -> Tensor:
         """Reference [B, C, h, w] and motion [B, M, C, h, w] -> context tokens [B, 1+M, N, W]."""

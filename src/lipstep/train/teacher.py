@@ -12,6 +12,8 @@ or flow velocity). Options, all per sample and all from the step's generator:
   latent repeated, which is what generation feeds the first chunk (there is no previous chunk);
 - min-SNR-γ loss weighting (Hang et al. 2023) for faster convergence: weight min(SNR, γ)/SNR for
   eps prediction, min(SNR, γ)/(SNR + 1) for v / flow velocity (the same weight on x0 error);
+  ``snr_floor`` keeps the x0 weight at least that high, max(min(SNR, γ), floor): min-SNR alone
+  all but ignores the high-noise end, where the mouth has to come from the audio;
 - ``motion_weight``: a per-position weight 1 + w·d/mean(d), with d the temporal standard deviation of
   x0 over the window: positions that move (the mouth above all; also blinks and head motion) count
   more. Talking heads are mostly static, and the mouth is a few latent pixels, so an unweighted loss
@@ -61,6 +63,8 @@ class TeacherLossConfig:
     p_drop_both: float = 0.1         # P(audio and reference dropped)
     p_motion_ref: float = 0.2        # P(motion latents replaced by the reference: first-chunk training)
     min_snr_gamma: float = 5.0       # min-SNR-γ weighting; 0 = plain MSE
+    snr_floor: float = 0.0           # with min-SNR-γ: the x0-error weight is at least this (min-SNR alone gives
+    #   high noise almost none, and that is where the mouth must come from the audio); 0 = plain min-SNR-γ
     motion_weight: float = 1.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
     mouth_weight: float = 0.0        # lip-sync loss from the frozen latent mouth expert; 0 = off (needs mouth labels)
@@ -72,8 +76,10 @@ class TeacherLossConfig:
               "loss.p_drop_audio and p_drop_both must be >= 0 with a sum <= 1")
         check(0 <= self.p_motion_ref <= 1, "loss.p_motion_ref must be in [0, 1]")
         check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.mouth_weight >= 0
-              and self.audio_mouth_weight >= 0,
-              "loss.min_snr_gamma, motion_weight, mouth_weight and audio_mouth_weight must be >= 0")
+              and self.audio_mouth_weight >= 0 and self.snr_floor >= 0,
+              "loss.min_snr_gamma, snr_floor, motion_weight, mouth_weight and audio_mouth_weight must be >= 0")
+        check(self.snr_floor <= self.min_snr_gamma or self.min_snr_gamma == 0,
+              "loss.snr_floor must not exceed loss.min_snr_gamma")
         check(0 <= self.t_min < 1, "loss.t_min must be in [0, 1)")
 
 
@@ -87,6 +93,8 @@ class TeacherConfig:
     audio_norm: bool = True          # standardise the log-mel input with the training split's mean / std
     grad_checkpointing: bool = False
     audio_adaln: bool = False        # each frame's adaLN also carries its pooled audio (DiTConfig.audio_adaln)
+    channel_context: bool = False    # video tokens also see the aligned last-motion + reference patches
+    #   (DiTConfig.channel_context): copying the face is free, the capacity goes to the mouth
     schedule: Literal["vp_eps", "vp_v", "flow"] = "vp_v"  # v: robust x0 at high noise for small, short runs
     flow_shift: float = 1.0
     window: WindowConfig = field(default_factory=WindowConfig)
@@ -118,12 +126,16 @@ def sample_times(n: int, generator: torch.Generator, t_min: float, device) -> Te
     return t_min + (1.0 - t_min) * (1.0 - u)
 
 
-def snr_weight(schedule: Schedule, t: Tensor, gamma: float) -> Tensor:
-    """min-SNR-γ weight per sample for the schedule's native target (1 when gamma is 0)."""
+def snr_weight(schedule: Schedule, t: Tensor, gamma: float, floor: float = 0.0) -> Tensor:
+    """min-SNR-γ weight per sample for the schedule's native target (1 when gamma is 0).
+
+    In x0 terms min-SNR-γ weights the x0 error by min(SNR, γ); ``floor`` raises that to
+    max(min(SNR, γ), floor), so the high-noise end (SNR -> 0) keeps an x0 weight of ``floor``.
+    """
     if gamma <= 0:
         return torch.ones_like(t)
     snr = schedule.snr(t).float().clamp(max=1e8)
-    clipped = snr.clamp(max=gamma)
+    clipped = snr.clamp(max=gamma).clamp(min=floor)
     return clipped / snr if schedule.prediction == "eps" else clipped / (snr + 1.0)
 
 
@@ -200,7 +212,7 @@ class TeacherMethod:
         target = self.schedule.target(x0, eps, t).float()
         err = (pred - target).square() * motion_weights(x0, self.cfg.motion_weight)
         per_sample = err.flatten(1).mean(1)
-        w = snr_weight(self.schedule, t, self.cfg.min_snr_gamma)
+        w = snr_weight(self.schedule, t, self.cfg.min_snr_gamma, self.cfg.snr_floor)
         loss = (w * per_sample).mean()
         logs = {"mse": float(per_sample.detach().mean())}
         if self.expert is not None:
@@ -282,7 +294,8 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
                            motion_frames=cfg.window.motion_frames, audio_dim=audio_dim, audio_window=audio_window,
                            audio_mean=round(audio_norm[0], 4), audio_std=round(audio_norm[1], 4),
                            attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing,
-                           audio_adaln=cfg.audio_adaln, audio_probe=3 if cfg.loss.audio_mouth_weight > 0 else 0)
+                           audio_adaln=cfg.audio_adaln, channel_context=cfg.channel_context,
+                           audio_probe=3 if cfg.loss.audio_mouth_weight > 0 else 0)
     return AvatarDiT(dit)
 
 
