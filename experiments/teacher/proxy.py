@@ -5,6 +5,9 @@ saves the EMA weights as a model directory that `lipstep eval` and `denoiser_pro
 """
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from lipstep.codecs.cache import encode_prepared
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.pipeline import AvatarPipeline, save_model
@@ -26,6 +29,19 @@ def windows(pipe: AvatarPipeline, prepared: Path, split: str = "train") -> tuple
     ds = WindowDataset(prepared, split, WindowConfig(frames=pipe.info.frames, motion_frames=pipe.info.motion_frames),
                        latents=cache, pixels=False)
     return cache, ds
+
+
+def test_windows(model: str, prepared: Path, n: int) -> tuple[AvatarPipeline, dict]:
+    """(pipeline with a float32 denoiser in eval mode, a batch of ``n`` held-out test windows): the same
+    windows for a given n (seed 0), with latents, reference and motion latents, audio and mouth labels."""
+    torch.manual_seed(0)
+    pipe = load(model)
+    pipe.denoiser.float().eval()
+    _, ds = windows(pipe, prepared, "test")
+    idx = np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False)
+    items = [ds[int(i)] for i in idx]
+    keys = ("latents", "reference_latent", "motion_latents", "audio", "mouth")
+    return pipe, {k: torch.stack([it[k] for it in items]) for k in keys}
 
 
 def finetune(method, ds: WindowDataset, pipe: AvatarPipeline, out: Path, steps: int) -> None:

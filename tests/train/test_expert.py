@@ -165,16 +165,18 @@ def test_audio_mouth_loss_skips_dropped_audio_and_needs_a_probe_and_labels(world
         TeacherMethod(_probe_net(), make_schedule("vp_v"), TeacherLossConfig(audio_mouth_weight=1.0))
 
 
-def test_train_teacher_with_the_audio_probe_and_audio_adaln_saves_a_loadable_model(world, tmp_path):
+def test_train_teacher_with_the_audio_probe_audio_adaln_and_channel_context_saves_a_loadable_model(world, tmp_path):
     from lipstep.pipeline import AvatarPipeline
     from lipstep.train.loop import TrainConfig
     from lipstep.train.teacher import TeacherConfig, train_teacher
 
     root, _ = world
     cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2, stride=4), val_clips=0,
-                        audio_adaln=True, loss=TeacherLossConfig(audio_mouth_weight=1.0))
+                        audio_adaln=True, channel_context=True,
+                        loss=TeacherLossConfig(audio_mouth_weight=1.0, snr_floor=1.0))
     cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, log_every=1)
     model = train_teacher(root / "prepared", root / "codec", tmp_path / "run", cfg, progress=False)
     pipe = AvatarPipeline.from_pretrained(model)
     assert pipe.denoiser.cfg.audio_probe == 3 and pipe.denoiser.audio_probe is not None
     assert pipe.denoiser.cfg.audio_adaln and pipe.denoiser.audio_adaln is not None
+    assert pipe.denoiser.cfg.channel_context and pipe.denoiser.context_embed is not None

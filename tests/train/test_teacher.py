@@ -170,5 +170,9 @@ def test_teacher_config_rejects_bad_settings(world, tmp_path):
         apply_overrides(cfg, ["loss.motion_weigth=1"])
     with pytest.raises(ConfigError):
         TeacherLossConfig(p_drop_audio=0.7, p_drop_both=0.5).validate()
+    with pytest.raises(ConfigError, match="snr_floor"):
+        TeacherLossConfig(min_snr_gamma=5.0, snr_floor=6.0).validate()
+    with pytest.raises(ConfigError, match="snr_floor"):
+        TeacherLossConfig(min_snr_gamma=0.0, snr_floor=1.0).validate()
     with pytest.raises(LipstepError):
         train_teacher(world / "prepared", tmp_path / "no_codec", tmp_path / "out", _tiny_cfg(), progress=False)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from proxy import load, windows  # noqa: E402
+from proxy import test_windows  # noqa: E402
 
 from lipstep.eval.mouthreader import MouthReader  # noqa: E402
 from lipstep.eval.runner import default_evaluators_dir  # noqa: E402
@@ -33,15 +33,9 @@ ap.add_argument("--cfg-audio", type=float, default=1.0)
 ap.add_argument("--levels", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 0.9, 1.0])
 args = ap.parse_args()
 
-torch.manual_seed(0)
-pipe = load(args.model)
-net, schedule = pipe.denoiser.float().eval(), pipe.schedule
+pipe, batch = test_windows(args.model, args.prepared, args.windows)
+net, schedule = pipe.denoiser, pipe.schedule
 reader = MouthReader(default_evaluators_dir() / "mouth")
-_, ds = windows(pipe, args.prepared, "test")
-idx = np.random.default_rng(0).choice(len(ds), size=min(args.windows, len(ds)), replace=False)
-items = [ds[int(i)] for i in idx]
-batch = {k: torch.stack([it[k] for it in items]) for k in ("latents", "reference_latent", "motion_latents",
-                                                            "audio", "mouth")}
 x0, labels = batch["latents"], batch["mouth"][..., 0].numpy()      # [B, T, C, h, w], [B, T] openness
 b, t_frames = x0.shape[:2]
 other = dict(batch, audio=batch["audio"].roll(1, 0))

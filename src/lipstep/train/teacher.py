@@ -78,8 +78,8 @@ class TeacherLossConfig:
         check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.mouth_weight >= 0
               and self.audio_mouth_weight >= 0 and self.snr_floor >= 0,
               "loss.min_snr_gamma, snr_floor, motion_weight, mouth_weight and audio_mouth_weight must be >= 0")
-        check(self.snr_floor <= self.min_snr_gamma or self.min_snr_gamma == 0,
-              "loss.snr_floor must not exceed loss.min_snr_gamma")
+        check(self.snr_floor == 0 or 0 < self.snr_floor <= self.min_snr_gamma,
+              "loss.snr_floor needs min-SNR-γ weighting and must not exceed it (0 < snr_floor <= min_snr_gamma)")
         check(0 <= self.t_min < 1, "loss.t_min must be in [0, 1)")
 
 
