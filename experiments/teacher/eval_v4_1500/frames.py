@@ -22,7 +22,8 @@ for d in sys.argv[2:]:
     gens, labels = [], []
     for v in sorted(glob.glob(os.path.join(d, "videos", "*.mp4"))):
         cid = os.path.basename(v)[:-4]
-        gen = read_video(v).frames[:, :, 64:]  # ground truth | generated
+        frames = read_video(v).frames  # ground truth | generated, side by side
+        gen = frames[:, :, frames.shape[2] // 2:]
         lab = np.asarray(open_shard(os.path.join(prepared, rows[cid]["shard"]), keys=("mouth",))["mouth"])
         gens.append(reader.openness(gen))
         labels.append(lab[:len(gen), 0])
