@@ -280,6 +280,7 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(attention, audio_adaln
     {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"}, {"cfg_layer": "time"},
     {"audio_probe": 3}, {"audio_adaln": True}, {"audio_adaln": True, "attention": "factorized"},
     {"channel_context": True}, {"channel_context": True, "patch": 2, "motion_frames": 0},
+    {"mouth_state": 3}, {"mouth_state": 2, "mouth_head_width": 8, "audio_adaln": True, "audio_dim": 24},
     {"use_visemes": True, "patch": 2, "frames": 4, "motion_frames": 0, "audio_dim": 32, "mlp_ratio": 2.5},
 ])
 def test_param_count_matches_built_tiny_model(overrides):

@@ -168,7 +168,10 @@ def build_student(teacher, cfg: PerflowConfig):
     if bad or result.unexpected_keys:
         raise LipstepError(f"the student cannot start from the teacher's weights (missing {bad[:2]}, "
                            f"unexpected {result.unexpected_keys[:2]})")
-    return student.train().requires_grad_(True)
+    student.train().requires_grad_(True)
+    if student.mouth_head is not None:  # the teacher's fitted audio -> mouth-state head stays as it is
+        student.mouth_head.requires_grad_(False)
+    return student
 
 
 class PerflowMethod:

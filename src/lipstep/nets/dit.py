@@ -12,6 +12,9 @@ are context: they take part in self-attention but are never decoded and never se
 With ``channel_context`` each video token also gets, through a zero-initialised linear map, the
 patches of the last motion latent and of the reference at its own position (channel concatenation,
 as image-to-video models condition on their first frame): a spatially aligned copy source.
+With ``mouth_state`` a small audio -> mouth-state head (fitted on its own before the denoiser, then
+frozen) reads each frame's audio window; an embedding of its reading joins that frame's audio tokens
+and its adaLN conditioning, so the denoiser renders a given mouth state instead of discovering it.
 
 Blocks (adaLN-Zero, Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"): the
 timestep embedding modulates (shift, scale, gate) every branch (with ``audio_adaln``, a video frame's
@@ -56,6 +59,7 @@ if TYPE_CHECKING:  # type only: nets sit before diffusion in the import order
 
 TIME_FREQ_DIM = 256  # width of the sinusoidal timestep features fed to the time MLP
 INIT_STD = 0.02      # std of learned embeddings (positions, types, null conditions, CFG tokens)
+MOUTH_FREQS = 6      # sin/cos frequencies π·2^k (k < MOUTH_FREQS) of each mouth-state number before its MLP
 
 # One table for every model size. head dim = width / heads.
 PRESETS: dict[str, dict[str, int]] = {
@@ -110,6 +114,10 @@ class DiTConfig:
     #   image-to-video models condition on their first frame): a spatially aligned copy source, so the net
     #   spends its capacity on what changes (the mouth) instead of re-learning to copy the face through
     #   attention; null (zeros) where the reference is dropped. Off leaves the net as before
+    mouth_state: int = 0          # outputs of an audio -> mouth-state head (`MouthStateHead`, fitted before the
+    #   denoiser and then frozen, `lipstep.train.mouth_head`) whose reading of each frame's audio window conditions
+    #   that frame: an embedding of it joins the frame's audio tokens and its adaLN (zero-initialised); 0 = none
+    mouth_head_width: int = 128   # channels of the mouth-state head's convolutions
 
     @classmethod
     def preset(cls, name: str, **overrides) -> DiTConfig:
@@ -132,6 +140,8 @@ class DiTConfig:
         check(self.mlp_ratio > 0 and 0.0 <= self.dropout < 1.0, "DiT mlp_ratio > 0 and 0 <= dropout < 1")
         check(self.cfg_tokens > 0 and self.n_visemes > 0, "DiT cfg_tokens/n_visemes must be > 0")
         check(self.audio_probe >= 0, f"DiT audio_probe must be >= 0, got {self.audio_probe}")
+        check(self.mouth_state >= 0 and self.mouth_head_width > 0,
+              f"DiT mouth_state must be >= 0 and mouth_head_width > 0, got {self.mouth_state}, {self.mouth_head_width}")
         check(self.attention in ("full", "factorized"), f"DiT attention: bad value {self.attention!r}")
         check(self.cfg_layer in ("none", "tokens", "plain", "time"), f"DiT cfg_layer: bad value {self.cfg_layer!r}")
 
@@ -179,6 +189,10 @@ def _embedding_n(cfg: DiTConfig) -> int:
     n += (_linear_n(w, w) + _linear_n(w, cfg.audio_probe)) if cfg.audio_probe else 0  # audio probe head
     n += 2 * _linear_n(w, w) if cfg.audio_adaln else 0                # per-frame audio adaLN MLP
     n += _linear_n(2 * cfg.patch_dim, w) if cfg.channel_context else 0  # channel-wise context embedding
+    if cfg.mouth_state:                                               # mouth-state head + its embedding
+        hw = cfg.mouth_head_width
+        n += 3 * cfg.audio_dim * hw + hw + 3 * hw * hw + hw + _linear_n(hw, hw) + _linear_n(hw, cfg.mouth_state)
+        n += _linear_n(2 * MOUTH_FREQS * cfg.mouth_state, w) + _linear_n(w, w)
     return n + (cfg.n_visemes * w if cfg.use_visemes else 0)
 
 
@@ -496,6 +510,34 @@ class DiTBlock(nn.Module):
         return x, ctx
 
 
+class MouthStateHead(nn.Module):
+    """Standardised audio windows [..., K, D] -> mouth state [..., S] in (0, 1).
+
+    Two 1-D convolutions over the K feature vectors of one video frame's window, mean-pooled, and a
+    2-layer head. A deterministic regressor: the synthetic world's mouth state is a function of the
+    speech, and a head like this reads it from the frame's 160 ms log-mel window with an openness MAE
+    of about 0.04 on held-out identities (``experiments/teacher/audio_mouth_bound.py``).
+    """
+
+    def __init__(self, audio_dim: int, width: int, outputs: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv1d(audio_dim, width, 3, padding=1), nn.GELU(),
+                                  nn.Conv1d(width, width, 3, padding=1), nn.GELU())
+        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, outputs))
+
+    def forward(self, audio: Tensor) -> Tensor:
+        lead = audio.shape[:-2]
+        h = self.conv(audio.reshape(-1, *audio.shape[-2:]).transpose(1, 2)).mean(-1)   # [N, width]
+        return torch.sigmoid(self.head(h)).view(*lead, -1)
+
+
+def mouth_features(state: Tensor) -> Tensor:
+    """Mouth state [..., S] in [0, 1] -> sin/cos features [..., 2·MOUTH_FREQS·S] (fine steps stay apart)."""
+    freqs = math.pi * 2.0 ** torch.arange(MOUTH_FREQS, device=state.device, dtype=state.dtype)   # [F]
+    args = (state[..., None] * freqs).flatten(-2)                                                # [..., S·F]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
 class FinalLayer(nn.Module):
     """adaLN (shift, scale) + linear to patch values; zero-initialised, so the untrained net outputs 0."""
 
@@ -540,6 +582,12 @@ class AvatarDiT(nn.Module):
         self.audio_adaln = (nn.Sequential(_linear(w, w), nn.SiLU(), _linear(w, w, zero=True))
                             if cfg.audio_adaln else None)
         self.context_embed = _linear(2 * cfg.patch_dim, w, zero=True) if cfg.channel_context else None
+        self.mouth_head = self.mouth_embed = None
+        if cfg.mouth_state:
+            # fitted on its own before the denoiser trains (lipstep.train.mouth_head), never by a denoiser optimiser
+            self.mouth_head = MouthStateHead(cfg.audio_dim, cfg.mouth_head_width, cfg.mouth_state).requires_grad_(False)
+            self.mouth_embed = nn.Sequential(_linear(2 * MOUTH_FREQS * cfg.mouth_state, w), nn.SiLU(),
+                                             _linear(w, w, zero=True))
         self.cfg_embed = _guidance_embedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
@@ -558,7 +606,8 @@ class AvatarDiT(nn.Module):
         if self.context_embed is not None:
             x = x + self.embed_aligned_context(cond.reference, cond.motion, drop_ref)
         ctx = self.embed_context(cond.reference, cond.motion, drop_ref)    # [B, 1+M, N, W]
-        audio = self.embed_audio(cond.audio, cond.visemes, drop_audio)     # [B, T, K, W]
+        mouth = self.embed_mouth_state(cond.audio, drop_audio)             # [B, T, W] or None
+        audio = self.embed_audio(cond.audio, cond.visemes, drop_audio, mouth)  # [B, T, K, W]
         c = self.embed_time(t, x_t.shape[0])                               # [B, W]
         emb = self.guidance_embedding(cond.cfg_scales, x_t.shape[0])       # [B, n, W], [B, W] or None
         if self.cfg.cfg_layer == "time":
@@ -566,6 +615,8 @@ class AvatarDiT(nn.Module):
         pooled = audio.mean(2)                                             # [B, T, W]
         read = self.audio_probe(pooled) if probe else None                 # [B, T, P]
         c_video = c if self.audio_adaln is None else c[:, None] + self.audio_adaln(pooled)  # [B, (T,) W]
+        if mouth is not None:
+            c_video = (c_video if c_video.dim() == 3 else c_video[:, None]) + mouth          # [B, T, W]
         for block in self.blocks:
             x, ctx = self._run_block(block, x, ctx, audio, c_video, c, emb)
         out = self.unpatchify(self.final(x, c_video))                      # [B, T, C, h, w]
@@ -615,13 +666,35 @@ class AvatarDiT(nn.Module):
         motion_time = self.pos_time[m - n_motion:m, None] + self.type_motion          # [M, 1, W]
         return torch.cat([ref, self.pos_space[None] + motion_time], dim=0)            # [1+M, N, W]
 
-    def embed_audio(self, audio: Tensor, visemes: Tensor | None, drop_audio: Tensor) -> Tensor:
-        """Audio [B, T, K, D] (+ visemes [B, T]) -> audio tokens [B, T, K, W]; null where dropped."""
+    def standardise_audio(self, audio: Tensor) -> Tensor:
+        """(a - audio_mean) / audio_std, the form every audio pathway reads."""
         if self.cfg.audio_mean != 0.0 or self.cfg.audio_std != 1.0:
             audio = (audio - self.cfg.audio_mean) / self.cfg.audio_std
-        a = self.audio_mlp(audio)                                     # [B, T, K, W]
+        return audio
+
+    def read_mouth_state(self, audio: Tensor) -> Tensor:
+        """The mouth-state head's reading of raw audio windows [B, T, K, D] -> [B, T, S]."""
+        if self.mouth_head is None:
+            raise ConfigError("this AvatarDiT has no mouth-state head (DiTConfig.mouth_state = 0)")
+        return self.mouth_head(self.standardise_audio(audio))
+
+    def embed_mouth_state(self, audio: Tensor, drop_audio: Tensor) -> Tensor | None:
+        """Embedding [B, T, W] of the head's (frozen, detached) mouth-state reading; zeros where the audio is
+        dropped (the audio tokens there are the null audio anyway). None without a head."""
+        if self.mouth_head is None:
+            return None
+        e = self.mouth_embed(mouth_features(self.read_mouth_state(audio).detach()))   # [B, T, W]
+        return torch.where(_per_sample(drop_audio, e), torch.zeros_like(e), e)
+
+    def embed_audio(self, audio: Tensor, visemes: Tensor | None, drop_audio: Tensor,
+                    mouth: Tensor | None = None) -> Tensor:
+        """Audio [B, T, K, D] (+ visemes [B, T], + a mouth-state embedding [B, T, W]) -> audio tokens
+        [B, T, K, W]; null where dropped."""
+        a = self.audio_mlp(self.standardise_audio(audio))            # [B, T, K, W]
         if self.viseme is not None:
             a = a + self.viseme(visemes)[:, :, None]                  # [B, T, 1, W] over K
+        if mouth is not None:
+            a = a + mouth[:, :, None]                                 # [B, T, 1, W] over K
         a = torch.where(_per_sample(drop_audio, a), self.null_audio, a)
         return a + self.pos_audio
 
@@ -696,8 +769,10 @@ __all__ = [
     "DiTBlock",
     "DiTConfig",
     "FinalLayer",
+    "MouthStateHead",
     "SelfAttention",
     "describe_presets",
+    "mouth_features",
     "param_count",
     "timestep_embedding",
 ]

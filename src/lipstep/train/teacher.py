@@ -23,6 +23,9 @@ or flow velocity). Options, all per sample and all from the step's generator:
   training split (`audio_stats`, stored in the net's config as ``audio_mean`` / ``audio_std``, so
   students and the pipeline inherit it). Raw log-mel sits near -9 ± 3, which would push the audio
   MLP's first layer far from the unit-variance inputs its initialisation assumes;
+- ``mouth_state`` (a net option, not a loss): before the denoiser trains, its audio -> mouth-state head
+  is fitted on the labelled training frames and frozen (`lipstep.train.mouth_head`); its reading of
+  each frame then conditions the denoiser, which only has to render it;
 - ``mouth_weight``: a lip-sync loss from a frozen latent mouth-state expert (`lipstep.train.expert`)
   on the predicted clean latents, for samples whose audio was kept: ``mouth_weight`` times the
   mean squared error of the expert's reading against the window's mouth labels. It needs data with
@@ -55,6 +58,7 @@ from lipstep.errors import DataError, LipstepError
 from lipstep.pipeline import ModelInfo, SamplerInfo
 from lipstep.train.expert import MouthExpertConfig
 from lipstep.train.loop import TrainConfig
+from lipstep.train.mouth_head import MouthHeadConfig
 
 
 @dataclass
@@ -95,12 +99,15 @@ class TeacherConfig:
     audio_adaln: bool = False        # each frame's adaLN also carries its pooled audio (DiTConfig.audio_adaln)
     channel_context: bool = False    # video tokens also see the aligned last-motion + reference patches
     #   (DiTConfig.channel_context): copying the face is free, the capacity goes to the mouth
+    mouth_state: bool = False        # an audio -> mouth-state head, fitted first and frozen, conditions every frame
+    #   (DiTConfig.mouth_state, lipstep.train.mouth_head); needs mouth labels (the synthetic world)
     schedule: Literal["vp_eps", "vp_v", "flow"] = "vp_v"  # v: robust x0 at high noise for small, short runs
     flow_shift: float = 1.0
     window: WindowConfig = field(default_factory=WindowConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)  # mel: the shards' own log-mel windows
     loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
     expert: MouthExpertConfig = field(default_factory=MouthExpertConfig)  # fitted only when loss.mouth_weight > 0
+    mouth_head: MouthHeadConfig = field(default_factory=MouthHeadConfig)  # fitted only when mouth_state is on
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=2000, batch_size=8, lr=4e-4, ema_decay=0.995, checkpoint_every=250, validate_every=500, log_every=20))
     sampler: SamplerInfo = field(default_factory=SamplerInfo)
@@ -295,7 +302,8 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
                            audio_mean=round(audio_norm[0], 4), audio_std=round(audio_norm[1], 4),
                            attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing,
                            audio_adaln=cfg.audio_adaln, channel_context=cfg.channel_context,
-                           audio_probe=3 if cfg.loss.audio_mouth_weight > 0 else 0)
+                           audio_probe=3 if cfg.loss.audio_mouth_weight > 0 else 0,
+                           mouth_state=3 if cfg.mouth_state else 0)
     return AvatarDiT(dit)
 
 
@@ -358,6 +366,12 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         net = build_teacher_net(cfg, codec, audio.feature_dim, audio.window, norm)
+    if cfg.mouth_state and (not resume or latest_checkpoint(out) is None):  # a resumed run restores the fitted head
+        from lipstep.train.mouth_head import fit_mouth_head
+
+        encode = (lambda shard: audio.encode(shard["visemes"], len(shard["visemes"]))) \
+            if cfg.audio.kind == "viseme" else None
+        fit_mouth_head(net, prepared, out, cfg.mouth_head, encode=encode, progress=progress)
     schedule = ModelInfo(schedule=cfg.schedule, flow_shift=cfg.flow_shift).make_schedule()
     expert = None
     if cfg.loss.mouth_weight > 0:

@@ -1,0 +1,151 @@
+"""Fitting the denoiser's audio -> mouth-state head before the denoiser trains (``mouth_state=true``).
+
+Five teacher recipes in ``experiments/teacher`` learnt *when* the mouth moves but not *how far*: their
+generated openness scatters by 0.14-0.2 around the labelled one, and the scatter follows the sampling
+noise, while a small regressor reads the openness from the same 160 ms audio window to 0.04. The
+denoiser has to discover the mouth state inside its 16 × 80 log-mel window through cross-attention,
+from a denoising loss in which the mouth is a few latent pixels. ``DiTConfig.mouth_state`` splits that
+into two problems, as two-stage talking-head systems do (audio -> mouth parameters -> image):
+
+1. `fit_mouth_head` trains the net's `MouthStateHead` alone, on the training split's per-frame audio
+   windows against their mouth labels (openness, width, roundness; L1 loss, AdamW with cosine decay),
+   reports its held-out error, and freezes it;
+2. the denoiser then trains with the head's reading of every frame as a clean, low-dimensional
+   condition (`AvatarDiT.embed_mouth_state`): rendering a given mouth state is a simpler job than
+   discovering it.
+
+The head is part of the denoiser's weights, so generation, guidance (dropping the audio drops the
+state too) and distilled students need nothing else; at generation time it reads whatever speech
+drives the avatar. It needs mouth labels in the training data (the synthetic world); on real video
+without them leave ``mouth_state`` off. The fit is deterministic (``seed``) and takes about a minute
+and a half on one CPU thread; on ``--resume`` the checkpoint restores the fitted head instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lipstep.config import check, to_dict
+from lipstep.errors import DataError, LipstepError
+from lipstep.fsutil import write_json_atomic
+
+INFO = "mouth_head.json"
+
+
+@dataclass
+class MouthHeadConfig:
+    steps: int = 1500           # optimisation steps
+    batch_size: int = 256       # audio windows (video frames) per step
+    lr: float = 2e-3            # AdamW, cosine decay to 5 %
+    weight_decay: float = 1e-4
+    min_corr: float = 0.5       # refuse a head whose held-out openness correlation is below this
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(self.steps > 0 and self.batch_size > 0 and self.lr > 0 and self.weight_decay >= 0,
+              "mouth_head steps, batch_size and lr must be > 0 and weight_decay >= 0")
+        check(-1 <= self.min_corr <= 1, "mouth_head.min_corr must be in [-1, 1]")
+
+
+def split_windows(prepared: str | Path, split: str, encode=None) -> tuple[np.ndarray, np.ndarray]:
+    """Every labelled frame's audio window [N, K, D] and mouth state [N, 3] of one split.
+
+    ``encode(shard) -> [T, K, D]`` builds the windows (default: the shards' own log-mel windows).
+    """
+    from lipstep.data.dataset import open_shard, read_manifest
+
+    prepared = Path(prepared)
+    xs, ys = [], []
+    for row in (r for r in read_manifest(prepared) if r["split"] == split):
+        shard = open_shard(prepared / row["shard"], keys=("mel", "mouth", "visemes"))
+        if shard.get("mouth") is None:
+            raise DataError(f"{prepared / row['shard']}: no mouth labels; mouth_state needs data with a mouth "
+                            "track (the synthetic world); set mouth_state=false for other data")
+        x = np.asarray(encode(shard) if encode else shard["mel"], np.float32)
+        y = np.asarray(shard["mouth"], np.float32)
+        n = min(len(x), len(y))
+        xs.append(x[:n])
+        ys.append(y[:n])
+    if not xs:
+        return np.zeros((0, 1, 1), np.float32), np.zeros((0, 3), np.float32)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _scores(net, x: np.ndarray, y: np.ndarray) -> dict:
+    from lipstep.eval.mouth import pearson
+
+    with torch.no_grad():
+        pred = torch.cat([net.read_mouth_state(torch.from_numpy(x[i:i + 1024])[None])[0]
+                          for i in range(0, len(x), 1024)]).numpy()
+    k = min(pred.shape[1], y.shape[1])
+    err = np.abs(pred[:, :k] - y[:, :k]).mean(0)
+    return {"frames": len(x), "openness_mae": round(float(err[0]), 4),
+            "mae_all": [round(float(e), 4) for e in err], "openness_corr": round(pearson(pred[:, 0], y[:, 0]), 4)}
+
+
+def fit_mouth_head(net, prepared: str | Path, out: str | Path, cfg: MouthHeadConfig | None = None, *,
+                   encode=None, progress: bool = True) -> dict:
+    """Fit ``net.mouth_head`` on the train split, freeze it, write ``out/mouth_head.json``; returns the scores.
+
+    Only the head's parameters change. Held-out scores are on the val split (else the test split).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or MouthHeadConfig()
+    cfg.validate()
+    if getattr(net, "mouth_head", None) is None:
+        raise LipstepError("this denoiser has no mouth-state head (DiTConfig.mouth_state = 0)")
+    x, y = split_windows(prepared, "train", encode)
+    if len(x) == 0:
+        raise DataError(f"{prepared}: no labelled train frames to fit the mouth-state head on")
+    outputs = net.cfg.mouth_state
+    if y.shape[1] < outputs:
+        raise DataError(f"{prepared}: the mouth labels have {y.shape[1]} values per frame, the head needs {outputs}")
+    y = y[:, :outputs]
+    head = net.mouth_head.train().requires_grad_(True)
+    started = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s / cfg.steps, 1.0))))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    bar = tqdm(range(cfg.steps), desc="mouth-state head", disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+        idx = torch.randint(len(xt), (cfg.batch_size,), generator=gen)
+        loss = F.l1_loss(net.read_mouth_state(xt[idx][None])[0], yt[idx])
+        if not torch.isfinite(loss):
+            raise LipstepError("the mouth-state head's loss became NaN/inf; lower mouth_head.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(l1=f"{loss.item():.4f}", refresh=False)
+    bar.close()
+    head.eval().requires_grad_(False)
+    scores = {"train": _scores(net, x[::4], y[::4])}
+    for split in ("val", "test"):
+        xv, yv = split_windows(prepared, split, encode)
+        if len(xv):
+            scores[split] = _scores(net, xv, yv[:, :outputs])
+            break
+    held_split = next((s for s in ("val", "test") if s in scores), "train")
+    held = scores[held_split]
+    seconds = round(time.perf_counter() - started, 1)
+    print(f"mouth-state head: openness MAE {held['openness_mae']:.4f}, r {held['openness_corr']:.3f} "
+          f"({held_split}, {held['frames']} frames; {seconds:.0f} s)", flush=True)
+    if held["openness_corr"] < cfg.min_corr:
+        raise LipstepError(f"the mouth-state head did not learn the mouth state (openness r {held['openness_corr']} "
+                           f"< mouth_head.min_corr {cfg.min_corr}); check the data's mouth labels or set "
+                           "mouth_state=false")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(out) / INFO, {"config": to_dict(cfg), "scores": scores, "seconds": seconds})
+    return scores
+
+
+__all__ = ["MouthHeadConfig", "fit_mouth_head", "split_windows"]
