@@ -83,6 +83,22 @@ def test_first_chunk_training_replaces_motion_by_reference():
     assert torch.equal(m.cond_from_batch(batch, torch.Generator()).motion, batch["motion_latents"])
 
 
+def test_motion_noise_perturbs_only_the_motion_latents_by_a_bounded_random_level():
+    net = AvatarDiT(DiTConfig.preset("tiny", latent_size=4, frames=2, motion_frames=2))
+    m = TeacherMethod(net, make_schedule("vp_eps"), TeacherLossConfig(p_motion_ref=0.0, motion_noise=0.3))
+    batch = {"reference_latent": torch.randn(64, 4, 4, 4), "motion_latents": torch.randn(64, 2, 4, 4, 4),
+             "audio": torch.randn(64, 2, 16, 80)}
+    cond = m.cond_from_batch(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(cond.reference, batch["reference_latent"]) and torch.equal(cond.audio, batch["audio"])
+    std = (cond.motion - batch["motion_latents"]).flatten(1).std(1)            # one level per sample
+    assert float(std.max()) < 0.3 * 1.2 and float(std.min()) < 0.1 and float(std.mean()) == pytest.approx(0.15, abs=0.04)
+    again = m.cond_from_batch(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(cond.motion, again.motion)                               # from the step's generator
+    assert torch.equal(m.cond_from_batch(batch).motion, batch["motion_latents"])  # no generator: no noise
+    m.cfg.motion_noise = 0.0
+    assert torch.equal(m.cond_from_batch(batch, torch.Generator()).motion, batch["motion_latents"])
+
+
 def test_tiny_teacher_overfits_one_clip(world):
     """Fixed (t, eps) draws on one window: the loss must fall at least 10x."""
     from lipstep.codecs.cache import encode_prepared
@@ -174,5 +190,7 @@ def test_teacher_config_rejects_bad_settings(world, tmp_path):
         TeacherLossConfig(min_snr_gamma=5.0, snr_floor=6.0).validate()
     with pytest.raises(ConfigError, match="snr_floor"):
         TeacherLossConfig(min_snr_gamma=0.0, snr_floor=1.0).validate()
+    with pytest.raises(ConfigError, match="motion_noise"):
+        TeacherLossConfig(motion_noise=-0.1).validate()
     with pytest.raises(LipstepError):
         train_teacher(world / "prepared", tmp_path / "no_codec", tmp_path / "out", _tiny_cfg(), progress=False)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Guidance sweep on the first 4 test clips x 2 s: own audio and another clip's, side by side (one thread each).
-#   bash sweep.sh MODEL PREPARED OUTBASE TAG "A R" ["A R" ...]      (A = cfg_audio, R = cfg_ref)
+#   [SPLIT=test] [CLIPS=4] bash sweep.sh MODEL PREPARED OUTBASE TAG "A R" ["A R" ...]   (A = cfg_audio, R = cfg_ref)
 # Prints own / other MouthErr and their ratio per setting; OUTBASE/TAG_aA_rR_{right,other}/ hold the evaluations,
 # OUTBASE/TAG_aA_rR_{right,other}.log what `lipstep eval` printed.
 set -euo pipefail
@@ -11,7 +11,7 @@ for s in "$@"; do
   read -r a r <<< "$s"
   for m in right other; do
     extra=(); [ "$m" = other ] && extra=(--other-audio)
-    OMP_NUM_THREADS=1 $LIPSTEP eval --model "$MODEL" --data "$PREPARED" --split test --max-clips 4 --seconds 2 \
+    OMP_NUM_THREADS=1 $LIPSTEP eval --model "$MODEL" --data "$PREPARED" --split "${SPLIT:-test}" --max-clips "${CLIPS:-4}" --seconds 2 \
       --cfg-audio "$a" --cfg-ref "$r" --out "$BASE/${TAG}_a${a}_r${r}_$m" "${extra[@]}" \
       > "$BASE/${TAG}_a${a}_r${r}_$m.log" 2>&1 &
   done

@@ -14,6 +14,9 @@ or flow velocity). Options, all per sample and all from the step's generator:
   eps prediction, min(SNR, γ)/(SNR + 1) for v / flow velocity (the same weight on x0 error);
   ``snr_floor`` keeps the x0 weight at least that high, max(min(SNR, γ), floor): min-SNR alone
   all but ignores the high-noise end, where the mouth has to come from the audio;
+- ``motion_noise``: Gaussian noise of a random level (up to ``motion_noise``) on each sample's motion
+  latents, so the net learns not to copy the previous chunk's flaws (generated motion frames drift in
+  colour and identity when the net trusts them as if they were real frames);
 - ``motion_weight``: a per-position weight 1 + w·d/mean(d), with d the temporal standard deviation of
   x0 over the window: positions that move (the mouth above all; also blinks and head motion) count
   more. Talking heads are mostly static, and the mouth is a few latent pixels, so an unweighted loss
@@ -39,6 +42,7 @@ weights as a model directory ``OUT/model`` that `lipstep generate` takes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +75,9 @@ class TeacherLossConfig:
     #   high noise almost none, and that is where the mouth must come from the audio); 0 = plain min-SNR-γ
     motion_weight: float = 1.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
+    motion_noise: float = 0.0        # Gaussian noise of std ~ U(0, motion_noise) per sample on the motion latents:
+    #   generated motion frames are imperfect, and a net trained on clean ones copies (and compounds) their
+    #   errors chunk after chunk; 0 = off
     mouth_weight: float = 0.0        # lip-sync loss from the frozen latent mouth expert; 0 = off (needs mouth labels)
     audio_mouth_weight: float = 0.0  # the denoiser's audio tokens must predict the mouth state (an audio probe
     #   head, DiTConfig.audio_probe, trained with the denoiser); 0 = off (needs mouth labels)
@@ -80,8 +87,9 @@ class TeacherLossConfig:
               "loss.p_drop_audio and p_drop_both must be >= 0 with a sum <= 1")
         check(0 <= self.p_motion_ref <= 1, "loss.p_motion_ref must be in [0, 1]")
         check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.mouth_weight >= 0
-              and self.audio_mouth_weight >= 0 and self.snr_floor >= 0,
-              "loss.min_snr_gamma, snr_floor, motion_weight, mouth_weight and audio_mouth_weight must be >= 0")
+              and self.audio_mouth_weight >= 0 and self.snr_floor >= 0 and self.motion_noise >= 0,
+              "loss.min_snr_gamma, snr_floor, motion_weight, mouth_weight, audio_mouth_weight and motion_noise "
+              "must be >= 0")
         check(self.snr_floor == 0 or 0 < self.snr_floor <= self.min_snr_gamma,
               "loss.snr_floor needs min-SNR-γ weighting and must not exceed it (0 < snr_floor <= min_snr_gamma)")
         check(0 <= self.t_min < 1, "loss.t_min must be in [0, 1)")
@@ -155,6 +163,13 @@ def motion_weights(x0: Tensor, strength: float) -> Tensor:
     return (1.0 + strength * d)[:, None]
 
 
+def noisy_motion(motion: Tensor, generator: torch.Generator, max_std: float) -> Tensor:
+    """Motion latents [B, M, C, h, w] plus Gaussian noise of one std ~ U(0, max_std) per sample."""
+    std = torch.rand(len(motion), generator=generator, device=generator.device).to(motion.device) * max_std
+    noise = torch.randn(motion.shape, generator=generator, device=generator.device).to(motion.device)
+    return motion + append_dims(std, motion.ndim).to(motion.dtype) * noise.to(motion.dtype)
+
+
 def batch_cond(batch: dict, generator: torch.Generator | None = None, p_motion_ref: float = 0.0, *,
                use_visemes: bool = False) -> Cond:
     """The Cond of a latent batch (teacher and students alike).
@@ -201,8 +216,12 @@ class TeacherMethod:
         self.net = modules["denoiser"]
 
     def cond_from_batch(self, batch: dict, generator: torch.Generator | None = None) -> Cond:
-        """The Cond of a latent batch; with a generator, first-chunk motion replacement is drawn too."""
-        return batch_cond(batch, generator, self.cfg.p_motion_ref, use_visemes=self.use_visemes)
+        """The Cond of a latent batch; with a generator, first-chunk motion replacement (and the motion
+        noise of ``motion_noise``) is drawn too."""
+        cond = batch_cond(batch, generator, self.cfg.p_motion_ref, use_visemes=self.use_visemes)
+        if generator is not None and self.cfg.motion_noise > 0 and cond.motion is not None:
+            cond = dataclasses.replace(cond, motion=noisy_motion(cond.motion, generator, self.cfg.motion_noise))
+        return cond
 
     def loss(self, batch: dict, step: int, generator: torch.Generator):
         x0 = batch["latents"]
@@ -438,4 +457,4 @@ def _validator(prepared: Path, cache: Path, codec, audio, info: ModelInfo, cfg: 
 
 
 __all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "audio_stats", "batch_cond", "build_teacher_net",
-           "motion_weights", "resolve_patch", "sample_times", "snr_weight", "train_teacher"]
+           "motion_weights", "noisy_motion", "resolve_patch", "sample_times", "snr_weight", "train_teacher"]
