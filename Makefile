@@ -34,7 +34,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/pytest -q tests
 
-# Retrain the bundled default teacher from scratch (about 54 minutes on 2 CPU cores).
+# Retrain the bundled default teacher from scratch (about 58 minutes on 2 CPU cores).
 teacher: setup
 	LIPSTEP=$(VENV)/bin/lipstep bash experiments/teacher/train_default.sh runs/default_teacher
 
