@@ -65,3 +65,26 @@ def make_tiny_avatar_data(root: Path) -> Path:
         save_codec(build_codec(CodecConfig(image_size=32, block_out_channels=(8, 8, 8), norm_num_groups=8)),
                    root / "codec")
     return root
+
+
+def make_encoded_tiny_world(root: Path) -> tuple[Path, Path]:
+    """`make_tiny_avatar_data` plus its codec latents cached: (root, latent cache directory)."""
+    from lipstep.codecs.cache import encode_prepared
+    from lipstep.codecs.vae import load_codec
+
+    root = make_tiny_avatar_data(root)
+    return root, encode_prepared(root / "prepared", load_codec(root / "codec"), progress=False)
+
+
+def latent_window_batch(world: tuple[Path, Path], n: int = 2) -> dict:
+    """The first ``n`` train windows (4 frames + 2 motion frames) of an encoded tiny world, stacked:
+    latents, reference and motion latents, audio and mouth labels."""
+    import torch
+
+    from lipstep.data.dataset import WindowConfig, WindowDataset
+
+    root, cache = world
+    ds = WindowDataset(root / "prepared", "train", WindowConfig(frames=4, motion_frames=2), latents=cache,
+                       pixels=False)
+    keys = ("latents", "reference_latent", "motion_latents", "audio", "mouth")
+    return {k: torch.stack([ds[i][k] for i in range(n)]) for k in keys}

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tests.mediafixtures import make_tiny_avatar_data
+from tests.mediafixtures import latent_window_batch, make_encoded_tiny_world
 
-from lipstep.data.dataset import WindowConfig, WindowDataset
+from lipstep.data.dataset import WindowConfig
 from lipstep.diffusion.schedules import make_schedule
 from lipstep.errors import LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
@@ -19,20 +19,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from lipstep.codecs.cache import encode_prepared
-    from lipstep.codecs.vae import load_codec
-
-    root = make_tiny_avatar_data(tmp_path_factory.mktemp("expert_world"))
-    cache = encode_prepared(root / "prepared", load_codec(root / "codec"), progress=False)
-    return root, cache
+    return make_encoded_tiny_world(tmp_path_factory.mktemp("expert_world"))
 
 
 def _batch(world, n=2):
-    root, cache = world
-    ds = WindowDataset(root / "prepared", "train", WindowConfig(frames=4, motion_frames=2), latents=cache,
-                       pixels=False)
-    keys = ("latents", "reference_latent", "motion_latents", "audio", "mouth")
-    return {k: torch.stack([ds[i][k] for i in range(n)]) for k in keys}
+    return latent_window_batch(world, n)
 
 
 def test_expert_fits_the_train_split_and_is_reused(world, tmp_path):

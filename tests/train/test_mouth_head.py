@@ -6,9 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from tests.mediafixtures import make_tiny_avatar_data
+from tests.mediafixtures import latent_window_batch, make_encoded_tiny_world
 
-from lipstep.data.dataset import WindowConfig, WindowDataset
+from lipstep.data.dataset import WindowConfig
 from lipstep.diffusion.schedules import make_schedule
 from lipstep.errors import ConfigError, LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
@@ -20,12 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from lipstep.codecs.cache import encode_prepared
-    from lipstep.codecs.vae import load_codec
-
-    root = make_tiny_avatar_data(tmp_path_factory.mktemp("mouth_head_world"))
-    cache = encode_prepared(root / "prepared", load_codec(root / "codec"), progress=False)
-    return root, cache
+    return make_encoded_tiny_world(tmp_path_factory.mktemp("mouth_head_world"))
 
 
 def _net(seed=0, **kw):
@@ -45,11 +40,7 @@ def _trained_like(net):
 
 
 def _batch(world, n=2):
-    root, cache = world
-    ds = WindowDataset(root / "prepared", "train", WindowConfig(frames=4, motion_frames=2), latents=cache,
-                       pixels=False)
-    keys = ("latents", "reference_latent", "motion_latents", "audio", "mouth")
-    return {k: torch.stack([ds[i][k] for i in range(n)]) for k in keys}
+    return latent_window_batch(world, n)
 
 
 def test_fit_learns_the_mouth_state_from_audio_and_freezes_only_the_head(world, tmp_path):

@@ -62,6 +62,15 @@ class MouthExpertConfig:
         check(0 <= self.noise_prob <= 1 and self.noise_max >= 0, "expert noise_prob in [0, 1], noise_max >= 0")
 
 
+def adamw_cosine(params, lr: float, steps: int, weight_decay: float = 1e-4):
+    """(AdamW, a per-step scheduler decaying its lr along a cosine to 5 % over ``steps``) for the small
+    regressors `train teacher` fits before the denoiser (this expert, the mouth-state head)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))))
+    return opt, sched
+
+
 class MouthExpert(nn.Module):
     """Latents [N, C, h, w] -> mouth state [N, 3] in (0, 1): three conv stages, global pooling, a linear."""
 
@@ -140,9 +149,7 @@ def train_mouth_expert(prepared: str | Path, cache: str | Path, out: str | Path,
             return net.eval().requires_grad_(False)
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s / cfg.steps, 1.0))))
+    opt, sched = adamw_cosine(net.parameters(), cfg.lr, cfg.steps)
     zt, yt = torch.from_numpy(z), torch.from_numpy(y)
     bar = tqdm(range(cfg.steps), desc="mouth expert", disable=not progress, dynamic_ncols=True)
     for _ in bar:
@@ -177,4 +184,4 @@ def train_mouth_expert(prepared: str | Path, cache: str | Path, out: str | Path,
     return net.requires_grad_(False)
 
 
-__all__ = ["MouthExpert", "MouthExpertConfig", "train_mouth_expert"]
+__all__ = ["MouthExpert", "MouthExpertConfig", "adamw_cosine", "train_mouth_expert"]

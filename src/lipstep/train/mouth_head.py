@@ -97,6 +97,8 @@ def fit_mouth_head(net, prepared: str | Path, out: str | Path, cfg: MouthHeadCon
     """
     from tqdm.auto import tqdm
 
+    from lipstep.train.expert import adamw_cosine
+
     cfg = cfg or MouthHeadConfig()
     cfg.validate()
     if getattr(net, "mouth_head", None) is None:
@@ -111,9 +113,7 @@ def fit_mouth_head(net, prepared: str | Path, out: str | Path, cfg: MouthHeadCon
     head = net.mouth_head.train().requires_grad_(True)
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s / cfg.steps, 1.0))))
+    opt, sched = adamw_cosine(head.parameters(), cfg.lr, cfg.steps, cfg.weight_decay)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     bar = tqdm(range(cfg.steps), desc="mouth-state head", disable=not progress, dynamic_ncols=True)
     for _ in bar:
