@@ -14,6 +14,11 @@ Kinds (``CodecConfig.kind``):
 - ``"kl"``: diffusers ``AutoencoderKL`` (the SD-VAE family). ``encode`` takes the posterior mean
   (``sample=True`` draws from the posterior). Its encoder halves the resolution once per level
   after the first, so ``downsample = 2 ** (len(block_out_channels) - 1)``.
+- ``"pixel"``: lossless space-to-depth (no weights, no training, no decode cost): an ``f×f`` block of
+  RGB pixels becomes ``3·f²`` channels, so a 64 px frame with ``factor=2`` is a ``[12, 32, 32]``
+  "latent" that decodes back bit-exactly. Diffusion on pixels is standard at 64 px, and nothing is
+  lost: no colour shift, no blur, the mouth reader reads reconstructions as it reads real frames.
+  ``scaling_factor`` stays 1 (pixels in [-1, 1]) unless given. The default of the synthetic world.
 - ``"tiny"``: diffusers ``AutoencoderTiny`` (TAESD). A deterministic autoencoder; ``sample`` is
   ignored. Following diffusers, its config's ``scaling_factor`` (1.0 for TAESD/TAESDXL) and
   ``shift_factor`` (0.0) are applied as for ``"kl"``: TAESD was trained to produce latents that
@@ -67,7 +72,8 @@ _EXPECTED = "a lipstep codec directory or a local diffusers AutoencoderKL / Auto
 
 @dataclass
 class CodecConfig:
-    kind: Literal["kl", "tiny"] = "kl"  # diffusers AutoencoderKL (VAE) or AutoencoderTiny (TAESD-style)
+    kind: Literal["kl", "tiny", "pixel"] = "kl"  # diffusers AutoencoderKL (VAE), AutoencoderTiny (TAESD-style)
+    #   or lossless space-to-depth pixels (no weights)
     path: str | None = None             # local diffusers directory; None = lipstep's own, built from below
     image_size: int = 64                # frame side it is made for (informative: any multiple of downsample works)
     latent_channels: int = 4            # C
@@ -76,16 +82,22 @@ class CodecConfig:
     norm_num_groups: int = 32           # GroupNorm groups of "kl"; must divide every width
     scaling_factor: float | None = None  # None = the diffusers config's, or 1.0 until train_codec estimates it
     shift_factor: float | None = None   # subtracted before scaling; None = the diffusers config's, else 0
+    factor: int = 2                     # "pixel" only: space-to-depth block side (latents 3·factor² channels)
 
     @property
     def downsample(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
+        return self.factor if self.kind == "pixel" else 2 ** (len(self.block_out_channels) - 1)
 
     def validate(self) -> None:
         check(self.scaling_factor is None or self.scaling_factor > 0,
               f"scaling_factor must be > 0, got {self.scaling_factor}")
         if self.path:
             return  # the architecture comes from the directory
+        if self.kind == "pixel":
+            check(self.factor >= 1, f"factor must be >= 1, got {self.factor}")
+            check(self.image_size % self.factor == 0,
+                  f"image_size {self.image_size} must be a multiple of the pixel factor {self.factor}")
+            return
         check(len(self.block_out_channels) >= 1 and all(c >= 1 for c in self.block_out_channels),
               f"block_out_channels must be positive widths, got {self.block_out_channels}")
         check(self.latent_channels >= 1, f"latent_channels must be >= 1, got {self.latent_channels}")
@@ -136,11 +148,11 @@ class Codec(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype
+        return next(self.vae.parameters(), self.latent_scale).dtype
 
     @property
     def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
+        return next(self.vae.parameters(), self.latent_scale).device
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.vae.parameters())
@@ -219,6 +231,33 @@ class TinyCodec(Codec):
         return self.vae.decode(z).sample
 
 
+class _Namespace(dict):
+    """A dict readable as attributes (``config.latent_channels``), like a diffusers config."""
+
+    __getattr__ = dict.__getitem__
+
+
+class _SpaceToDepth(nn.Module):
+    """The module behind a pixel codec: no parameters, a diffusers-like ``config``."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.config = _Namespace(latent_channels=3 * factor ** 2)
+
+
+class PixelCodec(Codec):
+    """Lossless space-to-depth: frames [N, 3, H, W] <-> [N, 3·f², H/f, W/f] (`F.pixel_unshuffle`)."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__(_SpaceToDepth(cfg.factor), cfg, cfg.factor)
+
+    def encode_unscaled(self, x, sample=False, generator=None):
+        return torch.nn.functional.pixel_unshuffle(x, self.downsample)
+
+    def decode_unscaled(self, z):
+        return torch.nn.functional.pixel_shuffle(z, self.downsample)
+
+
 _CODECS = {"kl": KLCodec, "tiny": TinyCodec}
 
 
@@ -255,6 +294,14 @@ def build_codec(cfg: CodecConfig | None = None) -> Codec:
     if cfg.path:
         return _load_path(Path(cfg.path), cfg.scaling_factor, cfg.shift_factor)
     cfg = dataclasses.replace(cfg)  # the codec owns (and updates) its copy
+    return _from_config(cfg)
+
+
+def _from_config(cfg: CodecConfig) -> Codec:
+    """lipstep's own codec of `cfg` (random weights for kl / tiny; pixel has none)."""
+    if cfg.kind == "pixel":
+        cfg.latent_channels = 3 * cfg.factor ** 2
+        return PixelCodec(cfg)
     return _CODECS[cfg.kind](_new_vae(cfg).float(), cfg, cfg.downsample)
 
 
@@ -337,6 +384,8 @@ def _load_lipstep(path: Path, scaling_factor, shift_factor) -> Codec:
         cfg.shift_factor = shift_factor
     if cfg.path:
         return _load_path(Path(cfg.path), cfg.scaling_factor, cfg.shift_factor)
+    if cfg.kind == "pixel":
+        return _from_config(cfg)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise LipstepError(f"{path} has a codec config.json but no {WEIGHTS_NAME}")
@@ -374,7 +423,7 @@ def _write_codec(codec: Codec, directory: Path) -> None:
     from safetensors.torch import save_file
 
     save_config(codec.cfg, directory)
-    if not codec.cfg.path:
+    if not codec.cfg.path and codec.kind != "pixel":
         state = {k: v.detach().cpu().contiguous() for k, v in codec.vae.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "kind": codec.kind})
 
@@ -536,44 +585,12 @@ def _even_indices(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
 
 
-def train_codec(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                cfg: CodecTrainConfig | None = None, *, progress: bool = True,
-                device: str | torch.device | None = None) -> CodecTrainResult:
-    """Train lipstep's own codec on the train frames of a prepared directory and save it to `out_dir`.
-
-    Args:
-        prepared_dir: output of ``lipstep prepare`` (manifest.jsonl + shards with ``frames``).
-        out_dir: the codec directory to write (atomically; an existing codec directory is replaced).
-        cfg: training settings; ``cfg.codec`` gives the architecture (``image_size`` is set from the data,
-            ``scaling_factor`` None is estimated after training, a number is kept).
-        progress: show a tqdm bar with the loss.
-        device: where to train; None = CUDA when available, else CPU (fp32 either way).
-
-    Returns:
-        A `CodecTrainResult` (per-step losses, PSNR on val/test/train, scaling factor, ...); the same
-        summary, without the per-step losses, is written to ``out_dir/train.json``.
-    """
+def _fit(codec: Codec, train: _Frames, cfg: CodecTrainConfig, rng: np.random.Generator, device,
+         progress: bool) -> list[float]:
+    """Train a kl / tiny codec in place (uniform random frames, L1 + edge + β·KL); per-step losses."""
     from tqdm.auto import tqdm
 
-    from lipstep.data.dataset import read_manifest
-
-    cfg = cfg or CodecTrainConfig()
-    cfg.validate()
-    started = time.perf_counter()
-    root, out = Path(prepared_dir), Path(out_dir)
-    _check_replaceable(out)
-    rows = read_manifest(root)
-    train = _split_frames(root, rows, "train")
-    if train is None:
-        raise DataError(f"{root / 'manifest.jsonl'} has no train clips with frames")
-    codec_cfg = dataclasses.replace(cfg.codec, image_size=train.size)
-    codec_cfg.validate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        codec = build_codec(codec_cfg)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    codec.to(device).vae.train().requires_grad_(True)
-    rng = np.random.default_rng(cfg.seed)
+    codec.vae.train().requires_grad_(True)
     generator = torch.Generator(device).manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(codec.vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
@@ -594,9 +611,49 @@ def train_codec(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
     bar.close()
     codec.vae.eval().requires_grad_(False)
+    return losses
 
-    # Scale: 1 / std of the latents of a sample of train frames, unless given.
-    if cfg.codec.scaling_factor is None:
+
+def train_codec(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                cfg: CodecTrainConfig | None = None, *, progress: bool = True,
+                device: str | torch.device | None = None) -> CodecTrainResult:
+    """Train lipstep's own codec on the train frames of a prepared directory and save it to `out_dir`.
+
+    Args:
+        prepared_dir: output of ``lipstep prepare`` (manifest.jsonl + shards with ``frames``).
+        out_dir: the codec directory to write (atomically; an existing codec directory is replaced).
+        cfg: training settings; ``cfg.codec`` gives the architecture (``image_size`` is set from the data,
+            ``scaling_factor`` None is estimated after training, a number is kept).
+        progress: show a tqdm bar with the loss.
+        device: where to train; None = CUDA when available, else CPU (fp32 either way).
+
+    Returns:
+        A `CodecTrainResult` (per-step losses, PSNR on val/test/train, scaling factor, ...); the same
+        summary, without the per-step losses, is written to ``out_dir/train.json``.
+    """
+    from lipstep.data.dataset import read_manifest
+
+    cfg = cfg or CodecTrainConfig()
+    cfg.validate()
+    started = time.perf_counter()
+    root, out = Path(prepared_dir), Path(out_dir)
+    _check_replaceable(out)
+    rows = read_manifest(root)
+    train = _split_frames(root, rows, "train")
+    if train is None:
+        raise DataError(f"{root / 'manifest.jsonl'} has no train clips with frames")
+    codec_cfg = dataclasses.replace(cfg.codec, image_size=train.size)
+    codec_cfg.validate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        codec = build_codec(codec_cfg)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    codec.to(device)
+    rng = np.random.default_rng(cfg.seed)
+    losses = [] if codec.kind == "pixel" else _fit(codec, train, cfg, rng, device, progress)
+
+    # Scale: 1 / std of the latents of a sample of train frames, unless given (pixels stay in [-1, 1]).
+    if cfg.codec.scaling_factor is None and codec.kind != "pixel":
         sample = train.get(np.sort(rng.choice(len(train), min(len(train), cfg.scale_frames), replace=False)))
         codec.set_scaling(estimate_scaling_factor(codec, sample), codec.shift_factor)
 
@@ -608,7 +665,7 @@ def train_codec(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
                               scaling_factor=codec.scaling_factor, parameters=codec.num_parameters(),
                               seconds=time.perf_counter() - started)
     summary = {"psnr": round(psnr, 4), "eval_split": split, "scaling_factor": codec.scaling_factor,
-               "parameters": result.parameters, "final_loss": losses[-1],
+               "parameters": result.parameters, "final_loss": losses[-1] if losses else 0.0,
                "latent_shape": [codec.latent_channels] + [train.size // codec.downsample] * 2,
                "seconds": round(result.seconds, 2), "prepared_dir": str(root.resolve()),
                "train": to_dict(cfg)}

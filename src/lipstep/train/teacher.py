@@ -73,9 +73,9 @@ class TeacherLossConfig:
     min_snr_gamma: float = 5.0       # min-SNR-γ weighting; 0 = plain MSE
     snr_floor: float = 0.0           # with min-SNR-γ: the x0-error weight is at least this (min-SNR alone gives
     #   high noise almost none, and that is where the mouth must come from the audio); 0 = plain min-SNR-γ
-    motion_weight: float = 1.0       # extra weight on positions that move within the window; 0 = off
+    motion_weight: float = 2.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
-    motion_noise: float = 0.0        # Gaussian noise of std ~ U(0, motion_noise) per sample on the motion latents:
+    motion_noise: float = 0.1        # Gaussian noise of std ~ U(0, motion_noise) per sample on the motion latents:
     #   generated motion frames are imperfect, and a net trained on clean ones copies (and compounds) their
     #   errors chunk after chunk; 0 = off
     mouth_weight: float = 0.0        # lip-sync loss from the frozen latent mouth expert; 0 = off (needs mouth labels)
@@ -105,9 +105,9 @@ class TeacherConfig:
     audio_norm: bool = True          # standardise the log-mel input with the training split's mean / std
     grad_checkpointing: bool = False
     audio_adaln: bool = False        # each frame's adaLN also carries its pooled audio (DiTConfig.audio_adaln)
-    channel_context: bool = False    # video tokens also see the aligned last-motion + reference patches
+    channel_context: bool = True     # video tokens also see the aligned last-motion + reference patches
     #   (DiTConfig.channel_context): copying the face is free, the capacity goes to the mouth
-    mouth_state: bool = False        # an audio -> mouth-state head, fitted first and frozen, conditions every frame
+    mouth_state: bool = True         # an audio -> mouth-state head, fitted first and frozen, conditions every frame
     #   (DiTConfig.mouth_state, lipstep.train.mouth_head); needs mouth labels (the synthetic world)
     schedule: Literal["vp_eps", "vp_v", "flow"] = "vp_v"  # v: robust x0 at high noise for small, short runs
     flow_shift: float = 1.0
@@ -117,7 +117,7 @@ class TeacherConfig:
     expert: MouthExpertConfig = field(default_factory=MouthExpertConfig)  # fitted only when loss.mouth_weight > 0
     mouth_head: MouthHeadConfig = field(default_factory=MouthHeadConfig)  # fitted only when mouth_state is on
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=2000, batch_size=8, lr=4e-4, ema_decay=0.995, checkpoint_every=250, validate_every=500, log_every=20))
+        steps=2700, batch_size=8, lr=4e-4, ema_decay=0.995, checkpoint_every=250, validate_every=500, log_every=20))
     sampler: SamplerInfo = field(default_factory=SamplerInfo)
     val_clips: int = 2               # held-out clips rendered as validation videos
     val_steps: int = 10              # sampler steps of validation videos (cheaper than the default 25)
