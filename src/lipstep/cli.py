@@ -145,13 +145,14 @@ app.add_typer(train_app, name="train")
 @train_app.command("codec")
 def train_codec_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Prepared directory (output of lipstep prepare)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Codec directory to write (config.json + model.safetensors)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Codec directory to write (config.json, + model.safetensors for a trained codec)."),
     steps: int = typer.Option(2000, help="Optimizer steps."),
     batch: int = typer.Option(32, help="Frames per step."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of CodecTrainConfig, "
                                                     "e.g. codec.block_out_channels=[16,32,64].", show_default=False),
 ):
-    """Train lipstep's own small AutoencoderKL on the train frames of a prepared directory."""
+    """Train lipstep's own small AutoencoderKL on the train frames of a prepared directory, or with
+    codec.kind=pixel write the lossless pixel codec (space-to-depth, no weights) without training."""
     from lipstep.codecs.vae import CodecTrainConfig, train_codec
     from lipstep.config import apply_overrides, set_key
 

@@ -241,3 +241,128 @@ def test_training_augmentation_permutes_colours_and_mirrors_only():
     assert all(same) and not torch.equal(mirrored, x)
     with pytest.raises(ConfigError, match="colour_aug"):
         CodecTrainConfig(colour_aug=1.5).validate()
+
+
+# ------------------------------------------------------------------------------------ the pixel codec
+
+PIXEL = CodecConfig(kind="pixel", factor=2)
+
+
+def _uint8_frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """uint8 [n, size, size, 3] covering the full range, 0 and 255 included."""
+    frames = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    frames[0, 0, 0], frames[0, 0, 1] = 0, 255
+    return frames
+
+
+def _to_unit(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [N, S, S, 3] -> float [N, 3, S, S] in [-1, 1] (the mapping of the data pipeline)."""
+    return torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(0, 3, 1, 2).contiguous()
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float [N, 3, S, S] in [-1, 1] -> uint8 [N, S, S, 3] (rounded, as `eval.mouthreader.reconstruct`)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def test_pixel_codec_round_trips_uint8_frames_bit_exactly():
+    codec = build_codec(PIXEL)
+    assert (codec.kind, codec.name, codec.downsample, codec.latent_channels) == ("pixel", "pixel-c12-f2", 2, 12)
+    assert codec.num_parameters() == 0 and (codec.scaling_factor, codec.shift_factor) == (1.0, 0.0)
+    frames = _uint8_frames(5)
+    x = _to_unit(frames)
+    with torch.no_grad():
+        z = codec.encode(x)
+        assert z.shape == (5, 12, 32, 32) and z.dtype == torch.float32
+        # space-to-depth layout: channel c * f² + i * f + j at (y, x) is pixel (y * f + i, x * f + j) of colour c
+        for c, i, j in [(0, 0, 0), (1, 0, 1), (2, 1, 0), (2, 1, 1)]:
+            assert torch.equal(z[:, c * 4 + i * 2 + j], x[:, c, i::2, j::2])
+        assert np.array_equal(_to_uint8(codec.decode(z)), frames)
+        # the latent cache stores float16: the step of 1/127.5 survives it, so decoding is still exact
+        assert np.array_equal(_to_uint8(codec.decode(z.half().float())), frames)
+        video = x.unflatten(0, (1, 5))
+        assert torch.equal(codec.decode_video(codec.encode_video(video, chunk=2), chunk=3), video)
+
+        coarse = build_codec(CodecConfig(kind="pixel", factor=4))
+        assert coarse.name == "pixel-c48-f4" and coarse.encode(x).shape == (5, 48, 16, 16)
+        assert np.array_equal(_to_uint8(coarse.decode(coarse.encode(x))), frames)
+        scaled = build_codec(CodecConfig(kind="pixel", factor=2, scaling_factor=2.0))
+        assert torch.equal(scaled.encode(x), 2 * z) and torch.equal(scaled.decode(2 * z), x)
+    with pytest.raises(ValueError, match="multiple"):
+        codec.encode(_to_unit(_uint8_frames(1, size=33)))
+    with pytest.raises(ValueError, match="latents"):
+        codec.decode(torch.zeros(1, 4, 32, 32))
+
+
+def test_pixel_codec_saves_config_only_and_loads_identically(tmp_path):
+    codec = build_codec(PIXEL)
+    out = save_codec(codec, tmp_path / "pixel")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # no weights file
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["_type"], saved["kind"], saved["factor"], saved["latent_channels"]) == ("CodecConfig", "pixel", 2, 12)
+    loaded = load_codec(out)
+    assert (loaded.kind, loaded.name, loaded.identity()) == ("pixel", "pixel-c12-f2", codec.identity())
+    x = _to_unit(_uint8_frames(2))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), codec.encode(x))
+
+    # the identity names the factor and the scaling, so latent caches of different pixel codecs never mix
+    other = [build_codec(CodecConfig(kind="pixel", factor=4)),
+             build_codec(CodecConfig(kind="pixel", factor=2, scaling_factor=0.5))]
+    assert len({codec.identity(), *(c.identity() for c in other)}) == 3
+    reloaded = load_codec(save_codec(other[1], tmp_path / "scaled"))
+    assert reloaded.scaling_factor == 0.5 and reloaded.identity() == other[1].identity()
+
+
+def test_pixel_codec_validation():
+    with pytest.raises(ConfigError, match="multiple of the pixel factor 3"):
+        CodecConfig(kind="pixel", factor=3, image_size=64).validate()
+    for factor in (0, -2):
+        with pytest.raises(ConfigError, match="factor must be >= 1"):
+            build_codec(CodecConfig(kind="pixel", factor=factor))
+    codec = build_codec(CodecConfig(kind="pixel", factor=1, image_size=30))  # factor 1: the frame itself
+    x = _to_unit(_uint8_frames(1, size=30))
+    assert codec.latent_channels == 3 and torch.equal(codec.encode(x), x)
+
+
+def test_train_codec_with_the_pixel_kind_writes_it_without_training(tmp_path):
+    prepared = make_prepared(tmp_path / "prep")  # 32 px frames
+    cfg = CodecTrainConfig(codec=CodecConfig(kind="pixel", factor=2), eval_frames=6)
+    result = train_codec(prepared, tmp_path / "codec", cfg, progress=False)
+    assert result.losses == [] and result.parameters == 0 and result.scaling_factor == 1.0
+    assert result.eval_split == "val" and result.psnr == pytest.approx(100.0)  # lossless: capped at 100 dB
+    assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == ["config.json", "train.json"]
+    summary = json.loads((tmp_path / "codec" / "train.json").read_text())
+    assert summary["latent_shape"] == [12, 16, 16] and summary["psnr"] == pytest.approx(100.0)
+    assert summary["parameters"] == 0 and summary["final_loss"] == 0.0
+    codec = load_codec(tmp_path / "codec")
+    assert (codec.kind, codec.cfg.image_size, codec.latent_channels) == ("pixel", 32, 12)
+    with pytest.raises(ConfigError, match="multiple of the pixel factor"):  # 32 px data, factor 3
+        train_codec(prepared, tmp_path / "bad", CodecTrainConfig(codec=CodecConfig(kind="pixel", factor=3)),
+                    progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_train_codec_pixel(tmp_path, capsys):
+    from lipstep.cli import main
+
+    prepared = make_prepared(tmp_path / "prep")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "codec", "--data", str(prepared), "--out", str(tmp_path / "codec"), "codec.kind=pixel"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "0.00 M parameters" in out and "PSNR 100.00 dB on val" in out
+    assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == ["config.json", "train.json"]
+    assert load_codec(tmp_path / "codec").name == "pixel-c12-f2"
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "codec", "--data", str(prepared), "--out", str(tmp_path / "bad"), "codec.kind=pixel",
+              "codec.factor=0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "factor must be >= 1" in err and "\n" not in err
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "codec", "--help"])
+    assert info.value.code == 0
+    assert "codec.kind=pixel" in capsys.readouterr().out

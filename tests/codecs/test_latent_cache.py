@@ -102,3 +102,29 @@ def test_load_latents_errors(tmp_path):
         load_latents(tmp_path, "nope")
     with pytest.raises(DataError, match="not a latent cache"):
         read_cache_info(tmp_path)
+
+
+def test_pixel_codec_cache_decodes_back_to_the_exact_frames(prepared):
+    codec = build_codec(CodecConfig(kind="pixel", factor=2))
+    seen = _counting(codec)
+    cache = encode_prepared(prepared, codec, batch=4, progress=False)
+    assert cache.name.startswith("pixel-c12-f2-") and sum(seen) == sum(CLIPS.values())
+    info = read_cache_info(cache)
+    assert (info["kind"], info["latent_channels"], info["downsample"]) == ("pixel", 12, 2)
+    assert info["config"]["factor"] == 2
+    for cid, n in CLIPS.items():
+        lat = load_latents(cache, cid)
+        assert lat.shape == (n, 12, 8, 8) and lat.dtype == np.float16
+        with torch.no_grad():
+            y = codec.decode(torch.from_numpy(lat).float())
+        back = ((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(back, open_shard(prepared / f"shards/{cid}.npz")["frames"])  # float16 is enough
+    assert encode_prepared(prepared, codec, progress=False) == cache and sum(seen) == sum(CLIPS.values())
+
+    coarse = build_codec(CodecConfig(kind="pixel", factor=4))  # another factor: another cache
+    other = encode_prepared(prepared, coarse, progress=False)
+    assert other != cache and load_latents(other, "clip0").shape == (CLIPS["clip0"], 48, 4, 4)
+    with pytest.raises(LipstepError, match="another codec"):
+        encode_prepared(prepared, coarse, cache, progress=False)
+    with pytest.raises(DataError, match="multiple of the codec's downsample factor 3"):
+        encode_prepared(prepared, build_codec(CodecConfig(kind="pixel", factor=3, image_size=15)), progress=False)
