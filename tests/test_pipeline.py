@@ -15,6 +15,7 @@ from lipstep.data.media import probe, read_audio, write_audio, write_image
 from lipstep.errors import LipstepError
 from lipstep.pipeline import AvatarPipeline, bundled_models, describe_models, read_info, resolve_model
 from lipstep.train.loop import TrainConfig
+from lipstep.train.mouth_head import MouthHeadConfig
 from lipstep.train.teacher import TeacherConfig, train_teacher
 from tests.mediafixtures import SR, make_tiny_avatar_data, speech_like
 
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def model(tmp_path_factory) -> Path:
     """A tiny teacher trained for 2 steps on a tiny real synthetic world (mechanics, not quality)."""
     root = make_tiny_avatar_data(tmp_path_factory.mktemp("pipeline"))
-    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0)
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0,
+                        mouth_head=MouthHeadConfig(steps=30, batch_size=32, min_corr=-1))
     cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=2)
     cfg.sampler.steps = 3
     return train_teacher(root / "prepared", root / "codec", root / "run", cfg, progress=False)
@@ -142,6 +144,28 @@ def test_read_info_rejects_mismatched_components(model, tmp_path):
     (bad / "lipstep.json").write_text(json.dumps(info))
     with pytest.raises(LipstepError, match="kind"):
         read_info(bad)
+
+
+def test_a_denoiser_config_naming_removed_options_loads_only_at_their_neutral_values(model, tmp_path):
+    import shutil
+
+    from lipstep.pipeline import load_denoiser
+
+    old = tmp_path / "old"
+    shutil.copytree(model / "denoiser", old)
+    cfg = json.loads((old / "config.json").read_text())
+    assert "audio_adaln" not in cfg and "audio_probe" not in cfg        # no longer written
+    # saved before 2026-12-05: the removed options at the values that left the net as it is now
+    (old / "config.json").write_text(json.dumps({**cfg, "audio_adaln": False, "audio_probe": 0}))
+    assert load_denoiser(old).cfg == load_denoiser(model / "denoiser").cfg
+    for key, value in (("audio_adaln", True), ("audio_probe", 3)):
+        (old / "config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(LipstepError, match=f"trained with the removed option {key}={json.dumps(value)}"):
+            load_denoiser(old)
+    (old / "config.json").write_text(json.dumps({**cfg, "audio_gain": 2}))  # other unknown keys still fail
+    with pytest.raises(LipstepError, match="unknown config key 'audio_gain'"):
+        load_denoiser(old)
+    load_denoiser(bundled_models()["teacher"] / "denoiser")               # its config names both, neutral
 
 
 def test_bundled_models_are_listed_small_and_loadable():

@@ -408,7 +408,7 @@ def export(
 def eval_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Prepared directory with the split to generate."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: metrics.json, metrics.md, per_clip.jsonl, "
-                             "videos/."),
+                             "contact_sheet.png, videos/ (with --long: long_blocks.jsonl instead of per_clip.jsonl)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name (default: the "
                                         "fastest bundled model)."),
     split: str = typer.Option("test", help="Split to evaluate: train, val or test."),
@@ -432,7 +432,16 @@ def eval_cmd(
     i3d: Optional[Path] = typer.Option(None, "--i3d", help="StyleGAN-V i3d_torchscript.pt (FVD)."),
     arcface: Optional[Path] = typer.Option(None, "--arcface", help="ArcFace ONNX recognition model (CSIM)."),
     dlib: bool = typer.Option(False, "--dlib", help="Also score identity with the dlib face descriptor (faces extra)."),
-    save_videos: int = typer.Option(2, help="Write GT | generated mp4s of the first N clips."),
+    save_videos: int = typer.Option(2, help="Write GT | generated mp4s of the first N clips (with --long: the "
+                                    "long videos of the first N identities)."),
+    long: float = typer.Option(0.0, "--long", metavar="SECONDS", help="Long-run mode: drive each of --identities "
+                               "identities of the split for SECONDS (rounded up to whole blocks) with its clips' "
+                               "speech chained, and report identity-region PSNR/SSIM, colour shift and id_sim per "
+                               "block against the reference portrait (0 = the per-clip evaluation)."),
+    identities: int = typer.Option(3, "--identities", help="Long-run mode: the first N identities of the split "
+                                   "(0 = all)."),
+    long_block: float = typer.Option(10.0, "--long-block", metavar="SECONDS", help="Long-run mode: seconds per "
+                                     "reported block (rounded to whole frames)."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
 ):
     """Generate a split with a model and compute every metric whose weights are available."""
@@ -442,14 +451,17 @@ def eval_cmd(
     cfg = EvalConfig()
     for key, value in (("split", split), ("max_clips", max_clips), ("seconds", seconds), ("steps", steps),
                        ("cfg_audio", cfg_audio), ("cfg_ref", cfg_ref), ("seed", seed), ("audio_shift", audio_shift),
-                       ("other_audio", other_audio), ("save_videos", save_videos)):
+                       ("other_audio", other_audio), ("save_videos", save_videos), ("long", long),
+                       ("long_identities", identities), ("long_block", long_block)):
         set_key(cfg, key, value, parse=False)
     cfg.validate()
     ev = load_evaluators(evaluators, weights_dir=weights_dir, syncnet=syncnet, inception=inception, i3d=i3d,
                          arcface=arcface, dlib=dlib, device=device)
     result = evaluate_model(model, data, out, cfg, ev, device=device)
     typer.echo((out / "metrics.md").read_text(encoding="utf-8"))
-    typer.echo(f"wrote {out / 'metrics.json'} ({result['clips']} clips, {result['seconds']:.0f} s)")
+    what = (f"{result['identities']} identities x {result['long_seconds']:g} s" if cfg.long
+            else f"{result['clips']} clips")
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'contact_sheet.png'} ({what}, {result['seconds']:.0f} s)")
 
 
 @app.command()

@@ -21,18 +21,16 @@ from pathlib import Path
 import numpy as np
 
 
-def contact_sheet(world_dir: Path, out_png: Path, clips: int = 4, frames: int = 8) -> Path:
-    """A PNG grid: one row per clip, `frames` evenly spaced frames per row."""
-    from lipstep.data.media import read_video, write_image
+def contact_sheet(world_dir: Path, out_png: Path, clips: int = 4, frames: int = 8, *,
+                  generated: np.ndarray | None = None) -> Path:
+    """A PNG grid (`lipstep.eval.runner.contact_sheet`): the `generated` frames first if given, then one row per
+    world clip; `frames` evenly spaced frames per row."""
+    from lipstep.data.media import read_video
+    from lipstep.eval.runner import write_contact_sheet
 
     rows = [json.loads(line) for line in (world_dir / "manifest.jsonl").read_text().splitlines()][:clips]
-    grid = []
-    for row in rows:
-        video = read_video(world_dir / row["video"], audio="none")
-        idx = np.linspace(0, len(video.frames) - 1, frames).round().astype(int)
-        grid.append(np.concatenate(list(video.frames[idx]), axis=1))
-    write_image(out_png, np.concatenate(grid, axis=0))
-    return out_png
+    videos = [read_video(world_dir / row["video"], audio="none").frames for row in rows]
+    return write_contact_sheet(out_png, ([generated] if generated is not None else []) + videos, frames)
 
 
 DEMO_TEXT = "Hello! I am a talking avatar, and my lips follow every word you give me."
@@ -87,7 +85,6 @@ def bench_bundled(out: Path, seconds: float = 2.0) -> dict | None:
 
 
 def run_demo(out: Path, model: str | None = None, *, bench_seconds: float = 2.0) -> None:
-    from lipstep.data.media import write_image
     from lipstep.pipeline import generate_file, resolve_model
 
     out = Path(out)
@@ -99,14 +96,7 @@ def run_demo(out: Path, model: str | None = None, *, bench_seconds: float = 2.0)
     print(f"model {model_dir.name}: {len(res.frames)} frames ({res.seconds:.2f} s of video), {res.chunks} chunks x "
           f"{res.steps} steps, NFE {res.nfe}, {seconds:.1f} s on this machine "
           f"({len(res.frames) / seconds:.1f} frames/s)")
-    idx = np.linspace(0, len(res.frames) - 1, 8).round().astype(int)
-    top = np.concatenate(list(res.frames[idx]), axis=1)
-    sheet = contact_sheet(out / "world", out / "contact_sheet.png")
-    from lipstep.data.media import read_image
-
-    below = read_image(sheet)
-    if below.shape[1] == top.shape[1]:
-        write_image(sheet, np.concatenate([top, below], axis=0))
+    sheet = contact_sheet(out / "world", out / "contact_sheet.png", generated=res.frames)
     print(f"talking video: {path}")
     print(f"contact sheet: {sheet}")
     if bench_seconds > 0:

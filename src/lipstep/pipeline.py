@@ -23,9 +23,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -86,6 +86,8 @@ class ModelInfo:
     frames: int = 8                 # latents generated per chunk
     motion_frames: int = 2          # latents of the previous chunk given as motion context
     image_size: int = 64            # face crop side in pixels
+    residual: float = 0.0           # > 0: the denoiser works on offsets from the reference latent, (z - z_ref) · residual
+    #   (identity and colours then come from the reference itself; what is generated is what changes); 0 = on z
     fps: float = 25.0
     sample_rate: int = 16000
     format: int = FORMAT
@@ -99,6 +101,7 @@ class ModelInfo:
         check(self.schedule in SCHEDULES, f"schedule must be one of {sorted(SCHEDULES)}, got '{self.schedule}'")
         check(self.frames >= 1 and self.motion_frames >= 0, "frames >= 1 and motion_frames >= 0 required")
         check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
+        check(self.residual >= 0, f"residual must be >= 0, got {self.residual}")
         check(self.format <= FORMAT, f"model format {self.format} is newer than this lipstep ({FORMAT}); upgrade lipstep")
         self.sampler.validate()
 
@@ -244,18 +247,19 @@ def load_denoiser(directory: str | os.PathLike, *, device="cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from lipstep.config import load_config
-    from lipstep.nets.dit import AvatarDiT, DiTConfig
+    from lipstep.nets.dit import AvatarDiT, DiTConfig, drop_removed_options
 
     directory = Path(directory)
     try:
-        kind = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("_type")
-    except (OSError, ValueError, AttributeError) as e:
+        data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        kind = data.pop("_type", None)
+    except (OSError, ValueError, AttributeError, TypeError) as e:
         raise LipstepError(f"{directory / 'config.json'}: cannot read it ({e})") from None
     if kind not in (None, "DiTConfig"):
         raise LipstepError(f"{directory} holds a {kind}, not an AvatarDiT denoiser")
-    try:
-        cfg = load_config(DiTConfig, directory / "config.json")
+    try:  # configs saved before 2026-12-05 may still name removed options at their neutral values
+        cfg = from_dict(DiTConfig, drop_removed_options(data))
+        cfg.validate()
     except ConfigError as e:
         raise LipstepError(f"{directory / 'config.json'}: {e}") from None
     net = AvatarDiT(cfg)
@@ -415,7 +419,9 @@ class AvatarPipeline:
 
         ``audio`` must cover a whole number of chunks or more (N' >= chunks · frames); ``n_frames`` (default
         N') is how many latents are returned. ``on_chunk(k, latents [frames, C, h, w])`` is called as soon as
-        chunk k is sampled (streaming consumers, `lipstep bench`'s first-chunk latency).
+        chunk k is sampled (streaming consumers, `lipstep bench`'s first-chunk latency). A residual model
+        (``info.residual > 0``) samples offsets from the reference and chains them as motion context; what is
+        returned (and given to ``on_chunk``) is always latents.
         """
         from tqdm.auto import tqdm
 
@@ -449,7 +455,8 @@ class AvatarPipeline:
             timesteps = self.schedule.timesteps(steps, spacing=s.spacing)
             extra = {"eta": s.eta} if s.name == "ddim" else {}
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        motion = reference[:, None].expand(1, M, C, h, w) if M else None
+        first = torch.zeros_like(reference) if self.info.residual > 0 else reference  # the reference, model space
+        motion = first[:, None].expand(1, M, C, h, w) if M else None
         sampler = SAMPLERS[s.name]
         out, nfe = [], 0
         from lipstep.diffusion.guidance import nfe_per_step
@@ -464,11 +471,13 @@ class AvatarPipeline:
             z = sampler(denoiser, noise, timesteps, cond, schedule=self.schedule, generator=gen,
                         callback=lambda *_: bar.update(1), **extra)
             nfe += steps * per_step
+            if M:
+                motion = z[:, -M:]
+            if self.info.residual > 0:
+                z = reference[:, None] + z / self.info.residual
             out.append(z[0])
             if on_chunk is not None:
                 on_chunk(k, z[0])
-            if M:
-                motion = z[:, -M:]
         bar.close()
         return torch.cat(out)[:n], nfe
 

@@ -52,6 +52,7 @@ def test_native_targets_are_the_documented_ones():
     a, s = a.view(-1, 1, 1, 1, 1), s.view(-1, 1, 1, 1, 1)
     assert torch.allclose(vp_v.target(x0, eps, t), a * eps - s * x0)
     assert torch.allclose(flow.target(x0, eps, t), eps - x0)
+    assert torch.equal(VPSchedule("x0").target(x0, eps, t), x0)
     assert torch.allclose((a**2 + s**2), torch.ones_like(a))
     sig = t.view(-1, 1, 1, 1, 1)
     assert torch.allclose(flow.add_noise(x0, eps, t), (1 - sig) * x0 + sig * eps)
@@ -177,10 +178,34 @@ def test_x0_recovery_is_guarded_where_alpha_vanishes():
 def test_registry_and_errors():
     assert isinstance(make_schedule("vp_v"), VPSchedule) and make_schedule("vp_v").prediction == "v"
     assert make_schedule("vp_eps").prediction == "eps"
+    assert make_schedule("vp_x0").prediction == "x0"
     assert make_schedule("flow", shift=3.0).shift == 3.0
     with pytest.raises(ConfigError):
         make_schedule("edm")
     with pytest.raises(ConfigError):
-        VPSchedule("x0")
+        VPSchedule("sample")
     with pytest.raises(ConfigError):
         VPSchedule(kind="quadratic")
+
+
+def test_min_snr_weights_the_x0_error_alike_for_every_prediction():
+    """min-SNR-γ is one weight on the x0 error, min(SNR, γ); each native loss gets it in its own units."""
+    from lipstep.train.teacher import snr_weight
+
+    x0, eps, t = _sample(3)
+    t = t.clamp(0.02, 0.98)
+    per = {}
+    for name in ("vp_eps", "vp_v", "vp_x0"):
+        sch = make_schedule(name)
+        x_t = sch.add_noise(x0, eps, t)
+        x0w = x0 + 0.1 * torch.randn_like(x0)  # a prediction consistent with x_t whose x0 is off
+        a, s = sch.coeffs(t, x0)
+        wrong = sch.target(x0w, (x_t - a * x0w) / s, t)
+        native = sch.target(x0, eps, t)
+        # native error -> x0 error: rescale by the prediction's own units, then weight
+        x0_err = (sch.to_x0(wrong, x_t, t) - x0).square().flatten(1).mean(1)
+        nat_err = (wrong - native).square().flatten(1).mean(1)
+        per[name] = snr_weight(sch, t, 5.0) * nat_err / x0_err.clamp_min(1e-12)
+    expected = make_schedule("vp_x0").snr(t).clamp(max=5.0)
+    for name, w in per.items():
+        assert torch.allclose(w.float(), expected.float(), rtol=1e-3), name

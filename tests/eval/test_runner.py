@@ -19,12 +19,14 @@ from lipstep.nets.syncnet import LipSyncConfig
 from lipstep.train.loop import TrainConfig
 from lipstep.train.teacher import TeacherConfig, train_teacher
 from lipstep.data.dataset import WindowConfig
+from lipstep.data.media import read_image
 from tests.mediafixtures import make_tiny_avatar_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REQUIRED = ("mouth_err", "mouth_corr", "sync_c", "sync_d", "sync_offset", "fd", "kid", "fvd", "id_sim", "flicker",
-            "warp_err", "psnr_gt", "ssim_gt", "psnr_codec", "ssim_codec", "nfe")
+            "warp_err", "psnr_gt", "ssim_gt", "psnr_codec", "ssim_codec", "nfe", "id_psnr", "id_psnr_gt", "id_ssim",
+            "id_ssim_gt", "colour_shift", "colour_shift_gt")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,12 @@ def test_eval_writes_every_weight_free_metric(setup, tmp_path):
     assert len(rows) == 2 and rows[0]["frames"] == 30
     assert np.mean([r["psnr_gt"] for r in rows]) == pytest.approx(saved["psnr_gt"], abs=1e-4)
     assert sorted(p.name for p in (out / "videos").iterdir()) == [f"{rows[0]['clip']}.mp4"]
+    # portrait fidelity: the ground truth of a talking head stays close to its own first frame
+    assert saved["id_ssim_gt"] <= 1.0 and saved["colour_shift"] >= 0 and saved["mouth_box"] == [0.28, 0.5, 0.72, 0.84]
+    assert "| id_psnr |" in md and "| colour_shift |" in md
+    # contact sheet: generated over ground truth for each clip (32 px frames, 8 per row), a gap between clips
+    sheet = read_image(out / "contact_sheet.png")
+    assert sheet.shape == (4 * 32 + 2, 8 * 32, 3)
 
 
 def test_audio_shift_control_changes_the_driving_audio_only(setup, tmp_path, monkeypatch):
@@ -171,3 +179,91 @@ def test_other_audio_control_drives_with_the_next_clip(setup, tmp_path, monkeypa
     second = np.asarray(open_shard(setup["prepared"] / rows[1]["shard"], ("audio",))["audio"])
     assert np.array_equal(heard[0], second[:len(heard[0])])
     assert res["eval"]["other_audio"] is True and np.isfinite(res["mouth_err"])
+
+
+def test_contact_sheet_shows_generated_over_ground_truth(setup, tmp_path, monkeypatch):
+    from lipstep.eval.runner import spread_frames
+    from lipstep.pipeline import AvatarPipeline
+
+    made = []
+    call = AvatarPipeline.__call__
+
+    def spy(self, image, audio, **kw):
+        res = call(self, image, audio, **kw)
+        made.append(res.frames)
+        return res
+
+    monkeypatch.setattr(AvatarPipeline, "__call__", spy)
+    out = tmp_path / "sheet"
+    evaluate_model(setup["model"], setup["prepared"], out, EvalConfig(split="train", max_clips=1, save_videos=0),
+                   load_evaluators(setup["evaluators"]), progress=False)
+    sheet = read_image(out / "contact_sheet.png")
+    from lipstep.data.dataset import open_shard, read_manifest
+
+    gt = np.asarray(open_shard(setup["prepared"] / read_manifest(setup["prepared"])[0]["shard"], ("frames",))["frames"])
+    assert np.array_equal(sheet[:32], np.concatenate(list(spread_frames(made[0])), axis=1))
+    assert np.array_equal(sheet[32:], np.concatenate(list(spread_frames(gt[:len(made[0])])), axis=1))
+
+
+def test_long_run_drives_each_identity_through_the_chunked_pipeline(setup, tmp_path, monkeypatch):
+    from lipstep.data.dataset import open_shard, read_manifest
+    from lipstep.pipeline import AvatarPipeline
+
+    calls = []
+    call = AvatarPipeline.__call__
+
+    def spy(self, image, audio, **kw):
+        calls.append((np.array(image), np.array(audio), kw))
+        return call(self, image, audio, **kw)
+
+    monkeypatch.setattr(AvatarPipeline, "__call__", spy)
+    out = tmp_path / "long"
+    cfg = EvalConfig(split="train", long=1.6, long_block=1.0, long_identities=2, save_videos=1)
+    res = evaluate_model(setup["model"], setup["prepared"], out, cfg, load_evaluators(setup["evaluators"]),
+                         progress=False)
+    rows = read_manifest(setup["prepared"])
+    first = open_shard(setup["prepared"] / rows[0]["shard"], ("frames", "audio"))
+    # 1.6 s rounds up to two 1-s blocks: 50 frames driven by the 1.2-s clip's speech, then its start again
+    assert len(calls) == 2 and len(calls[0][1]) == 32000
+    wav = np.asarray(first["audio"])[:19200]
+    assert np.array_equal(calls[0][1], np.concatenate([wav, wav[:12800]]))
+    assert np.array_equal(calls[0][0], np.asarray(first["frames"])[0])                      # the reference portrait
+    assert res["identities"] == 2 and res["long_seconds"] == 2.0 and res["frames"] == 100
+    assert res["identity_names"] == [rows[0]["identity"], rows[1]["identity"]]
+    blocks = [json.loads(line) for line in (out / "long_blocks.jsonl").read_text().splitlines()]
+    assert [(b["identity"], b["block"], b["frames"]) for b in blocks] == [
+        (rows[0]["identity"], 0, 25), (rows[0]["identity"], 1, 25), (rows[1]["identity"], 0, 25),
+        (rows[1]["identity"], 1, 25)]
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("id_psnr", "id_ssim", "colour_shift", "id_sim"):
+        delta = np.mean([blocks[1][key] - blocks[0][key], blocks[3][key] - blocks[2][key]])
+        assert saved[f"long_{key}_delta"] == pytest.approx(delta, abs=1e-4), key
+        assert np.isfinite(saved[f"long_{key}_gt"]) and len(saved["long_blocks"]) == 2
+        assert saved["long_blocks"][1][key] == pytest.approx((blocks[1][key] + blocks[3][key]) / 2, abs=1e-4)
+    assert saved["nfe"] == 6 and saved["extractors"]["long_id_sim"] == "lipstep-identity-v1"
+    md = (out / "metrics.md").read_text()
+    assert "| long_id_psnr |" in md and "| block | seconds | id_psnr |" in md and "| 1 | 1-2 |" in md
+    sheet = read_image(out / "contact_sheet.png")   # one row per identity: reference + 10 frames over the run
+    assert sheet.shape == (2 * 32 + 2, 11 * 32, 3) and np.array_equal(sheet[:32, :32], calls[0][0])
+    assert [p.name for p in (out / "videos").iterdir()] == [f"{rows[0]['identity']}_long.mp4"]
+    assert not (out / "per_clip.jsonl").exists()
+
+
+@pytest.mark.parametrize("case", ["long_with_max_clips", "long_with_audio_shift", "negative_long"])
+def test_long_run_cli_bad_inputs(setup, tmp_path, case):
+    args = {"long_with_max_clips": ["--long", "60", "--max-clips", "2"],
+            "long_with_audio_shift": ["--long", "60", "--audio-shift", "0.5"],
+            "negative_long": ["--long", "-1"]}[case]
+    r = _run("eval", "--out", tmp_path / "out", "--data", setup["prepared"], "--model", setup["model"], *args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_long_run_cli(setup, tmp_path):
+    r = _run("eval", "--out", tmp_path / "out", "--data", setup["prepared"], "--model", setup["model"],
+             "--evaluators", setup["evaluators"], "--split", "train", "--long", "0.8", "--long-block", "0.4",
+             "--identities", "1", "--steps", "1", "--save-videos", "0")
+    assert r.returncode == 0, r.stderr
+    assert "long_colour_shift" in r.stdout and "1 identities x 0.8 s" in r.stdout
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["eval"]["steps"] == 1 and saved["nfe"] == 3 and len(saved["long_blocks"]) == 2

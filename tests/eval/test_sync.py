@@ -50,6 +50,22 @@ def test_mfcc_matches_python_speech_features_known_values():
     assert not np.allclose(mfcc(_tones(880).astype(np.float32) / 32768, int16_scale=False)[:, 0], out[:, 0])
 
 
+def test_float_audio_becomes_whole_clipped_int16_values_as_pcm_s16le():
+    # The reference reads the int16 PCM ffmpeg writes: x * 32768 rounded (ties to even) and clipped.
+    rng = np.random.default_rng(0)
+    scaled = _tones(880).astype(np.float64) + rng.uniform(-0.5, 0.5, 880)   # off the int16 grid
+    scaled[[10, 11, 12]] = [2.5, 3.5, -2.5]                                 # ties
+    scaled[100:140] = 1.4 * 32768                                           # beyond full scale
+    scaled[300:340] = -1.3 * 32768
+    pcm = np.clip(np.rint(scaled), -32768, 32767).astype(np.int16)
+    assert list(pcm[[10, 11, 12, 100, 300]]) == [2, 4, -2, 32767, -32768]
+    out = mfcc(scaled / 32768)
+    np.testing.assert_array_equal(out, mfcc(pcm))
+    unrounded = mfcc(np.clip(scaled, -32768, 32767), int16_scale=False)
+    unclipped = mfcc(np.rint(scaled), int16_scale=False)
+    assert np.abs(out - unrounded).max() > 1e-3 and np.abs(out - unclipped).max() > 1e-3  # both matter
+
+
 def test_mfcc_rate_is_100_hz_and_c0_is_log_frame_energy():
     for seconds in (0.5, 1.0, 2.0):
         n = int(seconds * 16000)

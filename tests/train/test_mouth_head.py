@@ -59,6 +59,7 @@ def test_fit_learns_the_mouth_state_from_audio_and_freezes_only_the_head(world, 
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed and all(k.startswith("mouth_head.") for k in changed)
     assert not any(p.requires_grad for p in net.mouth_head.parameters()) and not net.mouth_head.training
+    assert all(p.grad is None for p in net.mouth_head.parameters())  # nothing left for the loop's grad clipping
     assert all(p.requires_grad for n, p in net.named_parameters() if not n.startswith("mouth_head."))
 
 

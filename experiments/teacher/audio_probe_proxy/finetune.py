@@ -1,3 +1,4 @@
+# Needs a lipstep commit from before 2026-12-05, which removed the options it exercises.
 """Proxy for the audio-probe loss: fine-tune the bundled teacher v3 with an audio probe added.
 
 Usage: python finetune.py PREPARED OUT AUDIO_MOUTH_WEIGHT STEPS [adaln] (see experiments/teacher/README.md).

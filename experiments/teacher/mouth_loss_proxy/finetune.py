@@ -1,3 +1,4 @@
+# Needs a lipstep commit from before 2026-12-05, which removed the options it exercises.
 """Proxy for the mouth-expert loss: fine-tune the bundled teacher v3 with or without it.
 
 Usage: python finetune.py PREPARED OUT MOUTH_WEIGHT STEPS (see experiments/teacher/README.md).

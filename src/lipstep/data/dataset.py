@@ -20,7 +20,9 @@ Item ``i`` is window ``(clip, start)`` of the index: every start in ``[M, n - T]
 With ``latents=CACHE`` (a latent cache of `lipstep.codecs.cache.encode_prepared`), items also hold
 the same window as codec latents: ``latents`` float32 [T, C, h, w], ``reference_latent`` [C, h, w]
 and ``motion_latents`` [M, C, h, w]; ``pixels=False`` then leaves the pixel frames out (what the
-teacher trains on: no decoding of 64 px frames per step).
+teacher trains on: no decoding of 64 px frames per step). With ``residual=s > 0`` the window and
+motion latents are offsets from the reference latent, ``(z - reference_latent) · s`` (the reference
+stays absolute): the space of a model whose ``ModelInfo.residual`` is ``s``.
 
 Determinism: an item depends only on (files, seed, epoch, i): no global RNG, so any number of
 DataLoader workers yields identical batches. `set_epoch` changes only the reference draws; call it
@@ -152,8 +154,10 @@ class WindowDataset(torch.utils.data.Dataset):
     """Training windows of one split of a prepared directory (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", cfg: WindowConfig | None = None, *,
-                 cache_size: int = 8, latents: str | os.PathLike | None = None, pixels: bool = True):
+                 cache_size: int = 8, latents: str | os.PathLike | None = None, pixels: bool = True,
+                 residual: float = 0.0):
         self.root, self.split = Path(root), split
+        self.residual = float(residual)  # > 0: latents / motion_latents become (z - reference_latent) · residual
         self.latents = Path(latents) if latents is not None else None
         self.pixels = pixels or self.latents is None
         if self.latents is not None:
@@ -253,6 +257,10 @@ class WindowDataset(torch.utils.data.Dataset):
             z = data["latents"]
             item.update(latents=_latent(z[s:s + t]), reference_latent=_latent(z[ref]),
                         motion_latents=_latent(z[s - m:s]))
+            if self.residual > 0:  # the model's space: offsets from the reference (ModelInfo.residual)
+                r = item["reference_latent"]
+                item.update(latents=(item["latents"] - r) * self.residual,
+                            motion_latents=(item["motion_latents"] - r) * self.residual)
         item.update({
             "audio": torch.from_numpy(data["mel"][s:s + t].astype(np.float32)),
             "clip_index": torch.tensor(c, dtype=torch.int64),

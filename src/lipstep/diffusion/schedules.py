@@ -20,6 +20,10 @@ and differs only in ``(a_t, s_t)`` and in what its network predicts (the *native
     - ``prediction="eps"``: ``pred = eps``;  ``x0 = (x_t − s·eps) / a`` (``a`` clamped ≥ 1e-4).
     - ``prediction="v"`` (Salimans & Ho 2022): ``v = a·eps − s·x0``;
       ``x0 = a·x_t − s·v``,  ``eps = s·x_t + a·v``  (uses ``a² + s² = 1``).
+    - ``prediction="x0"``: ``pred = x0``;  ``eps = (x_t − a·x0) / s`` (``s`` clamped ≥ ``S_MIN``). The
+      net outputs the clean sample, which lies near a low-dimensional data manifold, instead of
+      full-rank noise: what works for high-dimensional pixel patches (Li & He 2025, "Back to Basics:
+      Let Denoising Generative Models Denoise"), where eps / v prediction leaves uncorrected noise.
 - ``FlowSchedule`` (rectified flow / flow matching, Wan-style): ``a_t = 1 − t``, ``s_t = t``
   (``t`` is the flow's sigma). Native prediction ``prediction="flow_v"``, the flow velocity
   ``u = eps − x0 = dx_t/dt``; ``x0 = x_t − t·u``,  ``eps = x_t + (1 − t)·u``. The network is fed
@@ -51,6 +55,8 @@ from lipstep.errors import ConfigError
 
 A_MIN = 1e-4
 """Lower clamp on ``a_t`` when dividing by it (x0 recovery from eps near t = 1)."""
+S_MIN = 1e-4
+"""Lower clamp on ``s_t`` when dividing by it (eps recovery from x0 near t = 0)."""
 
 SPACINGS = ("trailing", "leading", "linspace")
 
@@ -170,6 +176,8 @@ class Schedule:
         """Native regression target for training at (x0, eps, t)."""
         if self.prediction == "eps":
             return eps.to(_out_dtype(eps))
+        if self.prediction == "x0":
+            return x0.to(_out_dtype(x0))
         return self.velocity(x0, eps, t)
 
     def snr(self, t) -> Tensor:
@@ -193,12 +201,12 @@ class Schedule:
 
 
 class VPSchedule(Schedule):
-    """Discrete DDPM table (SD-1.5 by default) on continuous time; eps or v prediction."""
+    """Discrete DDPM table (SD-1.5 by default) on continuous time; eps, v or x0 prediction."""
 
     def __init__(self, prediction: str = "eps", kind: str = "scaled_linear", beta_start: float = 0.00085,
                  beta_end: float = 0.012, train_steps: int = 1000):
-        if prediction not in ("eps", "v"):
-            raise ConfigError(f"VPSchedule prediction must be 'eps' or 'v', got {prediction!r}")
+        if prediction not in ("eps", "v", "x0"):
+            raise ConfigError(f"VPSchedule prediction must be 'eps', 'v' or 'x0', got {prediction!r}")
         self.prediction, self.kind, self.train_steps = prediction, kind, int(train_steps)
         self.beta_start, self.beta_end = float(beta_start), float(beta_end)
         betas = vp_betas(kind, beta_start, beta_end, self.train_steps)
@@ -238,6 +246,8 @@ class VPSchedule(Schedule):
         pred, x_t = pred.to(a.dtype), x_t.to(a.dtype)
         if self.prediction == "eps":
             return (x_t - s * pred) / a.clamp_min(A_MIN), pred
+        if self.prediction == "x0":
+            return pred, (x_t - a * pred) / s.clamp_min(S_MIN)
         return a * x_t - s * pred, s * x_t + a * pred
 
 
@@ -320,6 +330,7 @@ def ddim_step(schedule: Schedule, x_t: Tensor, t, t_next, x0: Tensor, eps: Tenso
 SCHEDULES = {
     "vp_eps": functools.partial(VPSchedule, prediction="eps"),
     "vp_v": functools.partial(VPSchedule, prediction="v"),
+    "vp_x0": functools.partial(VPSchedule, prediction="x0"),
     "flow": FlowSchedule,
 }
 

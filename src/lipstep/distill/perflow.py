@@ -179,9 +179,10 @@ class PerflowMethod:
 
     roles = ("student",)
 
-    def __init__(self, student, teacher, schedule: Schedule, cfg: PerflowConfig):
+    def __init__(self, student, teacher, schedule: Schedule, cfg: PerflowConfig, *, residual: bool = False):
         cfg.validate()
         self.student, self.schedule, self.cfg = student, schedule, cfg
+        self.residual = residual  # batches hold offsets from the reference (the teacher's ModelInfo.residual)
         self.teacher = teacher.eval().requires_grad_(False)
 
     def trainable(self):
@@ -209,7 +210,7 @@ class PerflowMethod:
             eps, scales, z_end = batch["eps"].float(), batch["scales"].float(), batch["z_end"].float()
             z_start = schedule.add_noise(x0, eps, start).float()
         else:
-            cond = batch_cond(batch, generator, cfg.p_motion_ref)
+            cond = batch_cond(batch, generator, cfg.p_motion_ref, residual=self.residual)
             start, end, t = sample_windows(b, cfg.windows, generator, dev)
             eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(dev)
             scales = sample_scales(b, cfg, generator, dev)
@@ -297,7 +298,7 @@ def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Pat
         for lo in range(0, count, batch_size):
             sub = {k: v[lo:lo + batch_size] for k, v in batch.items()}
             b = len(sub["latents"])
-            cond = batch_cond(sub, gen, cfg.p_motion_ref)
+            cond = batch_cond(sub, gen, cfg.p_motion_ref, residual=method.residual)
             k = torch.randint(cfg.windows, (b,), generator=gen)
             start, end = (v.to(dev) for v in window_bounds(k, cfg.windows))
             eps = torch.randn(sub["latents"].shape, generator=gen).to(dev)
@@ -355,6 +356,7 @@ def student_info(teacher_info, cfg: PerflowConfig, *, trained: dict | None = Non
     return ModelInfo(kind="student", recipe="perflow", schedule=teacher_info.schedule,
                      flow_shift=teacher_info.flow_shift, sampler=sampler, frames=teacher_info.frames,
                      motion_frames=teacher_info.motion_frames, image_size=teacher_info.image_size,
+                     residual=teacher_info.residual,
                      fps=teacher_info.fps, sample_rate=teacher_info.sample_rate, trained=trained or {})
 
 
@@ -389,9 +391,9 @@ def distill_perflow(prepared: str | Path, teacher: str | Path, out: str | Path, 
                            f"prepare the data with --size {pipe.info.image_size}")
     cache = encode_prepared(prepared, pipe.codec, progress=progress)
     window = WindowConfig(frames=pipe.info.frames, motion_frames=pipe.info.motion_frames)
-    dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False)
+    dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=pipe.info.residual)
     student = build_student(pipe.denoiser, cfg).cpu()
-    method = PerflowMethod(student, pipe.denoiser, pipe.schedule, cfg)
+    method = PerflowMethod(student, pipe.denoiser, pipe.schedule, cfg, residual=pipe.info.residual > 0)
     if cfg.pairs:
         bank = Path(cfg.pairs_dir) if cfg.pairs_dir else out / "pairs"
         build_pair_bank(method, dataset, cfg.pairs, bank, pair_settings(cfg, pipe.path, prepared),

@@ -19,6 +19,10 @@ fd, kid         Fréchet distance and KID between generated and ground-truth fra
 fvd             Fréchet distance between 16-frame clips (I3D when given, else own video features)
 id_sim          mean cosine similarity of generated frames to the reference portrait (own identity
                 encoder; ArcFace / dlib when available, under their own keys)
+id_psnr/id_ssim PSNR / SSIM of the generated frames against the reference portrait on the identity
+                region (the crop minus `fidelity.MOUTH_BOX`): is it still the portrait's person?
+colour_shift    RGB distance (0..255) between the mean colour of the generated frames and of the
+                reference, both over the identity region
 flicker         mean |x_t+1 - x_t| over frames ([0, 1] units), flicker_second_diff, warp_err
                 (Farneback warping error), drift_colour / drift_id (change over seconds)
 psnr_gt/ssim_gt against the ground-truth frames; psnr_codec/ssim_codec against the codec's
@@ -28,7 +32,12 @@ nfe             denoiser evaluations per chunk; nfe_clip: per clip on average
 
 Every metric also has a ``*_gt`` ceiling where that makes sense (the same measurement on the
 ground-truth frames). Metrics whose weights are missing are listed under ``skipped`` with the reason;
-``extractors`` names the network behind each metric.
+``extractors`` names the network behind each metric. ``contact_sheet.png`` shows, for the first clips,
+a row of generated frames spread over the clip above the ground-truth frames at the same times.
+
+``long`` > 0 switches to the long-run mode (`eval/longrun.py`): each of a few identities of the split
+is driven for a minute or more with its clips' speech chained, and the portrait metrics are reported
+per block of seconds.
 
 Two controls change only the audio that drives the generation while every metric still compares
 with the clip's own audio and labels: ``audio_shift`` (seconds) rotates the clip's audio by that
@@ -73,6 +82,9 @@ class EvalConfig:
     kid_subset_size: int = 1000     # ... of this size (clipped to the sample count)
     clip_length: int = 16           # FVD clip length (frames)
     vshift: int = 15                # sync protocol: offsets searched, -vshift..vshift frames
+    long: float = 0.0               # long-run mode: seconds generated per identity (0 = per-clip evaluation)
+    long_identities: int = 3        # long-run mode: identities of the split (the first ones; 0 = all)
+    long_block: float = 10.0        # long-run mode: seconds per reported block
 
     def validate(self) -> None:
         check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
@@ -82,6 +94,13 @@ class EvalConfig:
         check(self.save_videos >= 0 and self.kid_subsets >= 1 and self.kid_subset_size >= 2,
               "save_videos must be >= 0, kid_subsets >= 1 and kid_subset_size >= 2")
         check(self.clip_length >= 2 and self.vshift >= 1, "clip_length must be >= 2 and vshift >= 1")
+        check(self.long >= 0 and self.long_identities >= 0 and self.long_block > 0,
+              "long must be >= 0, long_identities >= 0 and long_block > 0")
+        if self.long:
+            check(not (self.audio_shift or self.other_audio), "the audio controls (audio_shift, other_audio) "
+                  "apply to the per-clip evaluation, not to the long run")
+            check(not (self.max_clips or self.seconds), "max_clips and seconds apply to the per-clip evaluation; "
+                  "the long run takes long_identities (--identities) and whole clips")
 
 
 @dataclass
@@ -203,6 +222,42 @@ def load_evaluators(evaluators_dir: str | os.PathLike | None = None, *, weights_
     return ev
 
 
+# ------------------------------------------------------------------------------------ contact sheets
+
+SHEET_CLIPS = 4     # clips shown in contact_sheet.png (generated row over ground-truth row)
+SHEET_FRAMES = 8    # frames per row, spread over the whole video
+
+
+def spread_frames(video: np.ndarray, n: int = SHEET_FRAMES) -> np.ndarray:
+    """`n` frames evenly spread over a video [T, H, W, 3], first and last included (all of them if T <= n)."""
+    video = np.asarray(video)
+    if video.ndim != 4 or len(video) == 0:
+        raise LipstepError(f"spread_frames: expected a video [T, H, W, 3], got shape {video.shape}")
+    return video[np.unique(np.linspace(0, len(video) - 1, min(n, len(video))).round().astype(int))]
+
+
+def contact_sheet(videos, frames: int = SHEET_FRAMES, *, group: int = 1, gap: int = 2) -> np.ndarray:
+    """A grid image: one row per video of `frames` frames spread over it (shorter rows padded white on the
+    right); a white line of `gap` pixels after every `group` rows. uint8 [H, W, 3]."""
+    rows = [np.concatenate(list(spread_frames(v, frames)), axis=1) for v in videos]
+    if not rows:
+        raise LipstepError("contact_sheet: no videos")
+    width = max(r.shape[1] for r in rows)
+    out = []
+    for i, r in enumerate(rows):
+        out.append(np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255))
+        if gap and (i + 1) % group == 0 and i + 1 < len(rows):
+            out.append(np.full((gap, width, 3), 255, np.uint8))
+    return np.concatenate(out, axis=0).astype(np.uint8)
+
+
+def write_contact_sheet(path: Path, videos, frames: int = SHEET_FRAMES, *, group: int = 1) -> Path:
+    """`contact_sheet` written as a PNG."""
+    from lipstep.data.media import write_image
+
+    return write_image(path, contact_sheet(videos, frames, group=group))
+
+
 # ----------------------------------------------------------------------------------------- per clip
 
 
@@ -237,12 +292,21 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
                    device: str | None = None, progress: bool = True) -> dict:
     """Generate ``cfg.split`` of `prepared` with `model`, score it, write OUT/metrics.json + metrics.md.
 
-    Returns the metrics dict (what metrics.json holds).
+    Returns the metrics dict (what metrics.json holds). With ``cfg.long`` > 0 this is the long run
+    (`lipstep.eval.longrun.evaluate_long`).
     """
     from tqdm.auto import tqdm
 
     from lipstep.data.dataset import read_manifest
-    from lipstep.eval.fidelity import clips_from_video, fd_from_features, kid
+    from lipstep.eval.fidelity import (
+        MOUTH_BOX,
+        clips_from_video,
+        colour_shift,
+        fd_from_features,
+        identity_psnr,
+        identity_ssim,
+        kid,
+    )
     from lipstep.eval.mouthreader import mouth_scores, reconstruct
     from lipstep.eval.sync import score_lipsync, score_official
     from lipstep.eval.temporal import drift, flicker, psnr, ssim, warping_error
@@ -251,6 +315,10 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
 
     cfg = cfg or EvalConfig()
     cfg.validate()
+    if cfg.long:
+        from lipstep.eval.longrun import evaluate_long
+
+        return evaluate_long(model, prepared, out, cfg, evaluators, device=device, progress=progress)
     started = time.perf_counter()
     root, out = Path(prepared), Path(out)
     if out.exists() and not out.is_dir():
@@ -309,6 +377,9 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
             clip[f"flicker{what}"], clip[f"flicker_second_diff{what}"] = f.mean_abs_diff, f.second_diff
             clip[f"warp_err{what}"] = warping_error(frames)
         clip["drift_colour"] = drift(gen, fps).max_colour_shift
+        for what, frames in (("", gen), ("_gt", gt)):   # against the reference portrait, mouth left out
+            clip[f"id_psnr{what}"], clip[f"id_ssim{what}"] = identity_psnr(frames, gt[0]), identity_ssim(frames, gt[0])
+            clip[f"colour_shift{what}"] = colour_shift(frames, gt[0])
         recon = reconstruct(pipe.codec, gt)
         clip["psnr_gt"], clip["ssim_gt"] = psnr(gen, gt), ssim(gen, gt)
         clip["psnr_codec"], clip["ssim_codec"] = psnr(gen, recon), ssim(gen, recon)
@@ -372,11 +443,13 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     metrics["gen_seconds"] = round(gen_seconds, 2)
     metrics["gen_fps"] = round(metrics["frames"] / max(gen_seconds, 1e-9), 3)
     result = {**metrics, "extractors": extractors, "skipped": skipped, "model": str(model),
-              "model_kind": info.kind, "prepared": str(root.resolve()),
+              "model_kind": info.kind, "prepared": str(root.resolve()), "mouth_box": list(MOUTH_BOX),
               "eval": to_dict(cfg), "sources": ev.sources, "seconds": round(time.perf_counter() - started, 1)}
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "per_clip.jsonl", [{k: (round(v, 5) if isinstance(v, float) else v)
                                                   for k, v in c.items()} for c in per_clip])
+    write_contact_sheet(out / "contact_sheet.png", [v for pair in zip(gen_all[:SHEET_CLIPS], gt_all[:SHEET_CLIPS])
+                                                    for v in pair], group=2)
     write_json_atomic(out / "metrics.json", result)
     write_text_atomic(out / "metrics.md", metrics_markdown(result))
     return result
@@ -386,15 +459,18 @@ def _short(name: str) -> str:
     return name.split(":")[0].split("-")[0].lower()
 
 
-_ORDER = ("mouth_err", "mouth_corr", "sync_c", "sync_d", "sync_offset", "fd", "kid", "fvd", "id_sim", "flicker",
-          "warp_err", "psnr_gt", "ssim_gt", "psnr_codec", "ssim_codec", "nfe")
+_ORDER = ("mouth_err", "mouth_corr", "sync_c", "sync_d", "sync_offset", "fd", "kid", "fvd", "id_sim", "id_psnr",
+          "id_ssim", "colour_shift", "flicker", "warp_err", "psnr_gt", "ssim_gt", "psnr_codec", "ssim_codec",
+          "long_id_psnr", "long_id_ssim", "long_colour_shift", "long_id_sim", "nfe")
+BLOCK_KEYS = ("id_psnr", "id_ssim", "colour_shift", "id_sim")   # long run: the metrics of each block
 
 
 def metrics_markdown(result: dict) -> str:
     """A markdown table: metric, generated value, ground-truth ceiling, extractor; then the skipped list."""
     ex = result.get("extractors", {})
-    lines = [f"# lipstep eval: {result.get('model')} on {result.get('eval', {}).get('split')} "
-             f"({result.get('clips')} clips, {result.get('frames')} frames)", "",
+    what = (f"long run of {result.get('identities')} identities x {_fmt(result.get('long_seconds'))} s"
+            if "long_blocks" in result else f"{result.get('clips')} clips, {result.get('frames')} frames")
+    lines = [f"# lipstep eval: {result.get('model')} on {result.get('eval', {}).get('split')} ({what})", "",
              "| metric | generated | ground truth | extractor |", "|---|---|---|---|"]
     # "<metric>_gt" is the ground-truth ceiling of <metric> when <metric> exists (mouth_err_gt); metrics
     # whose own name ends in _gt (psnr_gt: generated against ground truth) are rows of their own
@@ -404,6 +480,13 @@ def metrics_markdown(result: dict) -> str:
     for k in ordered:
         gt = result.get(f"{k}_gt")
         lines.append(f"| {k} | {_fmt(numeric[k])} | {_fmt(gt) if gt is not None else ''} | {ex.get(k, '')} |")
+    if result.get("long_blocks"):
+        keys = [k for k in BLOCK_KEYS if k in result["long_blocks"][0]]
+        lines += ["", "Per block, against the reference portrait (mean over identities; "
+                  "`long_*_delta` = last block - first):", "",
+                  "| block | seconds | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+        lines += [f"| {b['block']} | {_fmt(b['start_s'])}-{_fmt(b['end_s'])} | "
+                  + " | ".join(_fmt(b[k]) for k in keys) + " |" for b in result["long_blocks"]]
     if result.get("skipped"):
         lines += ["", "Skipped:", ""] + [f"- `{k}`: {v}" for k, v in sorted(result["skipped"].items())]
     return "\n".join(lines) + "\n"
@@ -415,5 +498,5 @@ def _fmt(v) -> str:
     return str(v)
 
 
-__all__ = ["EvalConfig", "Evaluators", "default_evaluators_dir", "evaluate_model", "load_evaluators",
-           "metrics_markdown"]
+__all__ = ["EvalConfig", "Evaluators", "contact_sheet", "default_evaluators_dir", "evaluate_model",
+           "load_evaluators", "metrics_markdown", "spread_frames", "write_contact_sheet"]

@@ -22,7 +22,7 @@ Sync-D is taken at the best offset, not at 0, so always report the offset too.
 
 `mfcc` reproduces ``python_speech_features.mfcc`` with its defaults in numpy (the official audio
 features). `score_official` runs the protocol with the official `SyncNetS` (224 px BGR 0..255 crops,
-MFCC of int16-scale samples); `score_lipsync` with lipstep's own `LipSyncNet`, which
+MFCC of int16 samples); `score_lipsync` with lipstep's own `LipSyncNet`, which
 `train_syncnet` trains on a prepared directory.
 """
 
@@ -103,9 +103,11 @@ def mfcc(wav: np.ndarray, sr: int = SAMPLE_RATE, *, int16_scale: bool = True) ->
     DCT-II keeping 13, sinusoidal lifter 22, and coefficient 0 replaced by the log of the frame's
     total power (zeros are replaced by float64 eps before each log).
 
-    Scale: the reference reads int16 PCM without rescaling, and c0 depends on the scale. With
-    `int16_scale` (default), floating-point input is taken as lipstep's [-1, 1] audio and multiplied
-    by 32768 first; integer input (e.g. int16 samples) is always used as is.
+    Scale: the reference reads the int16 PCM that ffmpeg writes (``pcm_s16le``) without rescaling,
+    and c0 depends on the scale. With `int16_scale` (default), floating-point input is taken as
+    lipstep's [-1, 1] audio and converted as ffmpeg converts it: multiplied by 32768, rounded to the
+    nearest integer (ties to even, as ``lrint``) and clipped to [-32768, 32767]. Integer input (e.g.
+    int16 samples) is always used as is.
     """
     x = np.asarray(wav)
     if x.ndim != 1:
@@ -113,7 +115,9 @@ def mfcc(wav: np.ndarray, sr: int = SAMPLE_RATE, *, int16_scale: bool = True) ->
     if sr < 1:
         raise ValueError(f"mfcc needs a positive sample rate, got {sr}")
     is_float = np.issubdtype(x.dtype, np.floating)
-    x = x.astype(np.float64) * (32768.0 if is_float and int16_scale else 1.0)
+    x = x.astype(np.float64)
+    if is_float and int16_scale:
+        x = np.clip(np.rint(x * 32768.0), -32768.0, 32767.0)             # whole int16 values, as pcm_s16le
     win, hop, n_fft = _round_half_up(0.025 * sr), _round_half_up(0.01 * sr), 512
     emphasised = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
     n = 1 if len(emphasised) <= win else 1 + math.ceil((len(emphasised) - win) / hop)
@@ -273,7 +277,7 @@ def score_official(model: SyncNetS, frames: np.ndarray, wav: np.ndarray, vshift:
     Frames are resized to 224 x 224 once (bilinear). The reference scores face tracks cropped as in
     metrics.md §1.3 (a square 2.8 face-half-sizes wide, shifted down); other crop geometries, such as
     lipstep's centred crops, are valid for comparisons between models but not with published numbers.
-    Float audio in [-1, 1] is rescaled to the int16 range for the MFCC (see `mfcc`).
+    Float audio in [-1, 1] is converted to int16 values for the MFCC as ffmpeg's pcm_s16le does (see `mfcc`).
     """
     lip_fn, aud_fn = official_embedders(model, device)
     return sync_scores(lip_fn, aud_fn, _resize_frames(frames, 224), wav, vshift, features=mfcc, batch=batch)

@@ -247,9 +247,12 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, 1, -1))
 
 
-def ssim_frames(x, y, *, data_range: float | None = None, win_size: int = 11, sigma: float = 1.5,
-                k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
-    """SSIM of each image of two stacks [N, H, W, C] (or one image [H, W] / [H, W, C] -> [1]); mean over channels."""
+def ssim_maps(x, y, *, data_range: float | None = None, win_size: int = 11, sigma: float = 1.5,
+              k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
+    """Local SSIM of two stacks [N, H, W, C] (or one image [H, W] / [H, W, C]): [N, C, H - k + 1, W - k + 1].
+
+    Entry (i, j) belongs to the window centred on pixel (i + k // 2, j + k // 2) ("valid" windows only).
+    """
     a, b, r = _pair(x, y, data_range, "ssim")
     if a.ndim == 2:
         a, b = a[None, ..., None], b[None, ..., None]
@@ -270,7 +273,14 @@ def ssim_frames(x, y, *, data_range: float | None = None, win_size: int = 11, si
     cov = _blur(ta * tb, g) - mu_a * mu_b
     c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
     smap = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return smap.reshape(n, c, -1).mean(dim=(1, 2)).numpy()
+    return smap.reshape(n, c, *smap.shape[-2:]).numpy()
+
+
+def ssim_frames(x, y, *, data_range: float | None = None, win_size: int = 11, sigma: float = 1.5,
+                k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
+    """SSIM of each image of two stacks [N, H, W, C] (or one image [H, W] / [H, W, C] -> [1]); mean over channels."""
+    maps = ssim_maps(x, y, data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2)
+    return maps.reshape(len(maps), -1).mean(axis=1)
 
 
 def ssim(x, y, *, data_range: float | None = None, win_size: int = 11, sigma: float = 1.5) -> float:
@@ -280,5 +290,5 @@ def ssim(x, y, *, data_range: float | None = None, win_size: int = 11, sigma: fl
 
 __all__ = [
     "DriftStats", "FlickerStats", "as_video", "drift", "farneback_flow", "flicker", "frame_differences", "psnr",
-    "psnr_frames", "ssim", "ssim_frames", "warping_error", "warping_errors",
+    "psnr_frames", "ssim", "ssim_frames", "ssim_maps", "warping_error", "warping_errors",
 ]

@@ -17,9 +17,9 @@ frozen) reads each frame's audio window; an embedding of its reading joins that 
 and its adaLN conditioning, so the denoiser renders a given mouth state instead of discovering it.
 
 Blocks (adaLN-Zero, Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"): the
-timestep embedding modulates (shift, scale, gate) every branch (with ``audio_adaln``, a video frame's
-modulation also carries an MLP of that frame's pooled audio tokens; the context keeps the time's); all gates start at zero, and the
-final projection is zero-initialised, so an untrained net outputs exactly 0. A block is
+timestep embedding modulates (shift, scale, gate) every branch (with ``mouth_state``, a video frame's
+modulation also carries its mouth-state embedding; the context keeps the time's); all gates start at
+zero, and the final projection is zero-initialised, so an untrained net outputs exactly 0. A block is
   self-attention  - "full": one joint attention over all T·N video + context tokens;
                     "factorized": spatial attention within each frame (video frames also see the
                     reference/motion context) then temporal attention across motion + video frames
@@ -41,6 +41,7 @@ Sizes come from one table, `PRESETS`; `param_count(cfg)` gives the exact count w
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -103,12 +104,6 @@ class DiTConfig:
     #   extra layer (ablation: time-embedding injection); "none" = the scales are not an input
     cfg_tokens: int = 4           # n_tokens of the guidance embedding the CFG layer attends to
     dropout: float = 0.0          # dropout probability in attention weights and MLP
-    audio_adaln: bool = False     # each video frame's adaLN conditioning = time embedding + an MLP of that
-    #   frame's pooled audio tokens (zero-initialised output, so switching it on leaves a net unchanged):
-    #   the audio then modulates every branch of every block, not only the audio cross-attention
-    audio_probe: int = 0          # outputs of a head reading the mouth state from the frame's pooled audio
-    #   tokens (`forward(..., probe=True)`); a training-time lip-sync signal for the audio pathway
-    #   (teacher loss.audio_mouth_weight); 0 = no head. The denoiser's output never depends on it
     channel_context: bool = False  # also give every video token the same-position patch of the last motion
     #   latent and of the reference latent (channel concatenation through a zero-initialised linear map, as
     #   image-to-video models condition on their first frame): a spatially aligned copy source, so the net
@@ -139,7 +134,6 @@ class DiTConfig:
         check(self.audio_std > 0, f"DiT audio_std must be > 0, got {self.audio_std}")
         check(self.mlp_ratio > 0 and 0.0 <= self.dropout < 1.0, "DiT mlp_ratio > 0 and 0 <= dropout < 1")
         check(self.cfg_tokens > 0 and self.n_visemes > 0, "DiT cfg_tokens/n_visemes must be > 0")
-        check(self.audio_probe >= 0, f"DiT audio_probe must be >= 0, got {self.audio_probe}")
         check(self.mouth_state >= 0 and self.mouth_head_width > 0,
               f"DiT mouth_state must be >= 0 and mouth_head_width > 0, got {self.mouth_state}, {self.mouth_head_width}")
         check(self.attention in ("full", "factorized"), f"DiT attention: bad value {self.attention!r}")
@@ -158,6 +152,26 @@ class DiTConfig:
     @property
     def mlp_hidden(self) -> int:
         return int(self.width * self.mlp_ratio)
+
+
+# Options removed on 2026-12-05 (they did not pay off; their results stay in experiments/teacher/README.md),
+# with the value that left the net as it is now. Denoiser configs saved before then still name them.
+REMOVED_OPTIONS: dict[str, object] = {"audio_adaln": False, "audio_probe": 0}
+
+
+def drop_removed_options(data: dict) -> dict:
+    """A saved DiTConfig dict without the `REMOVED_OPTIONS` keys (a copy).
+
+    A removed key at its neutral value (``audio_adaln: false``, ``audio_probe: 0``) is dropped silently;
+    any other value means the weights need the removed code, and raises ConfigError.
+    """
+    for key, neutral in REMOVED_OPTIONS.items():
+        if key in data and (data[key] != neutral or type(data[key]) is not type(neutral)):
+            value = json.dumps(data[key])
+            raise ConfigError(f"this denoiser was trained with the removed option {key}={value}; lipstep removed "
+                              f"it on 2026-12-05 (see experiments/teacher/README.md), so load this denoiser with "
+                              f"a lipstep commit from before that date")
+    return {k: v for k, v in data.items() if k not in REMOVED_OPTIONS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,8 +200,6 @@ def _embedding_n(cfg: DiTConfig) -> int:
     n += (cfg.motion_frames + cfg.frames) * w + 2 * w                 # pos_time, type_ref, type_motion
     n += _linear_n(TIME_FREQ_DIM, w) + _linear_n(w, w)                # time MLP
     n += _linear_n(cfg.audio_dim, w) + _linear_n(w, w) + 2 * cfg.audio_window * w  # audio MLP, pos, null
-    n += (_linear_n(w, w) + _linear_n(w, cfg.audio_probe)) if cfg.audio_probe else 0  # audio probe head
-    n += 2 * _linear_n(w, w) if cfg.audio_adaln else 0                # per-frame audio adaLN MLP
     n += _linear_n(2 * cfg.patch_dim, w) if cfg.channel_context else 0  # channel-wise context embedding
     if cfg.mouth_state:                                               # mouth-state head + its embedding
         hw = cfg.mouth_head_width
@@ -438,7 +450,7 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: Tensor, ctx: Tensor, audio: Tensor, c: Tensor, c_ctx: Tensor, emb: Tensor | None):
         """x [B, T, N, W] video, ctx [B, F, N, W] reference (+ motion), audio [B, T, K, W], c the video's
-        conditioning ([B, W], or [B, T, W] per frame with audio adaLN), c_ctx [B, W] the context's,
+        conditioning ([B, W], or [B, T, W] per frame with a mouth state), c_ctx [B, W] the context's,
         emb [B, n, W] guidance embedding or None -> (x, ctx)."""
         mx = self._triples(c)
         mc = list(mx) if c_ctx is c else self._triples(c_ctx)
@@ -577,10 +589,6 @@ class AvatarDiT(nn.Module):
         self.viseme = nn.Embedding(cfg.n_visemes, w) if cfg.use_visemes else None
         if self.viseme is not None:
             nn.init.normal_(self.viseme.weight, std=INIT_STD)
-        self.audio_probe = (nn.Sequential(_linear(w, w), nn.GELU(approximate="tanh"), _linear(w, cfg.audio_probe))
-                            if cfg.audio_probe else None)
-        self.audio_adaln = (nn.Sequential(_linear(w, w), nn.SiLU(), _linear(w, w, zero=True))
-                            if cfg.audio_adaln else None)
         self.context_embed = _linear(2 * cfg.patch_dim, w, zero=True) if cfg.channel_context else None
         self.mouth_head = self.mouth_embed = None
         if cfg.mouth_state:
@@ -592,15 +600,9 @@ class AvatarDiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Cond, probe: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """x_t [B, T, C, h, w], t [B] (model time, e.g. 1000·σ), cond -> raw output [B, T, C, h, w].
-
-        ``probe=True`` also returns the audio probe's reading [B, T, audio_probe] of each frame's audio
-        tokens (mean over the K window positions; rows whose audio is dropped read the null audio).
-        """
+    def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        """x_t [B, T, C, h, w], t [B] (model time, e.g. 1000·σ), cond -> raw output [B, T, C, h, w]."""
         self._check_inputs(x_t, cond)
-        if probe and self.audio_probe is None:
-            raise ConfigError("this AvatarDiT has no audio probe (DiTConfig.audio_probe = 0)")
         drop_audio, drop_ref = cond.masks()
         x = self.embed_video(x_t)                                          # [B, T, N, W]
         if self.context_embed is not None:
@@ -612,15 +614,10 @@ class AvatarDiT(nn.Module):
         emb = self.guidance_embedding(cond.cfg_scales, x_t.shape[0])       # [B, n, W], [B, W] or None
         if self.cfg.cfg_layer == "time":
             c, emb = c + emb, None
-        pooled = audio.mean(2)                                             # [B, T, W]
-        read = self.audio_probe(pooled) if probe else None                 # [B, T, P]
-        c_video = c if self.audio_adaln is None else c[:, None] + self.audio_adaln(pooled)  # [B, (T,) W]
-        if mouth is not None:
-            c_video = (c_video if c_video.dim() == 3 else c_video[:, None]) + mouth          # [B, T, W]
+        c_video = c if mouth is None else c[:, None] + mouth               # [B, W] or per frame [B, T, W]
         for block in self.blocks:
             x, ctx = self._run_block(block, x, ctx, audio, c_video, c, emb)
-        out = self.unpatchify(self.final(x, c_video))                      # [B, T, C, h, w]
-        return (out, read) if probe else out
+        return self.unpatchify(self.final(x, c_video))                     # [B, T, C, h, w]
 
     # --- tokens ------------------------------------------------------------------------------
 

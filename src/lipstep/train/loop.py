@@ -164,6 +164,15 @@ def warmup_lambda(warmup: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
+def adamw_cosine(params, lr: float, steps: int, weight_decay: float = 1e-4):
+    """(AdamW, a per-step scheduler decaying its lr along a cosine to 5 % over ``steps``) for small
+    regressors fitted outside this loop (the teacher's mouth-state head, `lipstep.train.mouth_head`)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    return opt, sched
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 

@@ -16,8 +16,8 @@ into two problems, as two-stage talking-head systems do (audio -> mouth paramete
 
 The head is part of the denoiser's weights, so generation, guidance (dropping the audio drops the
 state too) and distilled students need nothing else; at generation time it reads whatever speech
-drives the avatar. It needs mouth labels in the training data (the synthetic world); on real video
-without them leave ``mouth_state`` off. The fit is deterministic (``seed``) and took 17 s at two CPU
+drives the avatar. It needs mouth labels in the training data (the synthetic world); `train teacher`
+turns it on by default, so pass ``mouth_state=false`` for real video without them. The fit is deterministic (``seed``) and took 17 s at two CPU
 threads for the default world (``experiments/teacher``); on ``--resume`` the checkpoint restores the
 fitted head instead.
 """
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from lipstep.config import check, to_dict
 from lipstep.errors import DataError, LipstepError
 from lipstep.fsutil import write_json_atomic
-from lipstep.train.expert import adamw_cosine
+from lipstep.train.loop import adamw_cosine
 
 INFO = "mouth_head.json"
 
@@ -55,6 +55,22 @@ class MouthHeadConfig:
         check(-1 <= self.min_corr <= 1, "mouth_head.min_corr must be in [-1, 1]")
 
 
+def _no_mouth_labels(shard: Path) -> DataError:
+    return DataError(f"{shard}: no mouth labels. mouth_state (on by default in train teacher) needs data with a "
+                     "mouth track (the synthetic world); pass mouth_state=false to train on unlabelled (real) data")
+
+
+def check_mouth_labels(prepared: str | Path, split: str = "train") -> None:
+    """Raise the DataError of `split_windows` now if a clip of ``split`` has no mouth labels (a cheap check,
+    made before any latent is encoded)."""
+    from lipstep.data.dataset import open_shard, read_manifest
+
+    prepared = Path(prepared)
+    for row in (r for r in read_manifest(prepared) if r["split"] == split):
+        if "mouth" not in open_shard(prepared / row["shard"], keys=("mouth",)):
+            raise _no_mouth_labels(prepared / row["shard"])
+
+
 def split_windows(prepared: str | Path, split: str, encode=None) -> tuple[np.ndarray, np.ndarray]:
     """Every labelled frame's audio window [N, K, D] and mouth state [N, 3] of one split.
 
@@ -67,8 +83,7 @@ def split_windows(prepared: str | Path, split: str, encode=None) -> tuple[np.nda
     for row in (r for r in read_manifest(prepared) if r["split"] == split):
         shard = open_shard(prepared / row["shard"], keys=("mel", "mouth", "visemes"))
         if shard.get("mouth") is None:
-            raise DataError(f"{prepared / row['shard']}: no mouth labels; mouth_state needs data with a mouth "
-                            "track (the synthetic world); set mouth_state=false for other data")
+            raise _no_mouth_labels(prepared / row["shard"])
         x = np.asarray(encode(shard) if encode else shard["mel"], np.float32)
         y = np.asarray(shard["mouth"], np.float32)
         n = min(len(x), len(y))
@@ -126,6 +141,9 @@ def fit_mouth_head(net, prepared: str | Path, out: str | Path, cfg: MouthHeadCon
         sched.step()
         bar.set_postfix(l1=f"{loss.item():.4f}", refresh=False)
     bar.close()
+    # drop the last step's gradients: left on the frozen head, they would enter the denoiser loop's
+    # gradient-norm clipping (and differ between a run and its resume, which never fits the head)
+    opt.zero_grad(set_to_none=True)
     head.eval().requires_grad_(False)
     scores, held_split = {"train": _scores(net, x[::4], y[::4])}, "train"
     for split in ("val", "test"):
@@ -146,4 +164,4 @@ def fit_mouth_head(net, prepared: str | Path, out: str | Path, cfg: MouthHeadCon
     return scores
 
 
-__all__ = ["MouthHeadConfig", "fit_mouth_head", "split_windows"]
+__all__ = ["MouthHeadConfig", "check_mouth_labels", "fit_mouth_head", "split_windows"]

@@ -11,12 +11,17 @@ or flow velocity). Options, all per sample and all from the step's generator:
 - first-chunk training: with ``p_motion_ref`` the motion latents are replaced by the reference
   latent repeated, which is what generation feeds the first chunk (there is no previous chunk);
 - min-SNR-γ loss weighting (Hang et al. 2023) for faster convergence: weight min(SNR, γ)/SNR for
-  eps prediction, min(SNR, γ)/(SNR + 1) for v / flow velocity (the same weight on x0 error);
-  ``snr_floor`` keeps the x0 weight at least that high, max(min(SNR, γ), floor): min-SNR alone
-  all but ignores the high-noise end, where the mouth has to come from the audio;
+  eps prediction, min(SNR, γ)/(SNR + 1) for v / flow velocity, min(SNR, γ) for x0 prediction (the
+  same weight on x0 error in every case);
 - ``motion_noise``: Gaussian noise of a random level (up to ``motion_noise``) on each sample's motion
   latents, so the net learns not to copy the previous chunk's flaws (generated motion frames drift in
   colour and identity when the net trusts them as if they were real frames);
+- ``residual`` (a model option): the denoiser works on offsets from the reference latent,
+  ``(z - z_ref) · residual`` (`ModelInfo.residual`; the dataset makes the windows and motion latents
+  offsets, the pipeline adds the reference back). The static face, hair, clothes and background then
+  cost nothing to reproduce and cannot drift in colour, and the net's capacity goes to what changes:
+  the mouth, blinks and head motion. The scale (4) brings the offsets (std ≈ 0.07 on the synthetic
+  world's pixels) to the spread of the absolute latents, so the noise schedule keeps its meaning;
 - ``motion_weight``: a per-position weight 1 + w·d/mean(d), with d the temporal standard deviation of
   x0 over the window: positions that move (the mouth above all; also blinks and head motion) count
   more. Talking heads are mostly static, and the mouth is a few latent pixels, so an unweighted loss
@@ -26,13 +31,14 @@ or flow velocity). Options, all per sample and all from the step's generator:
   training split (`audio_stats`, stored in the net's config as ``audio_mean`` / ``audio_std``, so
   students and the pipeline inherit it). Raw log-mel sits near -9 ± 3, which would push the audio
   MLP's first layer far from the unit-variance inputs its initialisation assumes;
-- ``mouth_state`` (a net option, not a loss): before the denoiser trains, its audio -> mouth-state head
-  is fitted on the labelled training frames and frozen (`lipstep.train.mouth_head`); its reading of
-  each frame then conditions the denoiser, which only has to render it;
-- ``mouth_weight``: a lip-sync loss from a frozen latent mouth-state expert (`lipstep.train.expert`)
-  on the predicted clean latents, for samples whose audio was kept: ``mouth_weight`` times the
-  mean squared error of the expert's reading against the window's mouth labels. It needs data with
-  mouth labels (the synthetic world); 0 turns it off.
+- ``mouth_state`` (a net option, not a loss; on by default): before the denoiser trains, its audio ->
+  mouth-state head is fitted on the labelled training frames and frozen (`lipstep.train.mouth_head`);
+  its reading of each frame then conditions the denoiser, which only has to render it. It needs data
+  with mouth labels (the synthetic world); pass ``mouth_state=false`` for unlabelled (real) video.
+
+Options tried and removed on 2026-12-05 because they did not pay off (a latent mouth-expert loss, an
+audio probe head, per-frame audio adaLN, a min-SNR floor) are documented, with their measured results,
+in ``experiments/teacher/README.md``.
 
 `train_teacher` runs the whole thing: encode the prepared clips with the codec (cached, resumable),
 build the net from a preset, train with `lipstep.train.loop.train` (checkpoints, exact resume, EMA),
@@ -60,9 +66,8 @@ from lipstep.diffusion.guidance import condition_dropout
 from lipstep.diffusion.schedules import Schedule, append_dims
 from lipstep.errors import DataError, LipstepError
 from lipstep.pipeline import ModelInfo, SamplerInfo
-from lipstep.train.expert import MouthExpertConfig
 from lipstep.train.loop import TrainConfig
-from lipstep.train.mouth_head import MouthHeadConfig
+from lipstep.train.mouth_head import MouthHeadConfig, check_mouth_labels, fit_mouth_head
 
 
 @dataclass
@@ -71,27 +76,18 @@ class TeacherLossConfig:
     p_drop_both: float = 0.1         # P(audio and reference dropped)
     p_motion_ref: float = 0.2        # P(motion latents replaced by the reference: first-chunk training)
     min_snr_gamma: float = 5.0       # min-SNR-γ weighting; 0 = plain MSE
-    snr_floor: float = 0.0           # with min-SNR-γ: the x0-error weight is at least this (min-SNR alone gives
-    #   high noise almost none, and that is where the mouth must come from the audio); 0 = plain min-SNR-γ
     motion_weight: float = 2.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
     motion_noise: float = 0.1        # Gaussian noise of std ~ U(0, motion_noise) per sample on the motion latents:
     #   generated motion frames are imperfect, and a net trained on clean ones copies (and compounds) their
     #   errors chunk after chunk; 0 = off
-    mouth_weight: float = 0.0        # lip-sync loss from the frozen latent mouth expert; 0 = off (needs mouth labels)
-    audio_mouth_weight: float = 0.0  # the denoiser's audio tokens must predict the mouth state (an audio probe
-    #   head, DiTConfig.audio_probe, trained with the denoiser); 0 = off (needs mouth labels)
 
     def validate(self) -> None:
         check(0 <= self.p_drop_audio and 0 <= self.p_drop_both and self.p_drop_audio + self.p_drop_both <= 1,
               "loss.p_drop_audio and p_drop_both must be >= 0 with a sum <= 1")
         check(0 <= self.p_motion_ref <= 1, "loss.p_motion_ref must be in [0, 1]")
-        check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.mouth_weight >= 0
-              and self.audio_mouth_weight >= 0 and self.snr_floor >= 0 and self.motion_noise >= 0,
-              "loss.min_snr_gamma, snr_floor, motion_weight, mouth_weight, audio_mouth_weight and motion_noise "
-              "must be >= 0")
-        check(self.snr_floor == 0 or 0 < self.snr_floor <= self.min_snr_gamma,
-              "loss.snr_floor needs min-SNR-γ weighting and must not exceed it (0 < snr_floor <= min_snr_gamma)")
+        check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.motion_noise >= 0,
+              "loss.min_snr_gamma, motion_weight and motion_noise must be >= 0")
         check(0 <= self.t_min < 1, "loss.t_min must be in [0, 1)")
 
 
@@ -104,17 +100,20 @@ class TeacherConfig:
     patch: int = 0                   # latent patch side; 0 = smallest giving <= 64 tokens per frame
     audio_norm: bool = True          # standardise the log-mel input with the training split's mean / std
     grad_checkpointing: bool = False
-    audio_adaln: bool = False        # each frame's adaLN also carries its pooled audio (DiTConfig.audio_adaln)
     channel_context: bool = True     # video tokens also see the aligned last-motion + reference patches
     #   (DiTConfig.channel_context): copying the face is free, the capacity goes to the mouth
+    residual: float = 4.0            # > 0: diffuse offsets from the reference latent, (z - z_ref) · residual, so
+    #   identity and colours come from the reference itself (ModelInfo.residual); 0 = diffuse the latents
     mouth_state: bool = True         # an audio -> mouth-state head, fitted first and frozen, conditions every frame
-    #   (DiTConfig.mouth_state, lipstep.train.mouth_head); needs mouth labels (the synthetic world)
-    schedule: Literal["vp_eps", "vp_v", "flow"] = "vp_v"  # v: robust x0 at high noise for small, short runs
+    #   (DiTConfig.mouth_state, lipstep.train.mouth_head); needs mouth labels (the synthetic world):
+    #   pass mouth_state=false for unlabelled (real) data
+    schedule: Literal["vp_eps", "vp_v", "vp_x0", "flow"] = "vp_x0"  # x0: the net outputs the clean (offset)
+    #   sample, not full-rank noise; with 192-value pixel patches on a 192-wide net, eps / v prediction
+    #   leaves uncorrected noise (experiments/teacher/README.md, teacher v6)
     flow_shift: float = 1.0
     window: WindowConfig = field(default_factory=WindowConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)  # mel: the shards' own log-mel windows
     loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
-    expert: MouthExpertConfig = field(default_factory=MouthExpertConfig)  # fitted only when loss.mouth_weight > 0
     mouth_head: MouthHeadConfig = field(default_factory=MouthHeadConfig)  # fitted only when mouth_state is on
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=2700, batch_size=8, lr=4e-4, ema_decay=0.995, checkpoint_every=250, validate_every=500, log_every=20))
@@ -125,6 +124,7 @@ class TeacherConfig:
 
     def validate(self) -> None:
         check(self.patch >= 0, "patch must be >= 0")
+        check(self.residual >= 0, "residual must be >= 0 (0 = off)")
         check(self.audio.kind in ("mel", "viseme"),
               "train teacher supports audio.kind mel (from the shards) or viseme (from labels)")
         check(self.val_clips >= 0 and self.val_steps >= 1 and self.val_seconds > 0,
@@ -141,16 +141,17 @@ def sample_times(n: int, generator: torch.Generator, t_min: float, device) -> Te
     return t_min + (1.0 - t_min) * (1.0 - u)
 
 
-def snr_weight(schedule: Schedule, t: Tensor, gamma: float, floor: float = 0.0) -> Tensor:
+def snr_weight(schedule: Schedule, t: Tensor, gamma: float) -> Tensor:
     """min-SNR-γ weight per sample for the schedule's native target (1 when gamma is 0).
 
-    In x0 terms min-SNR-γ weights the x0 error by min(SNR, γ); ``floor`` raises that to
-    max(min(SNR, γ), floor), so the high-noise end (SNR -> 0) keeps an x0 weight of ``floor``.
+    In x0 terms min-SNR-γ weights the x0 error by min(SNR, γ).
     """
     if gamma <= 0:
         return torch.ones_like(t)
     snr = schedule.snr(t).float().clamp(max=1e8)
-    clipped = snr.clamp(max=gamma).clamp(min=floor)
+    clipped = snr.clamp(max=gamma)
+    if schedule.prediction == "x0":
+        return clipped
     return clipped / snr if schedule.prediction == "eps" else clipped / (snr + 1.0)
 
 
@@ -171,12 +172,13 @@ def noisy_motion(motion: Tensor, generator: torch.Generator, max_std: float) -> 
 
 
 def batch_cond(batch: dict, generator: torch.Generator | None = None, p_motion_ref: float = 0.0, *,
-               use_visemes: bool = False) -> Cond:
+               use_visemes: bool = False, residual: bool = False) -> Cond:
     """The Cond of a latent batch (teacher and students alike).
 
     With a generator and ``p_motion_ref > 0``, each sample's motion latents are replaced by its
     reference latent repeated with that probability: first-chunk training, since generation feeds
-    the first chunk the reference as motion (there is no previous chunk).
+    the first chunk the reference as motion (there is no previous chunk). For a ``residual`` model
+    (motion latents are offsets from the reference) the reference's own offset is zero.
     """
     ref, motion = batch["reference_latent"], batch.get("motion_latents")
     if motion is not None and motion.shape[1] == 0:
@@ -184,7 +186,8 @@ def batch_cond(batch: dict, generator: torch.Generator | None = None, p_motion_r
     if motion is not None and generator is not None and p_motion_ref > 0:
         u = torch.rand(len(ref), generator=generator, device=generator.device).to(ref.device)
         use_ref = append_dims(u < p_motion_ref, motion.ndim)
-        motion = torch.where(use_ref, ref[:, None].expand_as(motion), motion)
+        first = torch.zeros_like(ref) if residual else ref
+        motion = torch.where(use_ref, first[:, None].expand_as(motion), motion)
     return Cond(reference=ref, audio=batch["audio"], motion=motion,
                 visemes=batch.get("visemes") if use_visemes else None)
 
@@ -195,16 +198,12 @@ class TeacherMethod:
     roles = ("denoiser",)
 
     def __init__(self, net, schedule: Schedule, cfg: TeacherLossConfig | None = None, *, use_visemes: bool = False,
-                 expert=None):
+                 residual: bool = False):
         self.net, self.schedule = net, schedule
         self.cfg = cfg or TeacherLossConfig()
         self.cfg.validate()
         self.use_visemes = use_visemes
-        if self.cfg.mouth_weight > 0 and expert is None:
-            raise LipstepError("loss.mouth_weight > 0 needs a mouth expert (lipstep.train.expert.train_mouth_expert)")
-        self.expert = expert if self.cfg.mouth_weight > 0 else None
-        if self.cfg.audio_mouth_weight > 0 and not getattr(getattr(net, "cfg", None), "audio_probe", 0):
-            raise LipstepError("loss.audio_mouth_weight > 0 needs a denoiser with an audio probe (DiTConfig.audio_probe)")
+        self.residual = residual  # batches hold offsets from the reference (TeacherConfig.residual)
 
     def trainable(self):
         return {"denoiser": self.net}
@@ -218,7 +217,7 @@ class TeacherMethod:
     def cond_from_batch(self, batch: dict, generator: torch.Generator | None = None) -> Cond:
         """The Cond of a latent batch; with a generator, first-chunk motion replacement (and the motion
         noise of ``motion_noise``) is drawn too."""
-        cond = batch_cond(batch, generator, self.cfg.p_motion_ref, use_visemes=self.use_visemes)
+        cond = batch_cond(batch, generator, self.cfg.p_motion_ref, use_visemes=self.use_visemes, residual=self.residual)
         if generator is not None and self.cfg.motion_noise > 0 and cond.motion is not None:
             cond = dataclasses.replace(cond, motion=noisy_motion(cond.motion, generator, self.cfg.motion_noise))
         return cond
@@ -231,47 +230,13 @@ class TeacherMethod:
         x_t = self.schedule.add_noise(x0, eps, t)
         cond = self.cond_from_batch(batch, generator)
         cond = condition_dropout(cond, generator, self.cfg.p_drop_audio, self.cfg.p_drop_both)
-        probe = self.cfg.audio_mouth_weight > 0
-        out = self.net(x_t, self.schedule.model_time(t), cond, probe=probe)
-        pred, read = out if probe else (out, None)
-        pred = pred.float()
+        pred = self.net(x_t, self.schedule.model_time(t), cond).float()
         target = self.schedule.target(x0, eps, t).float()
         err = (pred - target).square() * motion_weights(x0, self.cfg.motion_weight)
         per_sample = err.flatten(1).mean(1)
-        w = snr_weight(self.schedule, t, self.cfg.min_snr_gamma, self.cfg.snr_floor)
+        w = snr_weight(self.schedule, t, self.cfg.min_snr_gamma)
         loss = (w * per_sample).mean()
-        logs = {"mse": float(per_sample.detach().mean())}
-        if self.expert is not None:
-            mouth = self.mouth_loss(pred, x_t, t, cond, batch)
-            loss = loss + self.cfg.mouth_weight * mouth
-            logs["mouth"] = float(mouth.detach())
-        if probe:
-            audio_mouth = self.audio_mouth_loss(read, cond, batch)
-            loss = loss + self.cfg.audio_mouth_weight * audio_mouth
-            logs["audio_mouth"] = float(audio_mouth.detach())
-        return loss, logs
-
-    def audio_mouth_loss(self, read: Tensor, cond: Cond, batch: dict) -> Tensor:
-        """Mean squared error of the audio probe's mouth reading [B, T, P], over samples with audio kept."""
-        return _kept_audio_mouth_mse(read, cond, batch, "loss.audio_mouth_weight")
-
-    def mouth_loss(self, pred: Tensor, x_t: Tensor, t: Tensor, cond: Cond, batch: dict) -> Tensor:
-        """Mean squared error of the expert's mouth reading of x0_hat, over samples with audio kept."""
-        self.expert.to(pred.device)
-        x0_hat = self.schedule.to_x0(pred, x_t.float(), t)                          # [B, T, C, h, w]
-        b, n = x0_hat.shape[:2]
-        read = self.expert(x0_hat.flatten(0, 1).float()).view(b, n, -1)            # [B, T, 3]
-        return _kept_audio_mouth_mse(read, cond, batch, "loss.mouth_weight")
-
-
-def _kept_audio_mouth_mse(read: Tensor, cond: Cond, batch: dict, option: str) -> Tensor:
-    """MSE of a mouth reading [B, T, P] against the labels [B, T, 3], averaged over samples with audio kept."""
-    if "mouth" not in batch:
-        raise DataError(f"{option} > 0 needs mouth labels in the training windows (synthetic world data)")
-    mouth = batch["mouth"].float()
-    err = (read.float()[..., :mouth.shape[-1]] - mouth).square().flatten(1).mean(1)  # [B]
-    keep = (~cond.masks()[0]).float()
-    return (err * keep).sum() / keep.sum().clamp_min(1.0)
+        return loss, {"mse": float(per_sample.detach().mean())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,9 +285,7 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
                            motion_frames=cfg.window.motion_frames, audio_dim=audio_dim, audio_window=audio_window,
                            audio_mean=round(audio_norm[0], 4), audio_std=round(audio_norm[1], 4),
                            attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing,
-                           audio_adaln=cfg.audio_adaln, channel_context=cfg.channel_context,
-                           audio_probe=3 if cfg.loss.audio_mouth_weight > 0 else 0,
-                           mouth_state=3 if cfg.mouth_state else 0)
+                           channel_context=cfg.channel_context, mouth_state=3 if cfg.mouth_state else 0)
     return AvatarDiT(dit)
 
 
@@ -371,6 +334,9 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
     if not resume and latest_checkpoint(out) is not None:
         raise LipstepError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     started = time.perf_counter()
+    fit_head = cfg.mouth_state and (not resume or latest_checkpoint(out) is None)  # a resumed run restores it
+    if fit_head:
+        check_mouth_labels(prepared)  # before minutes of latent encoding
     codec = load_codec(codec_dir)
     size = _check_shapes(codec, prepared)
     codec.cfg.image_size = size
@@ -378,32 +344,25 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
     audio = build_audio_encoder(cfg.audio)
     if cfg.audio.kind == "mel" and (audio.window, audio.feature_dim) != (16, 80):
         raise LipstepError("train teacher uses the shards' log-mel windows: audio.window must be 16 and n_mels 80")
-    dataset = WindowDataset(prepared, "train", cfg.window, latents=cache, pixels=False)
+    dataset = WindowDataset(prepared, "train", cfg.window, latents=cache, pixels=False, residual=cfg.residual)
     if cfg.audio.kind == "viseme":
         dataset = _VisemeAudio(dataset, audio)
     norm = audio_stats(prepared) if cfg.audio_norm and cfg.audio.kind == "mel" else (0.0, 1.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         net = build_teacher_net(cfg, codec, audio.feature_dim, audio.window, norm)
-    if cfg.mouth_state and (not resume or latest_checkpoint(out) is None):  # a resumed run restores the fitted head
-        from lipstep.train.mouth_head import fit_mouth_head
-
+    if fit_head:
         encode = (lambda shard: audio.encode(shard["visemes"], len(shard["visemes"]))) \
             if cfg.audio.kind == "viseme" else None
         fit_mouth_head(net, prepared, out, cfg.mouth_head, encode=encode, progress=progress)
     schedule = ModelInfo(schedule=cfg.schedule, flow_shift=cfg.flow_shift).make_schedule()
-    expert = None
-    if cfg.loss.mouth_weight > 0:
-        from lipstep.train.expert import train_mouth_expert
-
-        expert = train_mouth_expert(prepared, cache, out / "mouth_expert", cfg.expert, progress=progress)
-    method = TeacherMethod(net, schedule, cfg.loss, expert=expert)
+    method = TeacherMethod(net, schedule, cfg.loss, residual=cfg.residual > 0)
     print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
           f"{net.cfg.tokens_per_frame} tokens/frame, {cfg.attention} attention), schedule {cfg.schedule}, "
           f"{len(dataset)} training windows", flush=True)
     info = ModelInfo(kind="teacher", recipe="teacher", schedule=cfg.schedule, flow_shift=cfg.flow_shift,
                      sampler=cfg.sampler, frames=cfg.window.frames, motion_frames=cfg.window.motion_frames,
-                     image_size=size)
+                     image_size=size, residual=cfg.residual)
     validate = _validator(prepared, cache, codec, audio, info, cfg, out)
     state = train(method, dataset, cfg.train, out, resume=resume, run_config=cfg,
                   validate=validate if cfg.val_clips else None, progress=progress)
