@@ -446,6 +446,7 @@ def eval_cmd(
 ):
     """Generate a split with a model and compute every metric whose weights are available."""
     from lipstep.config import set_key
+    from lipstep.eval.longrun import evaluate_long
     from lipstep.eval.runner import EvalConfig, evaluate_model, load_evaluators
 
     cfg = EvalConfig()
@@ -457,7 +458,7 @@ def eval_cmd(
     cfg.validate()
     ev = load_evaluators(evaluators, weights_dir=weights_dir, syncnet=syncnet, inception=inception, i3d=i3d,
                          arcface=arcface, dlib=dlib, device=device)
-    result = evaluate_model(model, data, out, cfg, ev, device=device)
+    result = (evaluate_long if cfg.long else evaluate_model)(model, data, out, cfg, ev, device=device)
     typer.echo((out / "metrics.md").read_text(encoding="utf-8"))
     what = (f"{result['identities']} identities x {result['long_seconds']:g} s" if cfg.long
             else f"{result['clips']} clips")

@@ -28,6 +28,7 @@ from lipstep.pipeline import AvatarPipeline, read_info
 from lipstep.samplers.perflow import window_end_estimate
 from lipstep.train.loop import TrainConfig
 from lipstep.train.teacher import TeacherConfig, train_teacher
+from lipstep.train.mouth_head import MouthHeadConfig
 from tests.mediafixtures import make_tiny_avatar_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,7 +38,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def world(tmp_path_factory):
     """A tiny world and a tiny teacher trained for a few steps (mechanics, not quality)."""
     root = make_tiny_avatar_data(tmp_path_factory.mktemp("perflow_world"))
-    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0)
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0,
+                        mouth_head=MouthHeadConfig(steps=30, batch_size=32, min_corr=-1))  # mechanics, not fit
     cfg.train = TrainConfig(steps=3, batch_size=2, checkpoint_every=3)
     cfg.sampler.steps = 3
     train_teacher(root / "prepared", root / "codec", root / "teacher", cfg, progress=False)

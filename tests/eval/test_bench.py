@@ -15,6 +15,7 @@ from lipstep.data.media import write_audio, write_image
 from lipstep.eval.bench import COMPONENTS, PeakMemory, run_bench
 from lipstep.train.loop import TrainConfig
 from lipstep.train.teacher import TeacherConfig, train_teacher
+from lipstep.train.mouth_head import MouthHeadConfig
 from tests.mediafixtures import SR, astronaut_clip, make_tiny_avatar_data, speech_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +30,8 @@ AUDIO_S = 0.6
 def model(tmp_path_factory) -> Path:
     """A tiny teacher (3 steps x 3 CFG passes, 4-frame chunks) trained for 2 steps: mechanics, not quality."""
     root = make_tiny_avatar_data(tmp_path_factory.mktemp("bench_model"))
-    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0)
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0,
+                        mouth_head=MouthHeadConfig(steps=30, batch_size=32, min_corr=-1))  # mechanics, not fit
     cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=2)
     cfg.sampler.steps = 3
     return train_teacher(root / "prepared", root / "codec", root / "run", cfg, progress=False)

@@ -9,18 +9,21 @@ import sys
 
 import numpy as np
 import pytest
+from tests.mediafixtures import make_tiny_avatar_data
 
+from lipstep.data.dataset import WindowConfig
+from lipstep.data.media import read_image
+from lipstep.errors import LipstepError
 from lipstep.eval.fidelity import FeatureNetConfig, FeatureTrainConfig, train_feature_net
 from lipstep.eval.identity import IdentityNetConfig, IdentityTrainConfig, train_identity
+from lipstep.eval.longrun import evaluate_long
 from lipstep.eval.mouthreader import MouthReaderConfig, MouthTrainConfig, train_mouth_reader
 from lipstep.eval.runner import EvalConfig, evaluate_model, load_evaluators, metrics_markdown
 from lipstep.eval.sync import SyncTrainConfig, train_syncnet
 from lipstep.nets.syncnet import LipSyncConfig
 from lipstep.train.loop import TrainConfig
+from lipstep.train.mouth_head import MouthHeadConfig
 from lipstep.train.teacher import TeacherConfig, train_teacher
-from lipstep.data.dataset import WindowConfig
-from lipstep.data.media import read_image
-from tests.mediafixtures import make_tiny_avatar_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +37,8 @@ def setup(tmp_path_factory) -> dict:
     """Tiny data, a tiny teacher (2 training steps) and tiny evaluators of every kind (mechanics, not quality)."""
     root = make_tiny_avatar_data(tmp_path_factory.mktemp("evalrun"))
     prepared = root / "prepared"
-    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0)
+    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0,
+                        mouth_head=MouthHeadConfig(steps=30, batch_size=32, min_corr=-1))  # mechanics, not fit
     cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=2)
     cfg.sampler.steps = 2
     model = train_teacher(prepared, root / "codec", root / "run", cfg, progress=False)
@@ -219,8 +223,10 @@ def test_long_run_drives_each_identity_through_the_chunked_pipeline(setup, tmp_p
     monkeypatch.setattr(AvatarPipeline, "__call__", spy)
     out = tmp_path / "long"
     cfg = EvalConfig(split="train", long=1.6, long_block=1.0, long_identities=2, save_videos=1)
-    res = evaluate_model(setup["model"], setup["prepared"], out, cfg, load_evaluators(setup["evaluators"]),
-                         progress=False)
+    res = evaluate_long(setup["model"], setup["prepared"], out, cfg, load_evaluators(setup["evaluators"]),
+                        progress=False)
+    with pytest.raises(LipstepError, match="evaluate_long"):
+        evaluate_model(setup["model"], setup["prepared"], tmp_path / "x", cfg, load_evaluators(setup["evaluators"]))
     rows = read_manifest(setup["prepared"])
     first = open_shard(setup["prepared"] / rows[0]["shard"], ("frames", "audio"))
     # 1.6 s rounds up to two 1-s blocks: 50 frames driven by the 1.2-s clip's speech, then its start again

@@ -6,12 +6,12 @@ that space, and what the pipeline returns must be latents again.
 
 import pytest
 import torch
+from tests.mediafixtures import make_encoded_tiny_world
 from torch import nn
 
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.pipeline import AvatarPipeline, ModelInfo, SamplerInfo
 from lipstep.train.teacher import TeacherConfig, batch_cond
-from tests.mediafixtures import make_encoded_tiny_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

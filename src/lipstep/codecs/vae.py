@@ -234,7 +234,11 @@ class TinyCodec(Codec):
 class _Namespace(dict):
     """A dict readable as attributes (``config.latent_channels``), like a diffusers config."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 class _SpaceToDepth(nn.Module):

@@ -40,9 +40,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
@@ -174,6 +174,9 @@ def build_student(teacher, cfg: PerflowConfig):
     return student
 
 
+X0_EPS_GAMMA = 5.0  # γ of the eps-error weight for x0-predicting nets (`PerflowMethod._student_eps_err`)
+
+
 class PerflowMethod:
     """The FADA objective (module docstring) for `lipstep.train.loop.train`: one role, the student."""
 
@@ -196,7 +199,13 @@ class PerflowMethod:
 
     def _student_eps_err(self, pred: Tensor, z: Tensor, t: Tensor, target: Tensor) -> Tensor:
         out = self.schedule.to_eps(pred, z, t) if self.cfg.target == "ddim_eps" else pred.float()
-        return (out.float() - target.float()).square()
+        err = (out.float() - target.float()).square()
+        if self.schedule.prediction == "x0" and self.cfg.target == "ddim_eps":
+            # eps = (z - a·x0) / s multiplies an x0 error by a / s: near t = 0 one sample would dominate
+            # the batch. min-SNR-γ in eps units, min(SNR, γ) / SNR, caps that (the teacher's own weighting).
+            snr = self.schedule.snr(t).float().clamp(max=1e8)
+            err = err * append_dims(snr.clamp(max=X0_EPS_GAMMA) / snr, err.ndim)
+        return err
 
     def loss(self, batch: dict, step: int, generator: torch.Generator):
         cfg, schedule = self.cfg, self.schedule

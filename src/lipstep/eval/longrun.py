@@ -30,12 +30,19 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
 from lipstep.config import to_dict
 from lipstep.errors import DataError, LipstepError
+from lipstep.eval.runner import (
+    _clip_data,  # noqa: PLC2701 - the per-clip reader of the same package
+    load_evaluators,
+    metrics_markdown,
+    split_rows,
+    spread_frames,
+    write_contact_sheet,
+)
 
 SHEET_FRAMES = 10   # long run contact sheet: frames per identity after the reference
 
@@ -92,16 +99,8 @@ def evaluate_long(model: str | os.PathLike, prepared: str | os.PathLike, out: st
     """
     from tqdm.auto import tqdm
 
-    from lipstep.data.dataset import read_manifest
     from lipstep.data.media import write_video
     from lipstep.eval.fidelity import MOUTH_BOX
-    from lipstep.eval.runner import (
-        _clip_data,
-        load_evaluators,
-        metrics_markdown,
-        spread_frames,
-        write_contact_sheet,
-    )
     from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
     from lipstep.pipeline import AvatarPipeline
 
@@ -109,12 +108,7 @@ def evaluate_long(model: str | os.PathLike, prepared: str | os.PathLike, out: st
     if not cfg.long:
         raise LipstepError("evaluate_long needs cfg.long > 0 (seconds per identity)")
     started = time.perf_counter()
-    root, out = Path(prepared), Path(out)
-    if out.exists() and not out.is_dir():
-        raise LipstepError(f"{out} exists and is not a directory")
-    rows = [r for r in read_manifest(root) if r.get("split") == cfg.split and int(r.get("frames", 0)) > 0]
-    if not rows:
-        raise DataError(f"{root}: no clips in split '{cfg.split}'")
+    root, out, rows = split_rows(prepared, out, cfg.split)
     people = identity_clips(rows, cfg.long_identities)
     ev = evaluators if evaluators is not None else load_evaluators(device=device or "cpu")
     embedder = ev.identity[0] if ev.identity else None

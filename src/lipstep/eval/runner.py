@@ -287,6 +287,19 @@ def _side_by_side(path: Path, gt: np.ndarray, gen: np.ndarray, wav: np.ndarray, 
     write_video(path, np.concatenate([gt, gen], axis=2), fps, audio=wav, sample_rate=sr)
 
 
+def split_rows(prepared: str | os.PathLike, out: str | os.PathLike, split: str) -> tuple[Path, Path, list[dict]]:
+    """(prepared dir, output dir, manifest rows of `split` that have frames); one-line errors otherwise."""
+    from lipstep.data.dataset import read_manifest
+
+    root, out = Path(prepared), Path(out)
+    if out.exists() and not out.is_dir():
+        raise LipstepError(f"{out} exists and is not a directory")
+    rows = [r for r in read_manifest(root) if r.get("split") == split and int(r.get("frames", 0)) > 0]
+    if not rows:
+        raise DataError(f"{root}: no clips in split '{split}'")
+    return root, out, rows
+
+
 def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: str | os.PathLike,
                    cfg: EvalConfig | None = None, evaluators: Evaluators | None = None, *,
                    device: str | None = None, progress: bool = True) -> dict:
@@ -297,7 +310,6 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     """
     from tqdm.auto import tqdm
 
-    from lipstep.data.dataset import read_manifest
     from lipstep.eval.fidelity import (
         MOUTH_BOX,
         clips_from_video,
@@ -316,16 +328,9 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     cfg = cfg or EvalConfig()
     cfg.validate()
     if cfg.long:
-        from lipstep.eval.longrun import evaluate_long
-
-        return evaluate_long(model, prepared, out, cfg, evaluators, device=device, progress=progress)
+        raise LipstepError("cfg.long > 0 is the long-run mode: call lipstep.eval.longrun.evaluate_long")
     started = time.perf_counter()
-    root, out = Path(prepared), Path(out)
-    if out.exists() and not out.is_dir():
-        raise LipstepError(f"{out} exists and is not a directory")
-    rows = [r for r in read_manifest(root) if r.get("split") == cfg.split and int(r.get("frames", 0)) > 0]
-    if not rows:
-        raise DataError(f"{root}: no clips in split '{cfg.split}'")
+    root, out, rows = split_rows(prepared, out, cfg.split)
     rows = rows[:cfg.max_clips] if cfg.max_clips else rows
     ev = evaluators if evaluators is not None else load_evaluators(device=device or "cpu")
     pipe = AvatarPipeline.from_pretrained(model, device=device or "cpu")
