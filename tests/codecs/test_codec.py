@@ -366,3 +366,13 @@ def test_cli_train_codec_pixel(tmp_path, capsys):
         main(["train", "codec", "--help"])
     assert info.value.code == 0
     assert "codec.kind=pixel" in capsys.readouterr().out
+
+
+def test_pixel_codec_survives_deepcopy_and_half_export(tmp_path):
+    """`lipstep export --half` deep-copies the codec; its diffusers-like config must allow that."""
+    import copy
+
+    codec = build_codec(CodecConfig(kind="pixel"))
+    clone = copy.deepcopy(codec)
+    assert clone.latent_channels == 12 and clone.identity() == codec.identity()
+    assert not hasattr(codec.vae.config, "missing_key")
