@@ -88,6 +88,8 @@ class ModelInfo:
     image_size: int = 64            # face crop side in pixels
     residual: float = 0.0           # > 0: the denoiser works on offsets from the reference latent, (z - z_ref) · residual
     #   (identity and colours then come from the reference itself; what is generated is what changes); 0 = on z
+    anchor_every: int = 0           # > 0: every k-th chunk is re-anchored (its motion context is the reference again,
+    #   as for the first chunk), so errors of chained chunks cannot accumulate over long runs; 0 = always chain
     fps: float = 25.0
     sample_rate: int = 16000
     format: int = FORMAT
@@ -102,6 +104,7 @@ class ModelInfo:
         check(self.frames >= 1 and self.motion_frames >= 0, "frames >= 1 and motion_frames >= 0 required")
         check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
         check(self.residual >= 0, f"residual must be >= 0, got {self.residual}")
+        check(self.anchor_every >= 0, f"anchor_every must be >= 0, got {self.anchor_every}")
         check(self.format <= FORMAT, f"model format {self.format} is newer than this lipstep ({FORMAT}); upgrade lipstep")
         self.sampler.validate()
 
@@ -421,7 +424,8 @@ class AvatarPipeline:
         N') is how many latents are returned. ``on_chunk(k, latents [frames, C, h, w])`` is called as soon as
         chunk k is sampled (streaming consumers, `lipstep bench`'s first-chunk latency). A residual model
         (``info.residual > 0``) samples offsets from the reference and chains them as motion context; what is
-        returned (and given to ``on_chunk``) is always latents.
+        returned (and given to ``on_chunk``) is always latents. With ``info.anchor_every = k > 0`` every k-th chunk
+        sees the reference as motion context again instead of the previous chunk.
         """
         from tqdm.auto import tqdm
 
@@ -463,7 +467,10 @@ class AvatarPipeline:
 
         per_step = 1 if embedded else nfe_per_step(cfg_audio, cfg_ref)
         bar = tqdm(total=chunks * steps, desc="generate", unit="step", disable=not progress, dynamic_ncols=True)
+        anchor = self.info.anchor_every
         for k in range(chunks):
+            if M and anchor and k % anchor == 0:
+                motion = first[:, None].expand(1, M, C, h, w)  # re-anchor: as for the first chunk
             a = audio[k * T:(k + 1) * T][None].to(dev, torch.float32)
             v = visemes[k * T:(k + 1) * T][None].to(dev) if visemes is not None else None
             cond = Cond(reference=reference, audio=a, motion=motion, visemes=v, cfg_scales=scales)

@@ -85,3 +85,20 @@ def test_the_teacher_defaults_to_a_residual_model():
     cfg.residual = -1.0
     with pytest.raises(Exception, match="residual"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("residual", [0.0, 4.0])
+def test_re_anchoring_gives_chunks_the_reference_as_motion_again(residual):
+    ref = torch.randn(1, 3, 2, 2)
+    audio = torch.zeros(12, 16, 80)  # three chunks of 4
+    pipe, net = _pipe(residual)
+    pipe.info.anchor_every = 2
+    pipe.generate_latents(ref, audio, seed=0)
+    first = torch.zeros_like(ref) if residual else ref
+    per_chunk = net.motions[::2]  # two sampler steps per chunk
+    torch.testing.assert_close(per_chunk[0], first[:, None].expand(1, 2, 3, 2, 2))   # chunk 0
+    assert not torch.allclose(per_chunk[1], first[:, None].expand(1, 2, 3, 2, 2))     # chunk 1: chained
+    torch.testing.assert_close(per_chunk[2], first[:, None].expand(1, 2, 3, 2, 2))   # chunk 2: re-anchored
+    pipe.info.anchor_every = -1
+    with pytest.raises(Exception, match="anchor_every"):
+        pipe.info.validate()

@@ -365,7 +365,7 @@ def student_info(teacher_info, cfg: PerflowConfig, *, trained: dict | None = Non
     return ModelInfo(kind="student", recipe="perflow", schedule=teacher_info.schedule,
                      flow_shift=teacher_info.flow_shift, sampler=sampler, frames=teacher_info.frames,
                      motion_frames=teacher_info.motion_frames, image_size=teacher_info.image_size,
-                     residual=teacher_info.residual,
+                     residual=teacher_info.residual, anchor_every=teacher_info.anchor_every,
                      fps=teacher_info.fps, sample_rate=teacher_info.sample_rate, trained=trained or {})
 
 

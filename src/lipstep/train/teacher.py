@@ -104,6 +104,8 @@ class TeacherConfig:
     #   (DiTConfig.channel_context): copying the face is free, the capacity goes to the mouth
     residual: float = 4.0            # > 0: diffuse offsets from the reference latent, (z - z_ref) · residual, so
     #   identity and colours come from the reference itself (ModelInfo.residual); 0 = diffuse the latents
+    anchor_every: int = 1            # generation: every k-th chunk sees the reference as motion context again
+    #   (ModelInfo.anchor_every; 1 = every chunk: no error can accumulate over long runs; 0 = always chain)
     mouth_state: bool = True         # an audio -> mouth-state head, fitted first and frozen, conditions every frame
     #   (DiTConfig.mouth_state, lipstep.train.mouth_head); needs mouth labels (the synthetic world):
     #   pass mouth_state=false for unlabelled (real) data
@@ -125,6 +127,7 @@ class TeacherConfig:
     def validate(self) -> None:
         check(self.patch >= 0, "patch must be >= 0")
         check(self.residual >= 0, "residual must be >= 0 (0 = off)")
+        check(self.anchor_every >= 0, "anchor_every must be >= 0 (0 = always chain)")
         check(self.audio.kind in ("mel", "viseme"),
               "train teacher supports audio.kind mel (from the shards) or viseme (from labels)")
         check(self.val_clips >= 0 and self.val_steps >= 1 and self.val_seconds > 0,
@@ -362,7 +365,7 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
           f"{len(dataset)} training windows", flush=True)
     info = ModelInfo(kind="teacher", recipe="teacher", schedule=cfg.schedule, flow_shift=cfg.flow_shift,
                      sampler=cfg.sampler, frames=cfg.window.frames, motion_frames=cfg.window.motion_frames,
-                     image_size=size, residual=cfg.residual)
+                     image_size=size, residual=cfg.residual, anchor_every=cfg.anchor_every)
     validate = _validator(prepared, cache, codec, audio, info, cfg, out)
     state = train(method, dataset, cfg.train, out, resume=resume, run_config=cfg,
                   validate=validate if cfg.val_clips else None, progress=progress)
