@@ -37,7 +37,7 @@ from lipstep.config import to_dict
 from lipstep.errors import DataError, LipstepError
 from lipstep.eval.runner import (
     _clip_data,  # noqa: PLC2701 - the per-clip reader of the same package
-    load_evaluators,
+    load_for_eval,
     metrics_markdown,
     split_rows,
     spread_frames,
@@ -102,7 +102,6 @@ def evaluate_long(model: str | os.PathLike, prepared: str | os.PathLike, out: st
     from lipstep.data.media import write_video
     from lipstep.eval.fidelity import MOUTH_BOX
     from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
-    from lipstep.pipeline import AvatarPipeline
 
     cfg.validate()
     if not cfg.long:
@@ -110,14 +109,10 @@ def evaluate_long(model: str | os.PathLike, prepared: str | os.PathLike, out: st
     started = time.perf_counter()
     root, out, rows = split_rows(prepared, out, cfg.split)
     people = identity_clips(rows, cfg.long_identities)
-    ev = evaluators if evaluators is not None else load_evaluators(device=device or "cpu")
+    ev, pipe = load_for_eval(model, root, rows, evaluators, device)
     embedder = ev.identity[0] if ev.identity else None
-    pipe = AvatarPipeline.from_pretrained(model, device=device or "cpu")
     info = pipe.info
     fps, sr = info.fps, info.sample_rate
-    if any(int(r.get("size", info.image_size)) != info.image_size for r in rows):
-        raise DataError(f"{root}: frames are {rows[0].get('size')} px but the model generates "
-                        f"{info.image_size} px; prepare the data at the model's size")
     block_frames = max(1, round(cfg.long_block * fps))
     n_frames = math.ceil(cfg.long / cfg.long_block - 1e-9) * block_frames     # whole blocks, >= long seconds
     n_samples = round(n_frames * sr / fps)

@@ -300,6 +300,19 @@ def split_rows(prepared: str | os.PathLike, out: str | os.PathLike, split: str) 
     return root, out, rows
 
 
+def load_for_eval(model, root: Path, rows: list[dict], evaluators, device: str | None):
+    """(evaluators, pipeline) for an evaluation of `rows`; the frames must be the model's size."""
+    from lipstep.pipeline import AvatarPipeline
+
+    ev = evaluators if evaluators is not None else load_evaluators(device=device or "cpu")
+    pipe = AvatarPipeline.from_pretrained(model, device=device or "cpu")
+    size = pipe.info.image_size
+    if any(int(r.get("size", size)) != size for r in rows):
+        raise DataError(f"{root}: frames are {rows[0].get('size')} px but the model generates "
+                        f"{size} px; prepare the data at the model's size")
+    return ev, pipe
+
+
 def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: str | os.PathLike,
                    cfg: EvalConfig | None = None, evaluators: Evaluators | None = None, *,
                    device: str | None = None, progress: bool = True) -> dict:
@@ -323,7 +336,6 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     from lipstep.eval.sync import score_lipsync, score_official
     from lipstep.eval.temporal import drift, flicker, psnr, ssim, warping_error
     from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
-    from lipstep.pipeline import AvatarPipeline
 
     cfg = cfg or EvalConfig()
     cfg.validate()
@@ -332,13 +344,9 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     started = time.perf_counter()
     root, out, rows = split_rows(prepared, out, cfg.split)
     rows = rows[:cfg.max_clips] if cfg.max_clips else rows
-    ev = evaluators if evaluators is not None else load_evaluators(device=device or "cpu")
-    pipe = AvatarPipeline.from_pretrained(model, device=device or "cpu")
+    ev, pipe = load_for_eval(model, root, rows, evaluators, device)
     info = pipe.info
     fps, sr = info.fps, info.sample_rate
-    if any(int(r.get("size", info.image_size)) != info.image_size for r in rows):
-        raise DataError(f"{root}: frames are {rows[0].get('size')} px but the model generates "
-                        f"{info.image_size} px; prepare the data at the model's size")
     per_clip, gen_all, gt_all, gen_clips, gt_clips = [], [], [], [], []
     if cfg.save_videos:
         (out / "videos").mkdir(parents=True, exist_ok=True)
