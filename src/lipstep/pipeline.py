@@ -460,7 +460,7 @@ class AvatarPipeline:
             extra = {"eta": s.eta} if s.name == "ddim" else {}
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         first = torch.zeros_like(reference) if self.info.residual > 0 else reference  # the reference, model space
-        motion = first[:, None].expand(1, M, C, h, w) if M else None
+        motion = None
         sampler = SAMPLERS[s.name]
         out, nfe = [], 0
         from lipstep.diffusion.guidance import nfe_per_step
@@ -469,8 +469,8 @@ class AvatarPipeline:
         bar = tqdm(total=chunks * steps, desc="generate", unit="step", disable=not progress, dynamic_ncols=True)
         anchor = self.info.anchor_every
         for k in range(chunks):
-            if M and anchor and k % anchor == 0:
-                motion = first[:, None].expand(1, M, C, h, w)  # re-anchor: as for the first chunk
+            if M and (k == 0 or (anchor and k % anchor == 0)):
+                motion = first[:, None].expand(1, M, C, h, w)  # the first chunk, or a re-anchored one
             a = audio[k * T:(k + 1) * T][None].to(dev, torch.float32)
             v = visemes[k * T:(k + 1) * T][None].to(dev) if visemes is not None else None
             cond = Cond(reference=reference, audio=a, motion=motion, visemes=v, cfg_scales=scales)
