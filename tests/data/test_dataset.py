@@ -9,7 +9,7 @@ import torch
 
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.data.prepare import PrepareConfig, build_manifest, write_shard
-from lipstep.errors import DataError
+from lipstep.errors import ConfigError, DataError
 
 S, K = 16, 16
 
@@ -96,7 +96,7 @@ def test_frames_motion_audio_and_labels_are_aligned(prepared):
 
 
 def test_reference_is_far_from_the_window_when_possible(prepared):
-    cfg = WindowConfig(frames=8, motion_frames=2, stride=1, min_ref_distance=4)
+    cfg = WindowConfig(frames=8, motion_frames=2, stride=1, min_ref_distance=4, max_ref_distance=0)
     ds = WindowDataset(prepared, "train", cfg)
     for epoch in range(3):
         ds.set_epoch(epoch)
@@ -110,6 +110,27 @@ def test_reference_is_far_from_the_window_when_possible(prepared):
                 assert ref <= s - 4 or ref >= s + 7 + 4, (c, s, ref)
             else:  # clip2 (10 frames) only has frames 0 and 1 outside the window at start 2
                 assert ref in (0, 1)
+
+
+def test_reference_within_the_distance_band_when_possible(prepared):
+    cfg = WindowConfig(frames=4, motion_frames=0, stride=1, min_ref_distance=2, max_ref_distance=3)
+    ds = WindowDataset(prepared, "train", cfg)
+    seen = set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            c, s = ds.window(i)
+            ref = int(ds[i]["reference_index"])
+            n = ds.clips[c]["frames"]
+            band = [f for f in range(n) if 2 <= s - f <= 3 or 2 <= f - (s + 3) <= 3]
+            if band:
+                assert ref in band, (c, s, ref, band)
+                seen.add(s - ref if ref < s else ref - (s + 3))
+            else:
+                assert not s <= ref < s + 4
+    assert seen == {2, 3}  # both ends of the band are drawn
+    with pytest.raises(ConfigError, match="max_ref_distance"):
+        WindowConfig(min_ref_distance=4, max_ref_distance=2).validate()
 
 
 def test_same_seed_same_items_and_epoch_only_moves_the_reference(prepared):

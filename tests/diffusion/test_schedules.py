@@ -188,8 +188,9 @@ def test_registry_and_errors():
         VPSchedule(kind="quadratic")
 
 
-def test_min_snr_weights_the_x0_error_alike_for_every_prediction():
-    """min-SNR-γ is one weight on the x0 error, min(SNR, γ); each native loss gets it in its own units."""
+def test_min_snr_weights_the_x0_error_alike_for_eps_and_v():
+    """min-SNR-γ is one weight on the x0 error, min(SNR, γ), for eps and v, each in its own units; an x0
+    net gets the capped v-loss weight min(SNR + 1, γ), which keeps a floor of 1 at high noise."""
     from lipstep.train.teacher import snr_weight
 
     x0, eps, t = _sample(3)
@@ -197,6 +198,9 @@ def test_min_snr_weights_the_x0_error_alike_for_every_prediction():
     per = {}
     for name in ("vp_eps", "vp_v", "vp_x0"):
         sch = make_schedule(name)
+        if name == "vp_x0":
+            t = torch.cat([t, torch.tensor([0.999])])
+            x0, eps = torch.cat([x0, x0[:1]]), torch.cat([eps, eps[:1]])
         x_t = sch.add_noise(x0, eps, t)
         x0w = x0 + 0.1 * torch.randn_like(x0)  # a prediction consistent with x_t whose x0 is off
         a, s = sch.coeffs(t, x0)
@@ -206,6 +210,8 @@ def test_min_snr_weights_the_x0_error_alike_for_every_prediction():
         x0_err = (sch.to_x0(wrong, x_t, t) - x0).square().flatten(1).mean(1)
         nat_err = (wrong - native).square().flatten(1).mean(1)
         per[name] = snr_weight(sch, t, 5.0) * nat_err / x0_err.clamp_min(1e-12)
-    expected = make_schedule("vp_x0").snr(t).clamp(max=5.0)
+    snr = make_schedule("vp_x0").snr(t)
     for name, w in per.items():
+        expected = (snr + 1).clamp(max=5.0) if name == "vp_x0" else snr[:len(w)].clamp(max=5.0)
         assert torch.allclose(w.float(), expected.float(), rtol=1e-3), name
+    assert per["vp_x0"][-1] > 0.99  # the floor at high noise (min(SNR, γ) would be 0.005 there)

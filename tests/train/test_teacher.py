@@ -53,6 +53,9 @@ def test_snr_weight_is_min_snr_gamma():
     assert torch.equal(snr_weight(s, t, 0.0), torch.ones(3))
     v = make_schedule("vp_v")
     assert torch.allclose(snr_weight(v, t, 5.0), snr.clamp(max=5.0) / (snr + 1))
+    x0 = make_schedule("vp_x0")
+    assert torch.allclose(snr_weight(x0, t, 5.0), (snr + 1).clamp(max=5.0))
+    assert snr_weight(x0, torch.tensor([1.0]), 5.0).item() >= 1.0  # an x0 net still learns at pure noise
 
 
 def test_motion_weights_favour_moving_positions():

@@ -10,9 +10,10 @@ Item ``i`` is window ``(clip, start)`` of the index: every start in ``[M, n - T]
 
 - ``frames`` float32 [T, 3, H, W] in [-1, 1]: frames ``start .. start + T - 1``;
 - ``motion`` float32 [M, 3, H, W]: frames ``start - M .. start - 1`` (the ones just before);
-- ``reference`` float32 [3, H, W]: one frame of the same clip outside the window, at least
-  ``min_ref_distance`` frames away from it when the clip allows (else any frame outside the
-  window; else any frame), drawn from ``np.random.default_rng((seed, epoch, i))``;
+- ``reference`` float32 [3, H, W]: one frame of the same clip outside the window, between
+  ``min_ref_distance`` and ``max_ref_distance`` frames away from it (0 = any distance) when the
+  clip allows (else any frame outside the window; else any frame), drawn from
+  ``np.random.default_rng((seed, epoch, i))``;
 - ``audio`` float32 [T, K, D]: the mel windows of the window's frames;
 - ``visemes`` int64 [T] and ``mouth`` float32 [T, 3] when the shard has them (synthetic world);
 - ``clip_index``, ``start``, ``reference_index`` int64 scalars.
@@ -61,13 +62,19 @@ class WindowConfig:
     motion_frames: int = 2          # M: frames before the window given as motion context
     stride: int = 4                 # step between window starts within a clip
     seed: int = 0                   # seeds the reference-frame draws
-    min_ref_distance: int = 4       # reference frame at least this far from the window if possible
+    min_ref_distance: int = 2       # reference frame at least this far from the window if possible
+    max_ref_distance: int = 6       # ... and at most this far (0 = anywhere in the clip): a near reference keeps
+    #   the offsets a residual model learns to the mouth, blinks and small head motion; references from
+    #   anywhere in a clip make it learn large pose changes it cannot predict (experiments/teacher/, v7)
 
     def validate(self) -> None:
         check(self.frames >= 1, f"frames must be >= 1, got {self.frames}")
         check(self.motion_frames >= 0, f"motion_frames must be >= 0, got {self.motion_frames}")
         check(self.stride >= 1, f"stride must be >= 1, got {self.stride}")
         check(self.min_ref_distance >= 1, f"min_ref_distance must be >= 1, got {self.min_ref_distance}")
+        check(self.max_ref_distance == 0 or self.max_ref_distance >= self.min_ref_distance,
+              f"max_ref_distance must be 0 (anywhere) or >= min_ref_distance ({self.min_ref_distance}), "
+              f"got {self.max_ref_distance}")
 
 
 def read_manifest(root: str | os.PathLike) -> list[dict]:
@@ -229,14 +236,14 @@ class WindowDataset(torch.utils.data.Dataset):
     def reference_index(self, i: int, n_frames: int) -> int:
         """The reference frame of item i for the current epoch (see the module docstring)."""
         _, s = self.window(i)
-        t, d = self.cfg.frames, self.cfg.min_ref_distance
+        t, d, far = self.cfg.frames, self.cfg.min_ref_distance, self.cfg.max_ref_distance
+        far = far or n_frames
         rng = np.random.default_rng((self.cfg.seed, self.epoch, i))
-        low = max(0, s - d + 1)                  # frames 0 .. s-d
-        high_from = s + t - 1 + d                # frames s+T-1+d .. n-1
-        high = max(0, n_frames - high_from)
-        if low + high > 0:
-            j = int(rng.integers(low + high))
-            return j if j < low else high_from + (j - low)
+        low = list(range(max(0, s - far), max(0, s - d + 1)))                       # d <= s - f <= far
+        last = s + t - 1
+        high = list(range(min(n_frames, last + d), min(n_frames, last + far + 1)))  # d <= f - last <= far
+        if low or high:
+            return int(rng.choice(low + high))
         outside = [f for f in range(n_frames) if not s <= f < s + t]
         return int(rng.choice(outside)) if outside else int(rng.integers(n_frames))
 

@@ -56,7 +56,7 @@ from lipstep.distill.losses import MixedConfig, mixed_weight, parse_mixed_mode
 from lipstep.errors import LipstepError
 from lipstep.samplers.perflow import TARGETS, ddim_eps_coeffs, window_bounds
 from lipstep.train.loop import TrainConfig
-from lipstep.train.teacher import batch_cond, motion_weights
+from lipstep.train.teacher import batch_cond, motion_weights, snr_weight
 
 CFG_MODES = ("none", "time", "plain", "tokens")
 
@@ -74,7 +74,7 @@ class PerflowConfig:
     cfg_ref_range: tuple[float, float] = (1.0, 3.0)     # cfg_r ~ U(range) per sample
     mixed: MixedConfig = field(default_factory=MixedConfig)
     motion_weight: float = 1.0              # extra weight on moving positions (as the teacher's loss)
-    p_motion_ref: float = 0.2               # first-chunk training (motion = reference), as the teacher
+    p_motion_ref: float = 0.5               # first-chunk training (motion = reference), as the teacher
     student_steps: int = 6                  # the student's default sampler steps (6 over 4 = 2, 2, 1, 1)
     cfg_audio: float | None = None          # the student's default scales; None = the teacher's defaults
     cfg_ref: float | None = None
@@ -201,10 +201,11 @@ class PerflowMethod:
         out = self.schedule.to_eps(pred, z, t) if self.cfg.target == "ddim_eps" else pred.float()
         err = (out.float() - target.float()).square()
         if self.schedule.prediction == "x0" and self.cfg.target == "ddim_eps":
-            # eps = (z - a·x0) / s multiplies an x0 error by a / s: near t = 0 one sample would dominate
-            # the batch. min-SNR-γ in eps units, min(SNR, γ) / SNR, caps that (the teacher's own weighting).
+            # eps = (z - a·x0) / s multiplies an x0 error by a / s (an x0 error weight of SNR): near t = 0 one
+            # sample would dominate the batch, near t = 1 none would count. The teacher's x0 weight in eps
+            # units, min(SNR + 1, γ) / SNR (`snr_weight`), bounds both ends.
             snr = self.schedule.snr(t).float().clamp(max=1e8)
-            err = err * append_dims(snr.clamp(max=X0_EPS_GAMMA) / snr, err.ndim)
+            err = err * append_dims(snr_weight(self.schedule, t, X0_EPS_GAMMA) / snr, err.ndim)
         return err
 
     def loss(self, batch: dict, step: int, generator: torch.Generator):

@@ -11,8 +11,9 @@ or flow velocity). Options, all per sample and all from the step's generator:
 - first-chunk training: with ``p_motion_ref`` the motion latents are replaced by the reference
   latent repeated, which is what generation feeds the first chunk (there is no previous chunk);
 - min-SNR-γ loss weighting (Hang et al. 2023) for faster convergence: weight min(SNR, γ)/SNR for
-  eps prediction, min(SNR, γ)/(SNR + 1) for v / flow velocity, min(SNR, γ) for x0 prediction (the
-  same weight on x0 error in every case);
+  eps prediction, min(SNR, γ)/(SNR + 1) for v / flow velocity (min(SNR, γ) on the x0 error), and
+  min(SNR + 1, γ) for x0 prediction (the v-loss weight, capped: it keeps a floor of 1 at high noise,
+  where an x0 net must learn the conditional mean; see `snr_weight`);
 - ``motion_noise``: Gaussian noise of a random level (up to ``motion_noise``) on each sample's motion
   latents, so the net learns not to copy the previous chunk's flaws (generated motion frames drift in
   colour and identity when the net trusts them as if they were real frames);
@@ -74,7 +75,8 @@ from lipstep.train.mouth_head import MouthHeadConfig, check_mouth_labels, fit_mo
 class TeacherLossConfig:
     p_drop_audio: float = 0.1        # P(audio dropped, reference kept)
     p_drop_both: float = 0.1         # P(audio and reference dropped)
-    p_motion_ref: float = 0.2        # P(motion latents replaced by the reference: first-chunk training)
+    p_motion_ref: float = 0.5        # P(motion latents replaced by the reference: first-chunk training; generation
+    #   re-anchors every chunk by default, anchor_every=1, so this is the case generation meets most)
     min_snr_gamma: float = 5.0       # min-SNR-γ weighting; 0 = plain MSE
     motion_weight: float = 2.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
@@ -147,14 +149,19 @@ def sample_times(n: int, generator: torch.Generator, t_min: float, device) -> Te
 def snr_weight(schedule: Schedule, t: Tensor, gamma: float) -> Tensor:
     """min-SNR-γ weight per sample for the schedule's native target (1 when gamma is 0).
 
-    In x0 terms min-SNR-γ weights the x0 error by min(SNR, γ).
+    eps / v / flow targets: min(SNR, γ)/SNR, min(SNR, γ)/(SNR + 1) (Hang et al. 2023), which in x0 terms
+    weights the x0 error by min(SNR, γ). x0 targets: min(SNR + 1, γ) on the x0 error, the v-loss weight
+    (SNR + 1, as pixel-space x0 transformers train, Li & He 2025) capped like min-SNR. The difference is
+    the high-noise end: min(SNR, γ) is 0.005 at t = 1 on the SD table, so an x0 net never learns what it
+    must predict from (almost) pure noise, and its first sampler steps paint a texture of training-set
+    offsets that later steps sharpen into glyphs (teacher v6, experiments/teacher/README.md).
     """
     if gamma <= 0:
         return torch.ones_like(t)
     snr = schedule.snr(t).float().clamp(max=1e8)
-    clipped = snr.clamp(max=gamma)
     if schedule.prediction == "x0":
-        return clipped
+        return (snr + 1.0).clamp(max=max(gamma, 1.0))
+    clipped = snr.clamp(max=gamma)
     return clipped / snr if schedule.prediction == "eps" else clipped / (snr + 1.0)
 
 
