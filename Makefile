@@ -32,7 +32,11 @@ demo: setup
 	$(VENV)/bin/lipstep demo --out $(DEMO_DIR)
 
 test: setup
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -n 2 tests
+
+# The suite without the tests marked slow (end-to-end runs of a few seconds each).
+test-fast: setup
+	$(VENV)/bin/pytest -q -n 2 -m "not slow" tests
 
 # Retrain the bundled default teacher from scratch (about 58 minutes on 2 CPU cores).
 teacher: setup

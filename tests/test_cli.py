@@ -57,6 +57,7 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, args, message):
     assert re.search(message, err), err
 
 
+@pytest.mark.slow
 def test_prepare_cli_acceptance(tmp_path):
     """3 real-format videos (different fps/sizes) + 1 corrupt file: exit 0, 3 prepared, 1 reported."""
     src = make_real_folder(tmp_path / "src")

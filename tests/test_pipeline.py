@@ -85,6 +85,7 @@ def test_pipeline_call_covers_the_audio(model):
         pipe(image, np.zeros(0, np.float32))
 
 
+@pytest.mark.slow
 def test_generate_real_photo_and_real_speech(model, inputs, tmp_path):
     out = tmp_path / "talk.mp4"
     r = _run("generate", "--model", model, "--image", inputs / "astronaut.png", "--audio", inputs / "speech.wav",
@@ -169,7 +170,7 @@ def test_a_denoiser_config_naming_removed_options_loads_only_at_their_neutral_va
 
 
 def test_bundled_models_are_listed_small_and_loadable():
-    from lipstep.pipeline import BUNDLED_ROOT, default_model
+    from lipstep.modeldir import BUNDLED_ROOT, default_model
 
     bundled = bundled_models()
     assert {"teacher", "fada"} <= set(bundled)
@@ -203,14 +204,15 @@ def test_demo_generates_a_talking_video(model, tmp_path):
 
 
 def test_demo_benchmarks_every_bundled_model_side_by_side(model, tmp_path, monkeypatch, capsys):
-    import lipstep.pipeline
-    from lipstep.demo import bench_bundled, example_portrait, example_speech
+    import lipstep.modeldir
+    from lipstep.data.examples import example_portrait, example_speech
+    from lipstep.demo import bench_bundled
 
     example_portrait(tmp_path, progress=False)
     example_speech(tmp_path)
-    monkeypatch.setattr(lipstep.pipeline, "bundled_models", lambda: {"one": Path(model)})
+    monkeypatch.setattr(lipstep.modeldir, "bundled_models", lambda: {"one": Path(model)})
     assert bench_bundled(tmp_path, 0.4) is None  # a single model: nothing to compare
-    monkeypatch.setattr(lipstep.pipeline, "bundled_models", lambda: {"one": Path(model), "two": Path(model)})
+    monkeypatch.setattr(lipstep.modeldir, "bundled_models", lambda: {"one": Path(model), "two": Path(model)})
     report = bench_bundled(tmp_path, 0.4)
     assert set(report["models"]) == {"one", "two"} and (tmp_path / "bench" / "bench.json").is_file()
     assert "one" in capsys.readouterr().out

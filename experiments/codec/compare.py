@@ -41,8 +41,9 @@ import torch
 
 from lipstep.codecs.vae import load_codec
 from lipstep.data.dataset import read_manifest
-from lipstep.eval.mouthreader import MouthReader, _split_frames, mouth_scores, reconstruct
+from lipstep.eval.mouthreader import MouthReader, mouth_scores, reconstruct
 from lipstep.eval.temporal import psnr_frames, ssim_frames
+from lipstep.eval.train_mouthreader import split_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 EVALUATORS = ROOT / "src" / "lipstep" / "weights" / "evaluators" / "mouth"
@@ -126,7 +127,7 @@ def main() -> None:
     train_seconds = {k: float(v) for k, v in _pairs(args.train_seconds, "--train-seconds").items()}
     root = Path(args.prepared)
     rows = read_manifest(root)
-    split = _split_frames(root, rows, args.split, args.frames)
+    split = split_frames(root, rows, args.split, args.frames)
     if split is None:
         raise SystemExit(f"{root} has no {args.split} frames")
     frames, labels = split

@@ -29,12 +29,21 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from lipstep.data.dataset import WindowConfig  # noqa: E402
-from lipstep.distill.perflow import PerflowConfig, distill_perflow  # noqa: E402
+from lipstep.distill.perflow import PerflowConfig  # noqa: E402
 from lipstep.pipeline import AvatarPipeline  # noqa: E402
 from lipstep.train.loop import TrainConfig  # noqa: E402
 from lipstep.train.mouth_head import MouthHeadConfig  # noqa: E402
 from lipstep.train.teacher import TeacherConfig, train_teacher  # noqa: E402
 from tests.mediafixtures import make_tiny_avatar_data  # noqa: E402
+
+try:  # before the refactor
+    from lipstep.distill.perflow import distill_perflow  # noqa: E402
+except ImportError:  # after it: one runner for every recipe
+    from lipstep.distill.perflow import PerflowRecipe  # noqa: E402
+    from lipstep.train.runner import run_recipe  # noqa: E402
+
+    def distill_perflow(prepared, teacher, out, cfg, progress=True):
+        return run_recipe(PerflowRecipe(teacher, cfg), prepared, out, progress=progress)
 
 STEPS = 20
 

@@ -16,7 +16,8 @@ import torch
 
 from lipstep.codecs.vae import load_codec
 from lipstep.data.dataset import read_manifest
-from lipstep.eval.mouthreader import MouthReader, _split_frames, mouth_scores, reconstruct
+from lipstep.eval.mouthreader import MouthReader, mouth_scores, reconstruct
+from lipstep.eval.train_mouthreader import split_frames
 
 EVALUATORS = Path(__file__).resolve().parents[2] / "src" / "lipstep" / "weights" / "evaluators" / "mouth"
 
@@ -30,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     reader = MouthReader(EVALUATORS)
-    frames, labels = _split_frames(Path(args.prepared), read_manifest(Path(args.prepared)), args.split, args.frames)
+    frames, labels = split_frames(Path(args.prepared), read_manifest(Path(args.prepared)), args.split, args.frames)
     mae, corr = mouth_scores(reader.openness(frames), labels[:, 0])
     for path in args.codecs:
         codec = load_codec(path)

@@ -3,8 +3,8 @@
 Importing the package is cheap: heavy modules (torch, av, cv2) load only when their layer is used.
 """
 
+from lipstep.errors import ConfigError, LipstepError, MediaError
+
 __version__ = "0.1.0"
 
-from lipstep.errors import ConfigError, LipstepError, MediaError  # noqa: E402
-
-__all__ = ["__version__", "LipstepError", "ConfigError", "MediaError"]
+__all__ = ["ConfigError", "LipstepError", "MediaError", "__version__"]

@@ -14,7 +14,13 @@ from typing import List, Optional
 import typer
 
 from lipstep import __version__
+from lipstep.config import apply_overrides, load_config, set_key, validate
 from lipstep.errors import LipstepError
+from lipstep.fsutil import write_json_atomic
+
+# Each command imports the library it drives inside its function: importing them all here would load
+# torch, scipy and every layer (about 8 s of CPU) before `lipstep --help` could answer
+# (tests/test_layers.py allows lazy imports in this module only).
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -61,7 +67,6 @@ def synth(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ):
     """Render the synthetic talking-head world: speech, faces whose mouths follow it, labels."""
-    from lipstep.config import apply_overrides, set_key
     from lipstep.data.world import WorldConfig, synthesize_world
 
     cfg = WorldConfig()
@@ -84,7 +89,6 @@ def say(
     """Synthesize speech with exact phoneme timing (libespeak-ng); writes audio and a phoneme list."""
     from lipstep.data.media import write_audio
     from lipstep.data.speech import synthesize
-    from lipstep.fsutil import write_json_atomic
 
     speech = synthesize(text, voice=voice, rate=rate, pitch=pitch)
     write_audio(out, speech.wav, speech.sample_rate)
@@ -104,7 +108,6 @@ def prepare(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ):
     """Prepare clips for training: face crops, 25 fps, 16 kHz mono, log-mel windows, shards."""
-    from lipstep.config import apply_overrides, set_key
     from lipstep.data.prepare import PrepareConfig, prepare_dataset
 
     cfg = PrepareConfig()
@@ -154,7 +157,6 @@ def train_codec_cmd(
     """Train lipstep's own small AutoencoderKL on the train frames of a prepared directory, or with
     codec.kind=pixel write the lossless pixel codec (space-to-depth, no weights) without training."""
     from lipstep.codecs.vae import CodecTrainConfig, train_codec
-    from lipstep.config import apply_overrides, set_key
 
     cfg = CodecTrainConfig()
     set_key(cfg, "steps", steps, parse=False)
@@ -180,7 +182,6 @@ def train_teacher_cmd(
                                                     show_default=False),
 ):
     """Train the multi-step diffusion teacher (AvatarDiT) on cached codec latents."""
-    from lipstep.config import apply_overrides, load_config, set_key
     from lipstep.train.teacher import TeacherConfig, train_teacher
 
     if resume and (out / "config.json").is_file():
@@ -198,7 +199,6 @@ def train_teacher_cmd(
 
 
 def _train_config(cls, steps: int | None, overrides: list[str] | None):
-    from lipstep.config import apply_overrides, set_key
 
     cfg = cls()
     if steps is not None:
@@ -219,7 +219,7 @@ def train_mouth_reader_cmd(
                                                     show_default=False),
 ):
     """Train the CNN mouth reader behind MouthErr; reports its held-out error."""
-    from lipstep.eval.mouthreader import MouthTrainConfig, train_mouth_reader
+    from lipstep.eval.train_mouthreader import MouthTrainConfig, train_mouth_reader
 
     r = train_mouth_reader(data, out, _train_config(MouthTrainConfig, steps, overrides), codec_dir=codec)
     typer.echo(f"wrote mouth reader {r.out} ({r.parameters / 1e3:.0f} k parameters) in {r.seconds:.0f} s; held-out "
@@ -237,7 +237,7 @@ def train_syncnet_cmd(
                                                     show_default=False),
 ):
     """Train lipstep's own SyncNet-style evaluator (never use it as a training loss)."""
-    from lipstep.eval.sync import SyncTrainConfig, train_syncnet
+    from lipstep.eval.train_syncnet import SyncTrainConfig, train_syncnet
 
     r = train_syncnet(data, out, _train_config(SyncTrainConfig, steps, overrides))
     typer.echo(f"wrote SyncNet {r.out} ({r.parameters / 1e6:.2f} M parameters) in {r.seconds:.0f} s; held-out "
@@ -254,7 +254,7 @@ def train_features_cmd(
                                                     show_default=False),
 ):
     """Train lipstep's own frame feature net (internal FD/KID/FVD when no Inception/I3D weights are given)."""
-    from lipstep.eval.fidelity import FeatureTrainConfig, train_feature_net
+    from lipstep.eval.train_features import FeatureTrainConfig, train_feature_net
 
     r = train_feature_net(data, out, _train_config(FeatureTrainConfig, steps, overrides), progress=True)
     typer.echo(f"wrote feature net {r.out} in {r.seconds:.0f} s; held-out ({r.eval_split}) reconstruction L1 "
@@ -270,7 +270,7 @@ def train_identity_cmd(
                                                     show_default=False),
 ):
     """Train lipstep's own identity encoder (id_sim on the synthetic world)."""
-    from lipstep.eval.identity import IdentityTrainConfig, train_identity
+    from lipstep.eval.train_identity import IdentityTrainConfig, train_identity
 
     r = train_identity(data, out, _train_config(IdentityTrainConfig, steps, overrides))
     e = r.eval
@@ -325,8 +325,8 @@ def distill_perflow_cmd(
                                                     "target=velocity student_steps=6.", show_default=False),
 ):
     """FADA: PeRFlow step distillation with adaptive mixed supervision and multi-CFG token distillation."""
-    from lipstep.config import apply_overrides, load_config, set_key, validate
-    from lipstep.distill.perflow import PerflowConfig, distill_perflow
+    from lipstep.distill.perflow import PerflowConfig, PerflowRecipe
+    from lipstep.train.runner import run_recipe
 
     if resume and (out / "config.json").is_file():
         cfg = load_config(PerflowConfig, out / "config.json")  # the run's own settings
@@ -338,7 +338,7 @@ def distill_perflow_cmd(
         set_key(cfg, "train.batch_size", batch_size, parse=False)
     apply_overrides(cfg, overrides or [])
     validate(cfg)
-    distill_perflow(data, teacher, out, cfg, resume=resume)
+    run_recipe(PerflowRecipe(teacher, cfg), data, out, resume=resume)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,7 +445,6 @@ def eval_cmd(
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
 ):
     """Generate a split with a model and compute every metric whose weights are available."""
-    from lipstep.config import set_key
     from lipstep.eval.longrun import evaluate_long
     from lipstep.eval.runner import EvalConfig, evaluate_model, load_evaluators
 

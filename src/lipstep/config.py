@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from lipstep.errors import ConfigError
+from lipstep.fsutil import write_json_atomic
 
 C = TypeVar("C")
 
@@ -168,9 +169,16 @@ def to_dict(cfg) -> dict:
 
 
 def from_dict(cls: type[C], data: dict, *, prefix: str = "") -> C:
-    """Build `cls` from a dict, rejecting unknown keys and wrong types."""
+    """Build `cls` from a dict, rejecting unknown keys and wrong types.
+
+    A config class whose stored form changed may define ``upgrade(data) -> data`` (a staticmethod): it
+    turns an older stored form into today's before the keys are checked (e.g. `SamplerInfo`).
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    upgrade = getattr(cls, "upgrade", None)
+    if callable(upgrade):
+        data = upgrade(data)
     hints = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -185,8 +193,6 @@ def from_dict(cls: type[C], data: dict, *, prefix: str = "") -> C:
 
 def save_config(cfg, directory: str | os.PathLike, filename: str = CONFIG_FILENAME) -> Path:
     """Write the resolved config as JSON next to an output (atomically)."""
-    from lipstep.fsutil import write_json_atomic
-
     path = Path(directory) / filename
     write_json_atomic(path, {"_type": type(cfg).__name__, **to_dict(cfg)})
     return path

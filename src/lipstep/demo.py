@@ -2,8 +2,8 @@
 
 It renders a small synthetic world with identities never seen in training (a different seed from
 the bundled model's training world), takes one of its portraits as the example portrait,
-synthesizes example speech with espeak-ng, and generates a lip-synced talking video with the
-fastest bundled model (`lipstep models`). It writes::
+synthesizes example speech with espeak-ng (both from `lipstep.data.examples`), and generates a
+lip-synced talking video with the fastest bundled model (`lipstep models`). It writes::
 
     OUT/portrait.png        the example portrait
     OUT/speech.wav          the example speech (+ speech.phonemes.json)
@@ -20,60 +20,26 @@ from pathlib import Path
 
 import numpy as np
 
+from lipstep import modeldir
+from lipstep.data.examples import example_portrait, example_speech
+from lipstep.data.media import read_video
+from lipstep.eval.bench import format_table, run_bench
+from lipstep.eval.runner import write_contact_sheet
+from lipstep.pipeline import generate_file
+
 
 def contact_sheet(world_dir: Path, out_png: Path, clips: int = 4, frames: int = 8, *,
                   generated: np.ndarray | None = None) -> Path:
     """A PNG grid (`lipstep.eval.runner.contact_sheet`): the `generated` frames first if given, then one row per
     world clip; `frames` evenly spaced frames per row."""
-    from lipstep.data.media import read_video
-    from lipstep.eval.runner import write_contact_sheet
-
     rows = [json.loads(line) for line in (world_dir / "manifest.jsonl").read_text().splitlines()][:clips]
     videos = [read_video(world_dir / row["video"], audio="none").frames for row in rows]
     return write_contact_sheet(out_png, ([generated] if generated is not None else []) + videos, frames)
 
 
-DEMO_TEXT = "Hello! I am a talking avatar, and my lips follow every word you give me."
-
-
-def example_portrait(out: Path, *, workers: int = 0, progress: bool = True) -> Path:
-    """Render the demo's world of unseen identities in ``out/world``; copy its first portrait to
-    ``out/portrait.png``."""
-    import shutil
-
-    from lipstep.data.world import WorldConfig, synthesize_world
-
-    out = Path(out)
-    cfg = WorldConfig(identities=4, clips_per_identity=1, seconds=3.0, seed=2026)
-    world = synthesize_world(cfg, out / "world", workers=workers, progress=progress)
-    if progress:
-        print(world)
-    rows = [json.loads(line) for line in (out / "world" / "manifest.jsonl").read_text().splitlines()]
-    portrait = out / "portrait.png"
-    shutil.copyfile(out / "world" / "identities" / f"{rows[0]['identity']}.png", portrait)
-    return portrait
-
-
-def example_speech(out: Path) -> tuple[Path, float]:
-    """`DEMO_TEXT` spoken by espeak-ng into ``out/speech.wav`` (+ speech.phonemes.json): (path, seconds)."""
-    from lipstep.data.media import write_audio
-    from lipstep.data.speech import synthesize
-    from lipstep.fsutil import write_json_atomic
-
-    out = Path(out)
-    speech = synthesize(DEMO_TEXT, voice="en-us+f3")
-    write_audio(out / "speech.wav", speech.wav, speech.sample_rate)
-    write_json_atomic(out / "speech.phonemes.json", [{"phoneme": p.symbol, "start": round(p.start, 4),
-                                                      "end": round(p.end, 4)} for p in speech.phonemes])
-    return out / "speech.wav", speech.seconds
-
-
 def bench_bundled(out: Path, seconds: float = 2.0) -> dict | None:
     """`lipstep bench` of every bundled model on the demo's inputs (``out/bench``); None when only one is bundled."""
-    from lipstep.eval.bench import format_table, run_bench
-    from lipstep.pipeline import bundled_models
-
-    names = list(bundled_models())
+    names = list(modeldir.bundled_models())
     if len(names) < 2:
         return None
     print(f"benchmarking the bundled models {', '.join(names)} on {seconds:g} s of the speech "
@@ -85,10 +51,8 @@ def bench_bundled(out: Path, seconds: float = 2.0) -> dict | None:
 
 
 def run_demo(out: Path, model: str | None = None, *, bench_seconds: float = 2.0) -> None:
-    from lipstep.pipeline import generate_file, resolve_model
-
     out = Path(out)
-    model_dir = resolve_model(model)
+    model_dir = modeldir.resolve_model(model)
     portrait = example_portrait(out)
     speech, seconds = example_speech(out)
     print(f"example portrait {portrait}; example speech {speech} ({seconds:.2f} s)")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -34,9 +36,6 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory next to `out`; if the block succeeds it replaces `out`
     (an existing `out` is moved aside first and deleted after the swap). Callers check beforehand
     that an existing `out` may be replaced."""
-    import shutil
-    import uuid
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from lipstep.cli import main
 from lipstep.codecs import CodecConfig, CodecTrainConfig, build_codec, load_codec, save_codec, train_codec
+from lipstep.codecs.vae import augment_frames
+from lipstep.data.dataset import open_shard
 from lipstep.data.prepare import PrepareConfig, build_manifest, write_shard
 from lipstep.errors import ConfigError, LipstepError
 
@@ -207,8 +210,6 @@ def test_train_codec_learns_and_saves_a_loadable_codec(tmp_path):
     codec = load_codec(tmp_path / "codec")
     assert codec.cfg.image_size == 32 and codec.scaling_factor == pytest.approx(result.scaling_factor)
     # scale_frames covers all 24 train frames, so their scaled latents have unit std
-    from lipstep.data.dataset import open_shard
-
     frames = np.concatenate([open_shard(prepared / f"shards/clip{c}.npz")["frames"] for c in (0, 1)])
     x = torch.from_numpy(frames).float().div(127.5).sub(1).permute(0, 3, 1, 2)
     with torch.no_grad():
@@ -222,8 +223,6 @@ def test_train_codec_learns_and_saves_a_loadable_codec(tmp_path):
 
 
 def test_training_augmentation_permutes_colours_and_mirrors_only():
-    from lipstep.codecs.vae import augment_frames
-
     x = _frames(64)
     cfg = CodecTrainConfig(colour_aug=1.0, flip=False)
     y = augment_frames(x, cfg, np.random.default_rng(0))
@@ -344,8 +343,6 @@ def test_train_codec_with_the_pixel_kind_writes_it_without_training(tmp_path):
 
 
 def test_cli_train_codec_pixel(tmp_path, capsys):
-    from lipstep.cli import main
-
     prepared = make_prepared(tmp_path / "prep")
     with pytest.raises(SystemExit) as info:
         main(["train", "codec", "--data", str(prepared), "--out", str(tmp_path / "codec"), "codec.kind=pixel"])

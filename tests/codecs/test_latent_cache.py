@@ -7,15 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lipstep.codecs import (
-    CodecConfig,
-    build_codec,
-    default_cache_dir,
-    encode_prepared,
-    load_latents,
-    read_cache_info,
-)
+from lipstep.codecs import CodecConfig, build_codec, default_cache_dir, encode_prepared
 from lipstep.data.dataset import open_shard
+from lipstep.data.latents import load_latents, read_cache_info
 from lipstep.data.prepare import PrepareConfig, build_manifest, write_shard
 from lipstep.errors import DataError, LipstepError
 
@@ -95,13 +89,6 @@ def test_another_codec_gets_its_own_cache_and_cannot_reuse_this_one(prepared):
     assert rescaled.identity() == first.identity()
     rescaled.set_scaling(0.5)
     assert rescaled.identity() != first.identity()  # scaling changes the latents, hence the identity
-
-
-def test_load_latents_errors(tmp_path):
-    with pytest.raises(DataError, match="no cached latents"):
-        load_latents(tmp_path, "nope")
-    with pytest.raises(DataError, match="not a latent cache"):
-        read_cache_info(tmp_path)
 
 
 def test_pixel_codec_cache_decodes_back_to_the_exact_frames(prepared):

@@ -106,6 +106,7 @@ def test_prepare_empty_or_missing_src_is_a_data_error(tmp_path):
     assert not (tmp_path / "out" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_prepare_nested_speaker_layout_in_a_process_pool(real_src, tmp_path):
     src = tmp_path / "lrs3"
     for spk, clip, source in [("spk1", "00001", "talk_a.mp4"), ("spk1", "00002", "talk_b.mkv"),

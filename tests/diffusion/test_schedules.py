@@ -191,7 +191,7 @@ def test_registry_and_errors():
 def test_min_snr_weights_the_x0_error_alike_for_eps_and_v():
     """min-SNR-γ is one weight on the x0 error, min(SNR, γ), for eps and v, each in its own units; an x0
     net gets the capped v-loss weight min(SNR + 1, γ), which keeps a floor of 1 at high noise."""
-    from lipstep.train.teacher import snr_weight
+    from lipstep.distill.losses import snr_weight
 
     x0, eps, t = _sample(3)
     t = t.clamp(0.02, 0.98)

@@ -15,9 +15,9 @@ from lipstep.distill.perflow import (
     PairBank,
     PerflowConfig,
     PerflowMethod,
+    PerflowRecipe,
     build_pair_bank,
     build_student,
-    distill_perflow,
     pair_settings,
     perflow_targets,
     teacher_window_solve,
@@ -27,8 +27,9 @@ from lipstep.nets.dit import CFGTokens
 from lipstep.pipeline import AvatarPipeline, read_info
 from lipstep.samplers.perflow import window_end_estimate
 from lipstep.train.loop import TrainConfig
-from lipstep.train.teacher import TeacherConfig, train_teacher
 from lipstep.train.mouth_head import MouthHeadConfig
+from lipstep.train.runner import run_recipe
+from lipstep.train.teacher import TeacherConfig, train_teacher
 from tests.mediafixtures import make_tiny_avatar_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,7 +97,7 @@ def test_teacher_window_solve_with_one_step_is_one_ddim_step(teacher):
     x, _, cond = _inputs(teacher)
     start, end = torch.tensor([1.0, 0.5], dtype=torch.float64), torch.tensor([0.75, 0.25], dtype=torch.float64)
     ones = torch.ones(2, 2)
-    z = teacher_window_solve(teacher.denoiser, sch, x, start, end, cond, ones, 1)
+    z = teacher_window_solve(teacher.model_fn(), x, start, end, cond, ones, 1)
     pred = teacher.denoiser(x, sch.model_time(start.float()), cond)
     a1, s1 = sch.coeffs(end, x)
     expect = a1 * sch.to_x0(pred, x, start.float()) + s1 * sch.to_eps(pred, x, start.float())
@@ -110,7 +111,7 @@ def test_student_with_the_exact_target_lands_on_the_teacher_window_end(teacher):
     start, end = torch.tensor([1.0, 0.5], dtype=torch.float64), torch.tensor([0.75, 0.25], dtype=torch.float64)
     scales = torch.tensor([[3.0, 1.5], [2.0, 1.0]])
     z_start = sch.add_noise(x, torch.randn_like(x), start).float()
-    z_end = teacher_window_solve(teacher.denoiser, sch, z_start, start, end, cond, scales, 4)
+    z_end = teacher_window_solve(teacher.model_fn(), z_start, start, end, cond, scales, 4)
     eps_star = perflow_targets(sch, z_start, z_end, start, end, "ddim_eps")
     a, s = sch.coeffs(start, z_start)
     native = sch.target((z_start - s * eps_star) / a, eps_star, start)  # the v whose eps reading is eps*
@@ -128,7 +129,7 @@ def test_one_step_changes_only_the_student_and_the_teacher_stays_bit_identical(w
     before_student = {k: v.clone() for k, v in student.state_dict().items()}
     method = PerflowMethod(student, teacher.denoiser, teacher.schedule, cfg)
     opt = torch.optim.SGD(student.parameters(), lr=1e-2)
-    loss, logs = method.loss(batch, 0, torch.Generator().manual_seed(0))
+    loss, logs = method.loss("student", batch, 0, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and "l_distill" in logs and (mixed == "off") == ("l_gt" not in logs)
     loss.backward()
     assert all(p.grad is None for p in teacher.denoiser.parameters())
@@ -146,7 +147,7 @@ def test_mixed_weight_at_the_start_is_w0(world, teacher):
     batch, _ = _batch(world, teacher)
     cfg = PerflowConfig(solver_steps=1)
     method = PerflowMethod(build_student(teacher.denoiser, cfg), teacher.denoiser, teacher.schedule, cfg)
-    _, logs = method.loss(batch, 0, torch.Generator().manual_seed(0))
+    _, logs = method.loss("student", batch, 0, torch.Generator().manual_seed(0))
     assert logs["ratio"] == pytest.approx(1.0, rel=1e-4)
     assert logs["w_gt"] == pytest.approx(0.2, rel=1e-4)
 
@@ -164,7 +165,7 @@ def test_pair_bank_is_resumable_and_refuses_other_settings(world, teacher, tmp_p
     assert parts[0].stat().st_mtime_ns == first
     bank = PairBank(tmp_path / "bank", 70)
     assert len(bank) == 70 and bank[0]["z_end"].shape == bank[0]["latents"].shape
-    loss, _ = method.loss(torch.utils.data.default_collate([bank[i] for i in range(3)]), 0,
+    loss, _ = method.loss("student", torch.utils.data.default_collate([bank[i] for i in range(3)]), 0,
                           torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
     with pytest.raises(LipstepError, match="other settings .*solver_steps"):
@@ -174,9 +175,9 @@ def test_pair_bank_is_resumable_and_refuses_other_settings(world, teacher, tmp_p
 def test_distill_perflow_writes_a_student_that_generates(world, tmp_path):
     cfg = PerflowConfig(solver_steps=1, student_steps=6, pairs=8, val_clips=1, val_seconds=0.4)
     cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=2, log_every=1)
-    model = distill_perflow(world / "prepared", world / "teacher" / "model", tmp_path / "run", cfg, progress=False)
+    model = run_recipe(PerflowRecipe(world / "teacher" / "model", cfg), world / "prepared", tmp_path / "run", progress=False)
     info = read_info(model)
-    assert (info.kind, info.recipe, info.sampler.name, info.sampler.windows) == ("student", "perflow", "perflow", 4)
+    assert (info.kind, info.recipe, info.sampler.name, info.sampler.options["windows"]) == ("student", "perflow", "perflow", 4)
     assert info.sampler.guidance == "embedded" and info.nfe_per_chunk() == 6
     assert json.loads((tmp_path / "run" / "distill.json").read_text())["steps"] == 2
     pipe = AvatarPipeline.from_pretrained(model)
@@ -185,9 +186,9 @@ def test_distill_perflow_writes_a_student_that_generates(world, tmp_path):
     with pytest.raises(LipstepError, match="at least 4 steps"):
         pipe(np.zeros((32, 32, 3), np.uint8), np.zeros(8000, np.float32), steps=3)
     with pytest.raises(LipstepError, match="needs a teacher"):
-        distill_perflow(world / "prepared", model, tmp_path / "again", cfg, progress=False)
+        run_recipe(PerflowRecipe(model, cfg), world / "prepared", tmp_path / "again", progress=False)
     with pytest.raises(LipstepError, match="already holds a training run"):
-        distill_perflow(world / "prepared", world / "teacher" / "model", tmp_path / "run", cfg, progress=False)
+        run_recipe(PerflowRecipe(world / "teacher" / "model", cfg), world / "prepared", tmp_path / "run", progress=False)
 
 
 def test_config_checks():
@@ -221,11 +222,11 @@ def test_cli_errors_are_one_line(tmp_path, extra, message):
 def test_distill_perflow_resumes_with_its_pair_bank(world, tmp_path):
     cfg = PerflowConfig(solver_steps=1, pairs=6, val_clips=0, mixed=MixedConfig(mode="off"))
     cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, log_every=1)
-    distill_perflow(world / "prepared", world / "teacher" / "model", tmp_path / "run", cfg, progress=False)
+    run_recipe(PerflowRecipe(world / "teacher" / "model", cfg), world / "prepared", tmp_path / "run", progress=False)
     bank = sorted((tmp_path / "run" / "pairs").glob("part_*.safetensors"))
     stamp = bank[0].stat().st_mtime_ns
     cfg.train.steps = 3
-    model = distill_perflow(world / "prepared", world / "teacher" / "model", tmp_path / "run", cfg, resume=True,
+    model = run_recipe(PerflowRecipe(world / "teacher" / "model", cfg), world / "prepared", tmp_path / "run", resume=True,
                             progress=False)
     assert json.loads((tmp_path / "run" / "distill.json").read_text())["steps"] == 3
     assert bank[0].stat().st_mtime_ns == stamp  # the bank was reused, not solved again

@@ -10,26 +10,19 @@ import torch
 from torch import nn
 
 from lipstep.errors import DataError, LipstepError
-from lipstep.eval.fidelity import (
-    FeatureEncoder,
-    FeatureNetConfig,
-    FeatureStats,
-    FeatureTrainConfig,
-    FIDInceptionV3,
+from lipstep.eval.fd import FeatureStats, fd_from_features, fd_from_stats, feature_stats, frechet_distance
+from lipstep.eval.features import (
     I3DFeatures,
     InceptionFeatures,
     OwnFeatures,
     OwnVideoFeatures,
     clips_from_video,
-    fd_from_features,
-    fd_from_stats,
-    feature_stats,
     file_sha256,
-    frechet_distance,
-    kid,
-    mmd2_unbiased,
-    train_feature_net,
 )
+from lipstep.eval.kid import kid, mmd2_unbiased
+from lipstep.eval.train_features import FeatureTrainConfig, train_feature_net
+from lipstep.nets.features import FeatureEncoder, FeatureNetConfig
+from lipstep.nets.inception import FIDInceptionV3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,31 +12,36 @@ from torch import nn
 
 from lipstep.config import save_config
 from lipstep.data.dataset import open_shard, read_manifest
+from lipstep.data.prepare import PrepareConfig, prepare_dataset
+from lipstep.data.world import WorldConfig, synthesize_world
 from lipstep.errors import DataError, LipstepError, MissingDependency
 from lipstep.eval.identity import (
-    ArcFaceONNX,
-    DlibDescriptor,
-    IdentityAugmentConfig,
     IdentityEmbedder,
-    IdentityNet,
-    IdentityNetConfig,
-    IdentityTrainConfig,
-    OwnIdentity,
-    augment,
-    background_probe,
     check_frames,
     identity_cosines,
     identity_per_second,
     identity_similarity,
-    load_identity,
-    margin_logits,
+)
+from lipstep.eval.identity_embedders import (
+    ArcFaceONNX,
+    DlibDescriptor,
+    OwnIdentity,
     resolve_identity_embedders,
-    save_identity,
+)
+from lipstep.eval.identity_verification import (
+    background_probe,
     swap_background,
-    train_identity,
     verification_metrics,
     verify_identities,
 )
+from lipstep.eval.train_identity import (
+    IdentityAugmentConfig,
+    IdentityTrainConfig,
+    augment,
+    margin_logits,
+    train_identity,
+)
+from lipstep.nets.identity import IdentityNet, IdentityNetConfig, load_identity, save_identity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,9 +52,6 @@ TINY_TRAIN = {"net": IdentityNetConfig(width=8, embed_dim=32), "steps": 80, "bat
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """8 identities at 32 px, one 1.2 s clip each: 5 train, 2 val, 1 test."""
-    from lipstep.data.prepare import PrepareConfig, prepare_dataset
-    from lipstep.data.world import WorldConfig, synthesize_world
-
     root = tmp_path_factory.mktemp("identity")
     cfg = WorldConfig(identities=8, clips_per_identity=1, seconds=1.2, size=32, seed=3, val_fraction=0.25)
     synthesize_world(cfg, root / "world", workers=1, progress=False)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lipstep.errors import LipstepError
+from lipstep.errors import ConfigError, LipstepError
 from lipstep.eval.longrun import block_bounds, chain_audio, identity_clips, portrait_metrics
 from lipstep.eval.runner import EvalConfig, contact_sheet, spread_frames
 
@@ -39,8 +39,6 @@ def test_portrait_metrics_of_the_reference_itself():
 
 
 def test_long_mode_config_is_checked():
-    from lipstep.errors import ConfigError
-
     EvalConfig(long=60).validate()
     for bad in ({"long": -1}, {"long": 60, "long_block": 0}, {"long": 60, "max_clips": 2},
                 {"long": 60, "other_audio": True}, {"long": 60, "seconds": 2.0}, {"long": 60, "long_identities": -1}):

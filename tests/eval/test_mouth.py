@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from tests.mediafixtures import make_tiny_avatar_data
 
 from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.errors import DataError
-from lipstep.eval.mouth import PixelMouthProbe, darkness_features, pearson
-from tests.mediafixtures import make_tiny_avatar_data
+from lipstep.eval.mouth import PixelMouthProbe, darkness_features
+from lipstep.fit import pearson
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from lipstep.data.dataset import open_shard, read_manifest
+from lipstep.data.prepare import PrepareConfig, prepare_dataset
+from lipstep.data.world import WorldConfig, synthesize_world
 from lipstep.errors import DataError, LipstepError
-from lipstep.eval.mouthreader import (
-    MouthReader,
-    MouthReaderConfig,
-    MouthReaderNet,
-    MouthTrainConfig,
-    _augment,
-    mouth_scores,
-    train_mouth_reader,
-)
+from lipstep.eval.mouthreader import MouthReader, mouth_scores
+from lipstep.eval.train_mouthreader import MouthTrainConfig, _augment, train_mouth_reader
+from lipstep.nets.mouthreader import MouthReaderConfig, MouthReaderNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,9 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """6 identities x 2 clips x 2 s at 32 px: enough held-out identities to measure generalisation."""
-    from lipstep.data.prepare import PrepareConfig, prepare_dataset
-    from lipstep.data.world import WorldConfig, synthesize_world
-
     root = tmp_path_factory.mktemp("mouthworld")
     synthesize_world(WorldConfig(identities=6, clips_per_identity=2, seconds=2.0, size=32, seed=11), root / "world",
                      workers=1, progress=False)
@@ -44,8 +38,6 @@ def trained(world, tmp_path_factory):
 
 
 def _heldout(world: Path, split: str):
-    from lipstep.data.dataset import open_shard, read_manifest
-
     frames, labels = [], []
     for row in read_manifest(world):
         if row["split"] == split:

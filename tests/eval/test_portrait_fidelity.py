@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 
+from lipstep.data.render import render_frame, sample_identity
+from lipstep.data.world import frame_pose, head_motion
 from lipstep.errors import LipstepError
-from lipstep.eval.fidelity import (
+from lipstep.eval.portrait import (
     MOUTH_BOX,
     colour_shift,
     identity_mask,
@@ -132,8 +134,6 @@ def test_tiny_frames_with_no_window_outside_the_mouth_are_refused():
 
 def _world_pose_extremes() -> np.ndarray:
     """Per-axis min and max (yaw, pitch, roll) of the world's head motion, silent and speaking: [2, 3]."""
-    from lipstep.data.world import head_motion
-
     poses = np.concatenate([head_motion(np.random.default_rng(s), np.full(250, s % 2, np.float32), 1.0)
                             for s in range(80)])
     return np.stack([poses.min(0), poses.max(0)])
@@ -142,9 +142,6 @@ def _world_pose_extremes() -> np.ndarray:
 def test_mouth_box_holds_every_mouth_change_of_the_synthetic_world():
     """Render identities at the corners of the world's head poses with the mouth closed and at extreme
     states (wide open, rounded, stretched): every changed pixel lies in the mouth box."""
-    from lipstep.data.render import render_frame, sample_identity
-    from lipstep.data.world import frame_pose
-
     size, lo_hi = 64, _world_pose_extremes()
     inside = ~identity_mask(size, size)
     rng = np.random.default_rng(0)

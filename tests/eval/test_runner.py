@@ -11,16 +11,27 @@ import numpy as np
 import pytest
 from tests.mediafixtures import make_tiny_avatar_data
 
-from lipstep.data.dataset import WindowConfig
+from lipstep.data.dataset import WindowConfig, open_shard, read_manifest
 from lipstep.data.media import read_image
 from lipstep.errors import LipstepError
-from lipstep.eval.fidelity import FeatureNetConfig, FeatureTrainConfig, train_feature_net
-from lipstep.eval.identity import IdentityNetConfig, IdentityTrainConfig, train_identity
 from lipstep.eval.longrun import evaluate_long
-from lipstep.eval.mouthreader import MouthReaderConfig, MouthTrainConfig, train_mouth_reader
-from lipstep.eval.runner import EvalConfig, evaluate_model, load_evaluators, metrics_markdown
-from lipstep.eval.sync import SyncTrainConfig, train_syncnet
+from lipstep.eval.runner import (
+    EvalConfig,
+    Evaluators,
+    evaluate_model,
+    load_evaluators,
+    metrics_markdown,
+    spread_frames,
+)
+from lipstep.eval.train_features import FeatureTrainConfig, train_feature_net
+from lipstep.eval.train_identity import IdentityTrainConfig, train_identity
+from lipstep.eval.train_mouthreader import MouthTrainConfig, train_mouth_reader
+from lipstep.eval.train_syncnet import SyncTrainConfig, train_syncnet
+from lipstep.nets.features import FeatureNetConfig
+from lipstep.nets.identity import IdentityNetConfig
+from lipstep.nets.mouthreader import MouthReaderConfig
 from lipstep.nets.syncnet import LipSyncConfig
+from lipstep.pipeline import AvatarPipeline
 from lipstep.train.loop import TrainConfig
 from lipstep.train.mouth_head import MouthHeadConfig
 from lipstep.train.teacher import TeacherConfig, train_teacher
@@ -96,8 +107,6 @@ def test_eval_writes_every_weight_free_metric(setup, tmp_path):
 
 
 def test_audio_shift_control_changes_the_driving_audio_only(setup, tmp_path, monkeypatch):
-    from lipstep.pipeline import AvatarPipeline
-
     heard = []
     call = AvatarPipeline.__call__
 
@@ -121,8 +130,6 @@ def test_audio_shift_control_changes_the_driving_audio_only(setup, tmp_path, mon
 
 
 def test_without_evaluators_everything_learned_is_skipped(setup, tmp_path):
-    from lipstep.eval.runner import Evaluators
-
     ev = Evaluators(skipped={"mouth_err": "no evaluators"})
     res = evaluate_model(setup["model"], setup["prepared"], tmp_path / "e", EvalConfig(split="train", max_clips=1,
                                                                                         save_videos=0), ev,
@@ -165,9 +172,6 @@ def test_eval_cli_bad_inputs(setup, tmp_path, case):
 
 
 def test_other_audio_control_drives_with_the_next_clip(setup, tmp_path, monkeypatch):
-    from lipstep.data.dataset import open_shard, read_manifest
-    from lipstep.pipeline import AvatarPipeline
-
     heard = []
     call = AvatarPipeline.__call__
 
@@ -186,9 +190,6 @@ def test_other_audio_control_drives_with_the_next_clip(setup, tmp_path, monkeypa
 
 
 def test_contact_sheet_shows_generated_over_ground_truth(setup, tmp_path, monkeypatch):
-    from lipstep.eval.runner import spread_frames
-    from lipstep.pipeline import AvatarPipeline
-
     made = []
     call = AvatarPipeline.__call__
 
@@ -202,17 +203,12 @@ def test_contact_sheet_shows_generated_over_ground_truth(setup, tmp_path, monkey
     evaluate_model(setup["model"], setup["prepared"], out, EvalConfig(split="train", max_clips=1, save_videos=0),
                    load_evaluators(setup["evaluators"]), progress=False)
     sheet = read_image(out / "contact_sheet.png")
-    from lipstep.data.dataset import open_shard, read_manifest
-
     gt = np.asarray(open_shard(setup["prepared"] / read_manifest(setup["prepared"])[0]["shard"], ("frames",))["frames"])
     assert np.array_equal(sheet[:32], np.concatenate(list(spread_frames(made[0])), axis=1))
     assert np.array_equal(sheet[32:], np.concatenate(list(spread_frames(gt[:len(made[0])])), axis=1))
 
 
 def test_long_run_drives_each_identity_through_the_chunked_pipeline(setup, tmp_path, monkeypatch):
-    from lipstep.data.dataset import open_shard, read_manifest
-    from lipstep.pipeline import AvatarPipeline
-
     calls = []
     call = AvatarPipeline.__call__
 
@@ -265,6 +261,7 @@ def test_long_run_cli_bad_inputs(setup, tmp_path, case):
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_long_run_cli(setup, tmp_path):
     r = _run("eval", "--out", tmp_path / "out", "--data", setup["prepared"], "--model", setup["model"],
              "--evaluators", setup["evaluators"], "--split", "train", "--long", "0.8", "--long-block", "0.4",

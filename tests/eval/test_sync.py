@@ -7,17 +7,10 @@ import pytest
 import torch
 from tests.mediafixtures import make_tiny_avatar_data
 
+from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.errors import DataError
-from lipstep.eval.sync import (
-    SyncScores,
-    SyncTrainConfig,
-    lipsync_features,
-    mfcc,
-    score_lipsync,
-    score_official,
-    sync_scores,
-    train_syncnet,
-)
+from lipstep.eval.sync import SyncScores, lipsync_features, mfcc, score_lipsync, score_official, sync_scores
+from lipstep.eval.train_syncnet import SyncTrainConfig, train_syncnet
 from lipstep.nets.syncnet import LipSyncConfig, LipSyncNet, SyncNetS, load_lipsync
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -208,8 +201,6 @@ def test_train_syncnet_runs_writes_outputs_and_is_deterministic(prepared, tmp_pa
 
 
 def test_lipsync_scoring_on_prepared_crops_and_mfcc_variant(prepared, tmp_path):
-    from lipstep.data.dataset import open_shard, read_manifest
-
     row = read_manifest(prepared)[1]
     data = open_shard(prepared / row["shard"], ("frames", "audio"))
     frames, wav = np.asarray(data["frames"]), np.asarray(data["audio"])

@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from lipstep.data.dataset import batch_indices
+from lipstep.distill.method import Method, Role
 from lipstep.train.loop import (
     NonFiniteLoss,
     TrainConfig,
-    batch_indices,
     latest_checkpoint,
     train,
 )
@@ -26,10 +27,8 @@ class ToyData(torch.utils.data.Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
-class ToyMethod:
+class ToyMethod(Method):
     """Regression with noise drawn from the step generator (so resume must restore randomness)."""
-
-    roles = ("model",)
 
     def __init__(self, nan_at=None):
         torch.manual_seed(0)
@@ -37,18 +36,12 @@ class ToyMethod:
         self.nan_at = nan_at
         self.losses = []
 
-    def trainable(self):
-        return {"model": self.model}
+    def roles(self):
+        return {"model": Role(self.model)}
 
-    def bind(self, modules):
-        self.model = modules["model"]
-
-    def phase(self, step):
-        return "model"
-
-    def loss(self, batch, step, generator):
+    def loss(self, role, batch, step, generator):
         noise = 0.01 * torch.randn(batch["y"].shape, generator=generator)
-        loss = ((self.model(batch["x"]).squeeze(-1) - batch["y"] - noise) ** 2).mean()
+        loss = ((self.modules["model"](batch["x"]).squeeze(-1) - batch["y"] - noise) ** 2).mean()
         if self.nan_at is not None and step >= self.nan_at:
             loss = loss * float("nan")
         self.losses.append(float(loss.detach()))

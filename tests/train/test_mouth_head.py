@@ -93,7 +93,7 @@ def test_the_denoising_loss_never_reaches_the_head(world):
     net = _trained_like(_net())
     batch = _batch(world)
     loss, _ = TeacherMethod(net, make_schedule("vp_v"), TeacherLossConfig(p_drop_audio=0, p_drop_both=0)).loss(
-        batch, 0, torch.Generator().manual_seed(0))
+        "denoiser", batch, 0, torch.Generator().manual_seed(0))
     loss.backward()
     assert all(p.grad is None for p in net.mouth_head.parameters())    # its reading enters detached
     assert net.mouth_embed[0].weight.grad.abs().sum() > 0

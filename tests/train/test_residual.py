@@ -11,7 +11,8 @@ from torch import nn
 
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.pipeline import AvatarPipeline, ModelInfo, SamplerInfo
-from lipstep.train.teacher import TeacherConfig, batch_cond
+from lipstep.distill.losses import batch_cond
+from lipstep.train.teacher import TeacherConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,6 +11,7 @@ from tests.mediafixtures import make_tiny_avatar_data
 
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.diffusion.schedules import make_schedule
+from lipstep.distill.losses import motion_weights, snr_weight
 from lipstep.errors import DataError, LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
 from lipstep.train.loop import TrainConfig
@@ -20,9 +21,7 @@ from lipstep.train.teacher import (
     TeacherLossConfig,
     TeacherMethod,
     audio_stats,
-    motion_weights,
     resolve_patch,
-    snr_weight,
     train_teacher,
 )
 
@@ -101,6 +100,7 @@ def test_motion_noise_perturbs_only_the_motion_latents_by_a_bounded_random_level
     assert torch.equal(m.cond_from_batch(batch, torch.Generator()).motion, batch["motion_latents"])
 
 
+@pytest.mark.slow
 def test_tiny_teacher_overfits_one_clip(world):
     """Fixed (t, eps) draws on one window: the loss must fall at least 10x."""
     from lipstep.codecs.cache import encode_prepared
@@ -118,7 +118,7 @@ def test_tiny_teacher_overfits_one_clip(world):
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     losses = []
     for step in range(250):
-        loss, _ = method.loss(batch, step, torch.Generator().manual_seed(1))
+        loss, _ = method.loss("denoiser", batch, step, torch.Generator().manual_seed(1))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -22,7 +22,7 @@ from proxy import test_windows  # noqa: E402
 
 from lipstep.eval.mouthreader import MouthReader  # noqa: E402
 from lipstep.eval.runner import default_evaluators_dir  # noqa: E402
-from lipstep.train.teacher import batch_cond  # noqa: E402
+from lipstep.distill.losses import batch_cond  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("model")

@@ -31,7 +31,7 @@ from lipstep.diffusion.guidance import multi_cfg  # noqa: E402
 from lipstep.eval.mouthreader import MouthReader  # noqa: E402
 from lipstep.eval.runner import default_evaluators_dir  # noqa: E402
 from lipstep.samplers.ddim import sample_ddim  # noqa: E402
-from lipstep.train.teacher import batch_cond  # noqa: E402
+from lipstep.distill.losses import batch_cond  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("model")

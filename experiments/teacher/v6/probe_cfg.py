@@ -28,7 +28,7 @@ z = pipe.encode_image(real[0])
 feats = audio.encode(d["audio"], 32)
 rows = [np.concatenate([real[i] for i in range(0, n, 4)], 1)]
 for ca, cr, st, eta in CONFIGS:
-    pipe.info.sampler.eta = eta
+    pipe.info.sampler.options["eta"] = eta
     lat, _ = pipe.generate_latents(z, feats, steps=st, cfg_audio=ca, cfg_ref=cr, n_frames=n, seed=0)
     fr = pipe.decode(lat)
     err = np.abs(fr.astype(float) - real.astype(float)).mean()

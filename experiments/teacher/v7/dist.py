@@ -1,7 +1,7 @@
 import numpy as np
 from pathlib import Path
 from lipstep.data.dataset import read_manifest
-from lipstep.codecs.cache import load_latents
+from lipstep.data.latents import load_latents
 prep = Path("/work/runs/t8/prepared"); cache = prep/"latents/pixel-c12-f2-00adb27a3664"
 rows = [r for r in read_manifest(prep) if r["split"]=="train"][:40]
 res = {}

@@ -23,7 +23,7 @@ t0=time.time()
 for step in range(steps):
     idx = rng.choice(len(ds), 8, replace=False)
     b = torch.utils.data.default_collate([ds[int(i)] for i in idx])
-    loss, logs = method.loss(b, step, g)
+    loss, logs = method.loss("denoiser", b, step, g)
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0); opt.step()
     with torch.no_grad():
         for pe, p in zip(ema.parameters(), net.parameters()): pe.lerp_(p, 0.02)

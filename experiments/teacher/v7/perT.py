@@ -2,7 +2,7 @@ import sys, torch, numpy as np
 from pathlib import Path
 from lipstep.pipeline import AvatarPipeline
 from lipstep.data.dataset import WindowDataset, WindowConfig
-from lipstep.train.teacher import batch_cond
+from lipstep.distill.losses import batch_cond
 torch.set_num_threads(2); torch.manual_seed(0)
 prep = Path("/work/runs/t8/prepared")
 pipe = AvatarPipeline.from_pretrained(sys.argv[1] if len(sys.argv)>1 else "/work/runs/t8/teacher/model")

@@ -22,7 +22,7 @@ for ci, row in enumerate(rows_all[:3:2]):
     feats = pipe.audio_encoder.encode(d["audio"], 32)
     out.append(np.concatenate([real[i] for i in range(0, n, 4)], 1))
     for eta in (0.0, 1.0):
-        pipe.info.sampler.eta = eta
+        pipe.info.sampler.options["eta"] = eta
         lat, _ = pipe.generate_latents(z, feats, steps=25, cfg_audio=3, cfg_ref=1.5, n_frames=n, seed=0)
         fr = pipe.decode(lat)
         print(tag, row["id"], "eta", eta, "L1", round(float(np.abs(fr.astype(float) - real.astype(float)).mean()), 2), flush=True)

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from lipstep.config import check, load_config, save_config
+from lipstep.data.features import frame_windows, log_mel, window_starts
+from lipstep.data.prepare import mel_params
 from lipstep.errors import ConfigError, LipstepError
 
 SAMPLE_RATE = 16000
@@ -100,9 +102,6 @@ class MelEncoder(AudioEncoder):
 
     def encode(self, wav, n_frames: int) -> torch.Tensor:
         """Waveform [N] at 16 kHz -> float32 [T, K, n_mels] (CPU)."""
-        from lipstep.data.features import frame_windows, log_mel
-        from lipstep.data.prepare import mel_params
-
         stft = mel_params(self.sample_rate)
         mel = log_mel(_as_wav(wav), self.sample_rate, self.feature_dim, **stft)
         rate = self.sample_rate / stft["hop_length"]
@@ -176,6 +175,7 @@ class HFAudioEncoder(AudioEncoder):
                                fps=self.fps, chunk_seconds=self.chunk_seconds)
 
     def _read_config(self):
+        # transformers here and below, not at module top: about 1 s to import, only for an HF encoder
         from transformers import AutoConfig
 
         if not self.path.is_dir():
@@ -289,8 +289,6 @@ class HFAudioEncoder(AudioEncoder):
     @torch.no_grad()
     def encode(self, wav, n_frames: int) -> torch.Tensor:
         """Waveform [N] at 16 kHz -> float32 [T, K, D] on the model's device."""
-        from lipstep.data.features import window_starts
-
         wav = _as_wav(wav)
         times, feats = self._whisper_features(wav) if self.is_whisper else self._w2v_features(wav)
         starts = window_starts(int(n_frames), self.fps, self.feature_rate, self.window)

@@ -1,6 +1,8 @@
-"""Latent codecs (frames <-> scaled latents) and the per-clip latent cache; see `lipstep.codecs.vae`."""
+"""Latent codecs (frames <-> scaled latents) and the per-clip latent cache writer; see `lipstep.codecs.vae`.
 
-from lipstep.codecs.cache import default_cache_dir, encode_prepared, load_latents, read_cache_info
+The cache readers are `lipstep.data.latents`."""
+
+from lipstep.codecs.cache import default_cache_dir, encode_prepared
 from lipstep.codecs.vae import (
     Codec,
     CodecConfig,
@@ -14,5 +16,5 @@ from lipstep.codecs.vae import (
 
 __all__ = [
     "Codec", "CodecConfig", "CodecTrainConfig", "CodecTrainResult", "build_codec", "default_cache_dir",
-    "encode_prepared", "load_codec", "load_latents", "read_cache_info", "save_codec", "train_codec",
+    "encode_prepared", "load_codec", "save_codec", "train_codec",
 ]

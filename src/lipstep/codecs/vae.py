@@ -50,7 +50,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -63,7 +62,10 @@ import torch
 from torch import nn
 
 from lipstep.config import check, load_config, save_config, to_dict
+from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.errors import ConfigError, DataError, LipstepError
+from lipstep.fit import fit
+from lipstep.fsutil import atomic_dir
 
 WEIGHTS_NAME = "model.safetensors"
 _DIFFUSERS_KINDS = {"AutoencoderKL": "kl", "AutoencoderTiny": "tiny"}
@@ -404,8 +406,6 @@ def _load_lipstep(path: Path, scaling_factor, shift_factor) -> Codec:
 @contextlib.contextmanager
 def _atomic_dir(out: Path) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces `out` (a codec dir or empty)."""
-    from lipstep.fsutil import atomic_dir
-
     _check_replaceable(out)
     with atomic_dir(out) as tmp:
         yield tmp
@@ -488,8 +488,6 @@ class _Frames:
     """Random access to the frames of one split of a prepared directory (memory-mapped shards)."""
 
     def __init__(self, root: Path, rows: list[dict]):
-        from lipstep.data.dataset import open_shard
-
         self.arrays = [open_shard(root / r["shard"], ("frames",)).get("frames") for r in rows]
         for r, a in zip(rows, self.arrays):
             if a is None or a.ndim != 4 or a.shape[-1] != 3:
@@ -545,13 +543,6 @@ def _edge_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (d[..., :, 1:] - d[..., :, :-1]).abs().mean() + (d[..., 1:, :] - d[..., :-1, :]).abs().mean()
 
 
-def _lr_factor(step: int, cfg: CodecTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _codec_loss(codec: Codec, x: torch.Tensor, cfg: CodecTrainConfig, generator) -> torch.Tensor:
     """L1 + edge L1 + β·KL of one batch of frames (unscaled latents; scaling is irrelevant here)."""
     if codec.kind == "kl":
@@ -592,28 +583,16 @@ def _even_indices(n: int, k: int) -> np.ndarray:
 def _fit(codec: Codec, train: _Frames, cfg: CodecTrainConfig, rng: np.random.Generator, device,
          progress: bool) -> list[float]:
     """Train a kl / tiny codec in place (uniform random frames, L1 + edge + β·KL); per-step losses."""
-    from tqdm.auto import tqdm
-
     codec.vae.train().requires_grad_(True)
     generator = torch.Generator(device).manual_seed(cfg.seed + 1)
-    opt = torch.optim.AdamW(codec.vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
 
-    # Train: uniform random frames, L1 + edge + β·KL.
-    losses = []
-    bar = tqdm(range(cfg.steps), desc=f"train codec {codec.name}", disable=not progress, dynamic_ncols=True)
-    for step in bar:
+    def step(_: int) -> torch.Tensor:
         x = augment_frames(train.get(rng.integers(0, len(train), cfg.batch)), cfg, rng).to(device)
-        loss = _codec_loss(codec, x, cfg, generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(codec.vae.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(loss.detach().item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-    bar.close()
+        return _codec_loss(codec, x, cfg, generator)
+
+    losses = fit(codec.vae.parameters(), step, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                 schedule="cosine", warmup_steps=cfg.warmup_steps, floor=0.1, grad_clip=cfg.grad_clip,
+                 progress=progress, desc=f"train codec {codec.name}", hint="lower lr or grad_clip").losses
     codec.vae.eval().requires_grad_(False)
     return losses
 
@@ -635,8 +614,6 @@ def train_codec(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
         A `CodecTrainResult` (per-step losses, PSNR on val/test/train, scaling factor, ...); the same
         summary, without the per-step losses, is written to ``out_dir/train.json``.
     """
-    from lipstep.data.dataset import read_manifest
-
     cfg = cfg or CodecTrainConfig()
     cfg.validate()
     started = time.perf_counter()

@@ -18,7 +18,7 @@ Item ``i`` is window ``(clip, start)`` of the index: every start in ``[M, n - T]
 - ``visemes`` int64 [T] and ``mouth`` float32 [T, 3] when the shard has them (synthetic world);
 - ``clip_index``, ``start``, ``reference_index`` int64 scalars.
 
-With ``latents=CACHE`` (a latent cache of `lipstep.codecs.cache.encode_prepared`), items also hold
+With ``latents=CACHE`` (a latent cache, `lipstep.data.latents`), items also hold
 the same window as codec latents: ``latents`` float32 [T, C, h, w], ``reference_latent`` [C, h, w]
 and ``motion_latents`` [M, C, h, w]; ``pixels=False`` then leaves the pixel frames out (what the
 teacher trains on: no decoding of 64 px frames per step). With ``residual=s > 0`` the window and
@@ -41,9 +41,11 @@ rest, so even hour-long 256 px clips cost no resident memory per worker. Picklin
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,7 @@ import numpy as np
 import torch
 
 from lipstep.config import check
+from lipstep.data.latents import clip_id_of, load_latents, read_cache_info
 from lipstep.errors import DataError
 
 _LOADED_KEYS = ("frames", "mel", "visemes", "mouth")
@@ -168,8 +171,6 @@ class WindowDataset(torch.utils.data.Dataset):
         self.latents = Path(latents) if latents is not None else None
         self.pixels = pixels or self.latents is None
         if self.latents is not None:
-            from lipstep.codecs.cache import read_cache_info
-
             read_cache_info(self.latents)  # DataError when it is not a latent cache
         self.cfg = cfg or WindowConfig()
         self.cfg.validate()
@@ -220,10 +221,8 @@ class WindowDataset(torch.utils.data.Dataset):
         if "frames" not in arrays or "mel" not in arrays:
             raise DataError(f"shard {path} lacks frames or mel")
         if self.latents is not None:
-            from lipstep.codecs.cache import load_latents
-
             row = self.clips[c]
-            z = load_latents(self.latents, str(row.get("id") or Path(row["shard"]).stem))
+            z = load_latents(self.latents, clip_id_of(row))
             if len(z) != len(arrays["frames"]):
                 raise DataError(f"{self.latents}: {len(z)} latent frames for clip {row.get('id')} but its shard "
                                 f"has {len(arrays['frames'])}; re-encode the cache")
@@ -281,4 +280,22 @@ class WindowDataset(torch.utils.data.Dataset):
         return item
 
 
-__all__ = ["WindowConfig", "WindowDataset", "open_shard", "read_manifest"]
+def batch_indices(n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                  start_step: int = 0) -> Iterator[list[int]]:
+    """Endless batches of dataset indices: a fresh permutation per epoch from (seed, epoch),
+    sharded across ranks, starting at `start_step` (so resuming continues the same sequence)."""
+    per_rank = batch_size
+    global_batch = per_rank * world
+    steps_per_epoch = max(1, n // global_batch) if n >= global_batch else 1
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, steps_per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+        if n < global_batch:  # tiny data sets: repeat the permutation to fill a batch
+            perm = (perm * math.ceil(global_batch / n))[:global_batch]
+        base = offset * global_batch + rank * per_rank
+        yield perm[base:base + per_rank]
+        step += 1
+
+
+__all__ = ["WindowConfig", "WindowDataset", "batch_indices", "open_shard", "read_manifest"]

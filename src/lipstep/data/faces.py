@@ -20,6 +20,7 @@ import functools
 import warnings
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 
 from lipstep.errors import DataError
@@ -51,7 +52,7 @@ class CropBox(NamedTuple):
 def dlib_available() -> bool:
     """True when the optional dlib package imports."""
     try:
-        import dlib  # noqa: F401
+        import dlib  # noqa: F401  (optional extra lipstep[faces]: imported only where it is used)
     except ImportError:
         return False
     return True
@@ -71,8 +72,6 @@ def resolve_detector(detector: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _haar():
-    import cv2
-
     path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
@@ -82,14 +81,12 @@ def _haar():
 
 @functools.lru_cache(maxsize=1)
 def _dlib_hog():
-    import dlib
+    import dlib  # optional extra lipstep[faces]
 
     return dlib.get_frontal_face_detector()
 
 
 def _detect_haar(image: np.ndarray) -> list[Box]:
-    import cv2
-
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     scale = min(1.0, HAAR_MAX_SIDE / max(gray.shape))
     if scale < 1.0:
@@ -186,8 +183,6 @@ def crop_frames(frames: np.ndarray, box: CropBox, size: int) -> np.ndarray:
     Out-of-frame parts are edge-replicated. Resizing uses area averaging when shrinking and
     bicubic interpolation when growing.
     """
-    import cv2
-
     frames = np.asarray(frames)
     if box.w < 1 or box.h < 1:
         raise ValueError(f"crop box must be non-empty, got {box}")

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 
+import librosa
 import numpy as np
+import torch
 
 LOG_FLOOR = 1e-5
 """Mel power below this is clamped before the log; ``log(LOG_FLOOR)`` is also the edge padding."""
@@ -27,8 +29,6 @@ LOG_FLOOR = 1e-5
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    import librosa
-
     return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
 
 
@@ -41,8 +41,6 @@ def log_mel(wav: np.ndarray, sample_rate: int = 16000, n_mels: int = 80, n_fft: 
     natural log of ``max(mel, 1e-5)``. Equals ``log(clamp(librosa.feature.melspectrogram(...,
     center=True, pad_mode='constant'), 1e-5)).T`` up to float rounding.
     """
-    import torch
-
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
         raise ValueError(f"log_mel expects a mono waveform [N], got shape {wav.shape}")

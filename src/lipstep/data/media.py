@@ -26,6 +26,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+import soundfile as sf
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lipstep.errors import MediaError
 from lipstep.fsutil import atomic_path
@@ -256,6 +258,7 @@ def resample_audio(wav: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     wav = np.asarray(wav, dtype=np.float32)
     if int(src_rate) == int(dst_rate) or wav.size == 0:
         return wav
+    # scipy.signal here, not at module top: about 2 s of CPU to import, and most media never needs resampling
     from scipy.signal import resample_poly
 
     g = math.gcd(int(src_rate), int(dst_rate))
@@ -596,8 +599,6 @@ def write_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RAT
     try:
         with atomic_path(path) as tmp:
             if suffix in _SOUNDFILE_FORMATS:
-                import soundfile as sf
-
                 fmt, subtype = _SOUNDFILE_FORMATS[suffix]
                 sf.write(str(tmp), wav, sample_rate, format=fmt, subtype=subtype)
             else:
@@ -625,8 +626,6 @@ def write_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RAT
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read any image PIL can open as uint8 RGB [H, W, 3], with EXIF orientation applied."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = _check_file(path)
     try:
         with Image.open(path) as img:
@@ -648,8 +647,6 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:
     """Write a uint8 RGB [H, W, 3] (or gray [H, W]) image as PNG/JPEG (by suffix), atomically."""
-    from PIL import Image
-
     path = Path(path)
     image = np.asarray(image)
     if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):

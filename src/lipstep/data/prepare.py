@@ -34,9 +34,15 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from lipstep.config import check, from_dict, load_config, save_config, to_dict, validate
+from lipstep.data.faces import centre_box, clip_crop_box, crop_frames, resolve_detector
+from lipstep.data.features import frame_windows, log_mel
+from lipstep.data.media import read_video
 from lipstep.errors import ConfigError, DataError, MediaError
 from lipstep.fsutil import atomic_path, write_jsonl_atomic
 
@@ -295,10 +301,6 @@ def build_shard(job: Job, cfg: PrepareConfig) -> dict[str, np.ndarray]:
     [T, 3], ``blink`` float32 [T], ``phoneme_symbols`` str [P], ``phoneme_start`` /
     ``phoneme_end`` float32 [P] seconds. Raises `MediaError` / `DataError` for unusable clips.
     """
-    from lipstep.data.faces import centre_box, clip_crop_box, crop_frames
-    from lipstep.data.features import frame_windows, log_mel
-    from lipstep.data.media import read_video
-
     video = read_video(job.path, fps=cfg.fps, audio="required", sample_rate=cfg.sample_rate,
                        max_seconds=cfg.max_seconds)
     n_frames = len(video.frames)
@@ -345,9 +347,6 @@ def read_shard_meta(path: str | os.PathLike) -> dict | None:
 
 def _init_worker() -> None:
     """One thread per worker process: the pool already uses every core."""
-    import cv2
-    import torch
-
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
@@ -383,8 +382,6 @@ def _check_config(out: Path, cfg: PrepareConfig) -> None:
 
 def _run_jobs(jobs: list[Job], cfg: PrepareConfig, out: Path, workers: int, progress: bool):
     """Prepare `jobs` in-process or over a process pool; yields (status, source, reason)."""
-    from tqdm import tqdm
-
     cfg_dict = to_dict(cfg)
     bar = tqdm(total=len(jobs), desc="prepare", unit="clip", file=sys.stderr,
                disable=None if progress else True)
@@ -453,8 +450,6 @@ def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: Prepare
     src, out = Path(src), Path(out)
     jobs = find_clips(src, cfg.detector, exclude=out)
     if any(j.detector != "none" for j in jobs):  # resolve "auto" once, fail early on missing dlib
-        from lipstep.data.faces import resolve_detector
-
         detector = resolve_detector(cfg.detector)
         for job in jobs:
             job.detector = detector if job.detector != "none" else "none"

@@ -32,6 +32,7 @@ threads, to synthesise in parallel.
 
 from __future__ import annotations
 
+import _ctypes
 import contextlib
 import ctypes
 import ctypes.util
@@ -43,6 +44,7 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from lipstep.errors import LipstepError
 
@@ -189,8 +191,6 @@ def _load_private(image: bytes) -> ctypes.CDLL | None:
 
 
 def _dlclose_function():
-    import _ctypes
-
     return getattr(_ctypes, "dlclose", None)
 
 
@@ -474,8 +474,6 @@ def _word_onsets(raw: _Raw, text: str, phonemes: list[Phoneme], rate: int) -> li
 def _resample(audio: np.ndarray, source: int, target: int) -> np.ndarray:
     wav = audio.astype(np.float32) / 32768.0
     if source != target:
-        from scipy.signal import resample_poly
-
         g = gcd(source, target)
         wav = resample_poly(wav, target // g, source // g).astype(np.float32)
     return np.clip(wav, -1.0, 1.0)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from lipstep.errors import LipstepError
 
@@ -185,8 +186,6 @@ def _smooth(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray
     """Dominance-weighted Gaussian blur (normalised convolution) along time."""
     if sigma <= 0:
         return values
-    from scipy.ndimage import gaussian_filter1d
-
     num = gaussian_filter1d(values * weights[:, None], sigma, axis=0, mode="nearest")
     den = gaussian_filter1d(weights, sigma, mode="nearest")
     return num / den[:, None]

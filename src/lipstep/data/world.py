@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -35,8 +36,20 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tqdm import tqdm
 
-from lipstep.config import check, load_config, save_config, to_dict, validate
+from lipstep.config import check, from_dict, load_config, save_config, to_dict, validate
+from lipstep.data.media import read_video, write_image, write_video
+from lipstep.data.render import (
+    Identity,
+    Pose,
+    background_for,
+    measure_openness,
+    render_frame,
+    sample_identity,
+)
+from lipstep.data.speech import Phoneme, make_sentence, synthesize, voices
+from lipstep.data.visemes import mouth_track, viseme_track
 from lipstep.errors import ConfigError
 from lipstep.fsutil import atomic_path, write_json_atomic, write_jsonl_atomic
 
@@ -125,9 +138,6 @@ def assign_splits(n: int, cfg: WorldConfig) -> list[str]:
 
 def make_identity(cfg: WorldConfig, index: int):
     """The identity (appearance) and voice of person `index`."""
-    from lipstep.data.render import sample_identity
-    from lipstep.data.speech import voices
-
     rng = np.random.default_rng([cfg.seed, index, 1])
     idn = sample_identity(rng)
     pool = voices()
@@ -141,19 +151,17 @@ def make_identity(cfg: WorldConfig, index: int):
 
 def _speech_for(rng, cfg: WorldConfig, voice: dict, available: float):
     """Synthesize a sentence that fits in `available` seconds (fewer words until it does)."""
-    from lipstep.data.speech import make_sentence, synthesize
-
     rate = int(rng.integers(cfg.rate_range[0], cfg.rate_range[1] + 1))
     n_words = max(1, int(available * rate / 60.0 * 0.8))
     while True:
-        text = _sentences(rng, n_words, cfg.pause_prob, make_sentence)
+        text = _sentences(rng, n_words, cfg.pause_prob)
         speech = synthesize(text, voice=voice["voice"], rate=rate, pitch=voice["pitch"], sample_rate=SAMPLE_RATE)
         if speech.seconds <= available or n_words == 1:
             return speech, rate
         n_words = max(1, min(n_words - 1, int(n_words * available / speech.seconds)))
 
 
-def _sentences(rng, n_words: int, pause_prob: float, make_sentence) -> str:
+def _sentences(rng, n_words: int, pause_prob: float) -> str:
     parts, left = [], n_words
     while left > 0:
         k = min(left, int(rng.integers(3, 9)))
@@ -170,8 +178,6 @@ def _sentences(rng, n_words: int, pause_prob: float, make_sentence) -> str:
 
 def place_speech(speech, n_samples: int, lead: float, noise: float, rng):
     """Put the speech waveform `lead` seconds into a clip of `n_samples`; returns (wav, phonemes)."""
-    from lipstep.data.speech import Phoneme
-
     wav = np.zeros(n_samples, np.float32)
     start = int(round(lead * SAMPLE_RATE))
     seg = speech.wav[: max(0, n_samples - start)]
@@ -222,16 +228,12 @@ def blink_track(rng, n_frames: int, per_second: float) -> np.ndarray:
 
 def frame_pose(head_pose, jitter=(0.0, 0.0)):
     """The renderer's `Pose` for one labelled head pose (yaw, pitch, roll); jitter in image units."""
-    from lipstep.data.render import Pose
-
     yaw, pitch, roll = (float(v) for v in head_pose)
     return Pose(yaw=yaw, pitch=pitch, roll=roll, dx=yaw * 0.08 + jitter[0], dy=pitch * 0.05 + jitter[1])
 
 
 def render_frames(idn, mouth, pose, blink, size: int, jitter=None) -> np.ndarray:
     """Render all frames of a clip (uint8 [T, S, S, 3]); `jitter` [T, 2] in pixels."""
-    from lipstep.data.render import background_for, render_frame
-
     background = background_for(idn, size)
     frames = np.empty((len(mouth), size, size, 3), np.uint8)
     for i in range(len(mouth)):
@@ -270,9 +272,6 @@ def _shift_audio(wav: np.ndarray, frames: int) -> np.ndarray:
 
 def render_clip(cfg: WorldConfig, out: Path, index: int, clip: int, split: str) -> dict:
     """Synthesize, render and write one clip; returns its manifest row."""
-    from lipstep.data.media import write_video
-    from lipstep.data.visemes import mouth_track, viseme_track
-
     idn, voice = make_identity(cfg, index)
     rng = np.random.default_rng([cfg.seed, index, clip, 2])
     n_frames = int(round(cfg.seconds * FPS))
@@ -338,8 +337,6 @@ def _clip_done(out: Path, row_path: Path) -> dict | None:
 
 def _clip_job(cfg_dict: dict, out: str, index: int, clip: int, split: str) -> dict:
     """Worker entry point: render a clip unless a previous run finished it (resume)."""
-    from lipstep.config import from_dict
-
     cfg, out_p = from_dict(WorldConfig, cfg_dict), Path(out)
     row_path = out_p / "clips" / f"{identity_id(index)}_c{clip:02d}" / "row.json"
     row = _clip_done(out_p, row_path)
@@ -379,9 +376,6 @@ def _check_existing(out: Path, cfg: WorldConfig) -> None:
 
 def write_identities(cfg: WorldConfig, out: Path, splits: list[str]) -> None:
     """identities.json and one neutral portrait PNG per identity."""
-    from lipstep.data.media import write_image
-    from lipstep.data.render import Pose, render_frame
-
     table = {}
     for i in range(cfg.identities):
         idn, voice = make_identity(cfg, i)
@@ -393,10 +387,6 @@ def write_identities(cfg: WorldConfig, out: Path, splits: list[str]) -> None:
 
 def synthesize_world(cfg: WorldConfig, out, *, workers: int = 0, progress: bool = True) -> WorldSummary:
     """Render the whole world into `out` (parallel over processes; resumes an interrupted run)."""
-    import time
-
-    from tqdm import tqdm
-
     validate(cfg)
     out = Path(out)
     _check_existing(out, cfg)
@@ -435,9 +425,6 @@ def check_world(root) -> dict:
     - `openness_corr`: correlation between the mouth opening measured from the decoded pixels
       (`render.measure_openness`) and the labelled openness, over all frames of all clean clips.
     """
-    from lipstep.data.media import read_video
-    from lipstep.data.render import Identity, measure_openness
-
     root = Path(root)
     rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
     silent, speech, measured, labelled = [], [], [], []

@@ -1,4 +1,9 @@
-"""Loss math shared by the distillation recipes.
+"""Loss math shared by every recipe (the teacher's denoising objective and the distillation methods).
+
+- `sample_times`, `snr_weight` (min-SNR-γ per prediction type), `motion_weights` (moving positions
+  count more), `noisy_motion`, `batch_cond` (the Cond of a latent batch, with first-chunk training):
+  the pieces of the teacher's loss that students reuse so that they weigh what the teacher weighed;
+- FADA's adaptive mixed supervision (below).
 
 FADA's adaptive mixed supervision (algorithms.md §4.1): ``L = L_distill + W(R)·L_gt`` with the
 per-sample ratio ``R = L_gt / L_teacher`` (stop-gradient) and ::
@@ -21,6 +26,78 @@ import torch
 from torch import Tensor
 
 from lipstep.config import check
+from lipstep.diffusion.cond import Cond
+from lipstep.diffusion.schedules import Schedule, append_dims
+from lipstep.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# denoising-loss pieces
+
+
+def sample_times(n: int, generator: torch.Generator, t_min: float, device) -> Tensor:
+    """t ~ U(t_min, 1] per sample."""
+    u = torch.rand(n, generator=generator, device=generator.device).to(device)
+    return t_min + (1.0 - t_min) * (1.0 - u)
+
+
+def snr_weight(schedule: Schedule, t: Tensor, gamma: float) -> Tensor:
+    """min-SNR-γ weight per sample for the schedule's native target (1 when gamma is 0).
+
+    eps / v / flow targets: min(SNR, γ)/SNR, min(SNR, γ)/(SNR + 1) (Hang et al. 2023), which in x0 terms
+    weights the x0 error by min(SNR, γ). x0 targets: min(SNR + 1, γ) on the x0 error, the v-loss weight
+    (SNR + 1, as pixel-space x0 transformers train, Li & He 2025) capped like min-SNR. The difference is
+    the high-noise end: min(SNR, γ) is 0.005 at t = 1 on the SD table, so an x0 net never learns what it
+    must predict from (almost) pure noise, and its first sampler steps paint a texture of training-set
+    offsets that later steps sharpen into glyphs (teacher v6, experiments/teacher/README.md).
+    """
+    if gamma <= 0:
+        return torch.ones_like(t)
+    snr = schedule.snr(t).float().clamp(max=1e8)
+    if schedule.prediction == "x0":
+        return (snr + 1.0).clamp(max=max(gamma, 1.0))
+    clipped = snr.clamp(max=gamma)
+    return clipped / snr if schedule.prediction == "eps" else clipped / (snr + 1.0)
+
+
+def motion_weights(x0: Tensor, strength: float) -> Tensor:
+    """Per-position weight [B, 1, 1, h, w]: 1 + strength · d / mean(d), d = std of x0 over time and channels."""
+    if strength <= 0 or x0.shape[1] < 2:
+        return torch.ones_like(x0[:, :1, :1])
+    d = x0.float().std(dim=1).mean(dim=1, keepdim=True)             # [B, 1, h, w]
+    d = d / d.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return (1.0 + strength * d)[:, None]
+
+
+def noisy_motion(motion: Tensor, generator: torch.Generator, max_std: float) -> Tensor:
+    """Motion latents [B, M, C, h, w] plus Gaussian noise of one std ~ U(0, max_std) per sample."""
+    std = torch.rand(len(motion), generator=generator, device=generator.device).to(motion.device) * max_std
+    noise = torch.randn(motion.shape, generator=generator, device=generator.device).to(motion.device)
+    return motion + append_dims(std, motion.ndim).to(motion.dtype) * noise.to(motion.dtype)
+
+
+def batch_cond(batch: dict, generator: torch.Generator | None = None, p_motion_ref: float = 0.0, *,
+               use_visemes: bool = False, residual: bool = False) -> Cond:
+    """The Cond of a latent batch (teacher and students alike).
+
+    With a generator and ``p_motion_ref > 0``, each sample's motion latents are replaced by its
+    reference latent repeated with that probability: first-chunk training, since generation feeds
+    the first chunk the reference as motion (there is no previous chunk). For a ``residual`` model
+    (motion latents are offsets from the reference) the reference's own offset is zero.
+    """
+    ref, motion = batch["reference_latent"], batch.get("motion_latents")
+    if motion is not None and motion.shape[1] == 0:
+        motion = None
+    if motion is not None and generator is not None and p_motion_ref > 0:
+        u = torch.rand(len(ref), generator=generator, device=generator.device).to(ref.device)
+        use_ref = append_dims(u < p_motion_ref, motion.ndim)
+        first = torch.zeros_like(ref) if residual else ref
+        motion = torch.where(use_ref, first[:, None].expand_as(motion), motion)
+    return Cond(reference=ref, audio=batch["audio"], motion=motion,
+                visemes=batch.get("visemes") if use_visemes else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# FADA mixed supervision
 
 MIXED_MODES = ("off", "fixed", "adaptive-unlimited", "adaptive")
 
@@ -42,9 +119,7 @@ class MixedConfig:
 
 
 def parse_mixed_mode(mode: str) -> tuple[str, float]:
-    """``"fixed:0.2"`` -> ("fixed", 0.2); other modes -> (mode, 0.0). ConfigError-style ValueError otherwise."""
-    from lipstep.errors import ConfigError
-
+    """``"fixed:0.2"`` -> ("fixed", 0.2); other modes -> (mode, 0.0); a `ConfigError` otherwise."""
     name, _, value = str(mode).partition(":")
     if name not in MIXED_MODES:
         raise ConfigError(f"mixed.mode must be off, fixed:<w>, adaptive-unlimited or adaptive, got {mode!r}")
@@ -83,4 +158,5 @@ def mixed_weight(cfg: MixedConfig, r: Tensor) -> Tensor:
     return adaptive_weight(r, cfg.w0, cfg.s, cfg.r_p, cfg.r_d, limited=name == "adaptive")
 
 
-__all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "mixed_weight", "parse_mixed_mode"]
+__all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "batch_cond", "mixed_weight", "motion_weights", "noisy_motion",
+           "parse_mixed_mode", "sample_times", "snr_weight"]

@@ -28,35 +28,50 @@ that starts from the teacher's weights (algorithms.md §2.9, §4). Per training 
    on the same ``(x_t, eps)``, ``R = L_gt / L_teacher`` (stop-gradient). Modes: off | fixed:<w> |
    adaptive-unlimited | adaptive.
 
-Both losses use the teacher's per-position motion weighting (`lipstep.train.teacher.motion_weights`),
+Both losses use the teacher's per-position motion weighting (`lipstep.distill.losses.motion_weights`),
 so moving regions (the mouth) count as they did when the teacher was trained.
 
-`distill_perflow` runs it end to end and writes a self-contained student directory whose
-``lipstep.json`` records its sampler (``perflow``, steps, windows, target, guidance scales).
+Roles: ``student`` (trainable) and ``teacher`` (frozen). `PerflowRecipe` builds a run for
+`lipstep.train.runner.run_recipe` (``lipstep distill perflow``), which writes a self-contained student
+directory whose ``lipstep.json`` records its sampler (``perflow``, steps, ``options: {windows, target}``,
+embedded guidance scales).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from lipstep.codecs.cache import encode_prepared
 from lipstep.config import check
+from lipstep.data.dataset import WindowConfig, WindowDataset, batch_indices
 from lipstep.diffusion.cond import Cond
+from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import multi_cfg
 from lipstep.diffusion.schedules import Schedule, append_dims, ddim_step
-from lipstep.distill.losses import MixedConfig, mixed_weight, parse_mixed_mode
+from lipstep.distill.losses import (
+    MixedConfig,
+    batch_cond,
+    mixed_weight,
+    motion_weights,
+    parse_mixed_mode,
+    snr_weight,
+)
+from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.errors import LipstepError
+from lipstep.fsutil import atomic_path, write_json_atomic
+from lipstep.modeldir import ModelInfo, check_data_size, load_model
+from lipstep.nets.dit import AvatarDiT, param_count
+from lipstep.samplers import SamplerInfo
 from lipstep.samplers.perflow import TARGETS, ddim_eps_coeffs, window_bounds
-from lipstep.train.loop import TrainConfig
-from lipstep.train.teacher import batch_cond, motion_weights, snr_weight
 
 CFG_MODES = ("none", "time", "plain", "tokens")
 
@@ -133,10 +148,11 @@ def sample_scales(n: int, cfg: PerflowConfig, generator: torch.Generator, device
 
 
 @torch.no_grad()
-def teacher_window_solve(teacher, schedule: Schedule, z_start: Tensor, start: Tensor, end: Tensor, cond: Cond,
+def teacher_window_solve(teacher: Denoiser, z_start: Tensor, start: Tensor, end: Tensor, cond: Cond,
                          scales: Tensor, steps: int) -> Tensor:
     """DDIM from ``start`` to ``end`` (per-sample [B] times) in ``steps`` steps with multi-CFG at ``scales``."""
-    fn = multi_cfg(lambda x, t, c: teacher(x, schedule.model_time(t), c), scales[:, 0], scales[:, 1])
+    schedule = teacher.schedule
+    fn = multi_cfg(teacher, scales[:, 0], scales[:, 1])
     z = z_start.float()
     for j in range(steps):
         t = (start - (start - end) * (j / steps)).float()
@@ -157,8 +173,6 @@ def perflow_targets(schedule: Schedule, z_start: Tensor, z_end: Tensor, start: T
 
 def build_student(teacher, cfg: PerflowConfig):
     """A copy of the teacher's AvatarDiT with the guidance input of ``cfg.cfg_mode`` (zero-initialised)."""
-    from lipstep.nets.dit import AvatarDiT
-
     dit = dataclasses.replace(teacher.cfg, cfg_layer=cfg.cfg_mode, cfg_tokens=cfg.cfg_tokens)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
@@ -177,25 +191,22 @@ def build_student(teacher, cfg: PerflowConfig):
 X0_EPS_GAMMA = 5.0  # γ of the eps-error weight for x0-predicting nets (`PerflowMethod._student_eps_err`)
 
 
-class PerflowMethod:
-    """The FADA objective (module docstring) for `lipstep.train.loop.train`: one role, the student."""
-
-    roles = ("student",)
+class PerflowMethod(Method):
+    """The FADA objective (module docstring): roles ``student`` (trained) and ``teacher`` (frozen)."""
 
     def __init__(self, student, teacher, schedule: Schedule, cfg: PerflowConfig, *, residual: bool = False):
         cfg.validate()
-        self.student, self.schedule, self.cfg = student, schedule, cfg
+        self.student, self.teacher, self.schedule, self.cfg = student, teacher, schedule, cfg
         self.residual = residual  # batches hold offsets from the reference (the teacher's ModelInfo.residual)
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.bind({"student": student, "teacher": teacher})
 
-    def trainable(self):
-        return {"student": self.student}
-
-    def phase(self, step: int) -> str:
-        return "student"
+    def roles(self) -> dict[str, Role]:
+        return {"student": Role(self.student), "teacher": Role(self.teacher, trainable=False)}
 
     def bind(self, modules) -> None:
-        self.student = modules["student"]
+        super().bind(modules)
+        self.student_fn = Denoiser(self.modules["student"], self.schedule)
+        self.teacher_fn = Denoiser(self.modules["teacher"].eval().requires_grad_(False), self.schedule)
 
     def _student_eps_err(self, pred: Tensor, z: Tensor, t: Tensor, target: Tensor) -> Tensor:
         out = self.schedule.to_eps(pred, z, t) if self.cfg.target == "ddim_eps" else pred.float()
@@ -208,7 +219,7 @@ class PerflowMethod:
             err = err * append_dims(snr_weight(self.schedule, t, X0_EPS_GAMMA) / snr, err.ndim)
         return err
 
-    def loss(self, batch: dict, step: int, generator: torch.Generator):
+    def loss(self, role: str, batch: dict, step: int, generator: torch.Generator):
         cfg, schedule = self.cfg, self.schedule
         x0 = batch["latents"].float()
         b, dev = x0.shape[0], x0.device
@@ -225,7 +236,7 @@ class PerflowMethod:
             eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(dev)
             scales = sample_scales(b, cfg, generator, dev)
             z_start = schedule.add_noise(x0, eps, start).float()
-            z_end = teacher_window_solve(self.teacher, schedule, z_start, start, end, cond, scales, cfg.solver_steps)
+            z_end = teacher_window_solve(self.teacher_fn, z_start, start, end, cond, scales, cfg.solver_steps)
         frac = append_dims(((t - start) / (end - start)).float(), x0.ndim)
         z_t = z_start + (z_end - z_start) * frac
         target = perflow_targets(schedule, z_start, z_end, start, end, cfg.target)
@@ -235,19 +246,18 @@ class PerflowMethod:
         mixed_on = parse_mixed_mode(cfg.mixed.mode)[0] != "off"
         t32 = t.float()
         if not mixed_on:
-            pred = self.student(z_t, schedule.model_time(t32), s_cond)
+            pred = self.student_fn(z_t, t32, s_cond)
             l_distill = (self._student_eps_err(pred, z_t, t32, target) * weight).flatten(1).mean(1)
             return l_distill.mean(), {"l_distill": float(l_distill.detach().mean())}
         # mixed supervision: the ground-truth branch rides in the same student forward (batch 2B)
         x_t = schedule.add_noise(x0, eps, t32).float()
         gt_cond = dataclasses.replace(cond, cfg_scales=torch.ones_like(scales) if use_scales else None)
-        both = self.student(torch.cat([z_t, x_t]), schedule.model_time(torch.cat([t32, t32])),
-                            Cond.cat([s_cond, gt_cond]))
+        both = self.student_fn(torch.cat([z_t, x_t]), torch.cat([t32, t32]), Cond.cat([s_cond, gt_cond]))
         pred, pred_gt = both.chunk(2)
         l_distill = (self._student_eps_err(pred, z_t, t32, target) * weight).flatten(1).mean(1)
         l_gt = (self._student_eps_err(pred_gt, x_t, t32, eps) * weight).flatten(1).mean(1)
         with torch.no_grad():
-            p_teacher = self.teacher(x_t, schedule.model_time(t32), cond)
+            p_teacher = self.teacher_fn(x_t, t32, cond)
             l_teacher = (self._student_eps_err(p_teacher, x_t, t32, eps) * weight).flatten(1).mean(1)
             r = l_gt.detach() / l_teacher.clamp_min(1e-8)
             w = mixed_weight(cfg.mixed, r)
@@ -274,12 +284,6 @@ def pair_settings(cfg: PerflowConfig, teacher_path, prepared) -> dict:
 def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Path, settings: dict, *,
                     batch_size: int = 8, progress: bool = True) -> Path:
     """Solve ``n_pairs`` teacher windows into ``directory`` (parts of `PART_SIZE`, resumable, atomic)."""
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
-    from lipstep.fsutil import atomic_path, write_json_atomic
-    from lipstep.train.loop import batch_indices
-
     directory.mkdir(parents=True, exist_ok=True)
     meta_path = directory / "bank.json"
     if meta_path.is_file():
@@ -314,7 +318,7 @@ def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Pat
             eps = torch.randn(sub["latents"].shape, generator=gen).to(dev)
             scales = sample_scales(b, cfg, gen, dev)
             z_start = schedule.add_noise(sub["latents"].float(), eps, start).float()
-            z_end = teacher_window_solve(method.teacher, schedule, z_start, start, end, cond, scales, cfg.solver_steps)
+            z_end = teacher_window_solve(method.teacher_fn, z_start, start, end, cond, scales, cfg.solver_steps)
             motion = cond.motion if cond.motion is not None else sub["latents"][:, :0]
             for key, v in (("latents", sub["latents"]), ("reference_latent", cond.reference), ("motion_latents", motion),
                            ("audio", cond.audio), ("eps", eps), ("window", k), ("scales", scales), ("z_end", z_end)):
@@ -330,8 +334,6 @@ class PairBank(torch.utils.data.Dataset):
     """The pairs of a bank directory as dataset items (all in memory)."""
 
     def __init__(self, directory: Path, n_pairs: int):
-        from safetensors.torch import load_file
-
         parts = sorted(Path(directory).glob("part_*.safetensors"))
         if not parts:
             raise LipstepError(f"{directory}: no pair bank files")
@@ -351,86 +353,64 @@ class PairBank(torch.utils.data.Dataset):
 # running it
 
 
-def student_info(teacher_info, cfg: PerflowConfig, *, trained: dict | None = None):
-    """The student's ModelInfo: the teacher's schedule and window, the PeRFlow sampler as its default."""
-    from lipstep.pipeline import ModelInfo, SamplerInfo
-
+def student_info(teacher_info: ModelInfo, cfg: PerflowConfig) -> ModelInfo:
+    """The student's ModelInfo: the teacher's schedule and chunk layout, the PeRFlow sampler as its default."""
     t = teacher_info.sampler
     cfg_audio = t.cfg_audio if cfg.cfg_audio is None else cfg.cfg_audio
     cfg_ref = t.cfg_ref if cfg.cfg_ref is None else cfg.cfg_ref
     if cfg.cfg_mode == "none":
         cfg_audio = cfg_ref = 1.0  # trained on the conditional teacher: no guidance input, one pass
     sampler = SamplerInfo(name="perflow", steps=cfg.student_steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
-                          spacing=t.spacing, windows=cfg.windows, target=cfg.target,
-                          guidance="embedded" if cfg.cfg_mode != "none" else "cfg")
-    return ModelInfo(kind="student", recipe="perflow", schedule=teacher_info.schedule,
-                     flow_shift=teacher_info.flow_shift, sampler=sampler, frames=teacher_info.frames,
-                     motion_frames=teacher_info.motion_frames, image_size=teacher_info.image_size,
-                     residual=teacher_info.residual, anchor_every=teacher_info.anchor_every,
-                     fps=teacher_info.fps, sample_rate=teacher_info.sample_rate, trained=trained or {})
+                          guidance="embedded" if cfg.cfg_mode != "none" else "cfg",
+                          options={"windows": cfg.windows, "target": cfg.target})
+    return dataclasses.replace(teacher_info, kind="student", recipe="perflow", sampler=sampler, trained={})
 
 
-def distill_perflow(prepared: str | Path, teacher: str | Path, out: str | Path, cfg: PerflowConfig | None = None,
-                    *, resume: bool = False, progress: bool = True) -> Path:
-    """Distill ``teacher`` (a model directory or bundled name) on ``prepared``; returns ``out/model``."""
-    from lipstep.codecs.cache import encode_prepared
-    from lipstep.config import validate
-    from lipstep.data.dataset import WindowConfig, WindowDataset
-    from lipstep.nets.dit import param_count
-    from lipstep.pipeline import AvatarPipeline, save_model
-    from lipstep.train.loop import latest_checkpoint, train
-    from lipstep.train.teacher import _check_shapes, _validator
+class PerflowRecipe:
+    """`lipstep distill perflow` for `lipstep.train.runner.run_recipe`: a teacher (model directory or bundled
+    name) + a `PerflowConfig`."""
 
-    cfg = cfg or PerflowConfig()
-    validate(cfg)
-    prepared, out = Path(prepared), Path(out)
-    if not (prepared / "manifest.jsonl").is_file():
-        raise LipstepError(f"{prepared} is not a prepared directory (no manifest.jsonl); run lipstep prepare first")
-    if not resume and latest_checkpoint(out) is not None:
-        raise LipstepError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    started = time.perf_counter()
-    pipe = AvatarPipeline.from_pretrained(teacher, device="cuda" if torch.cuda.is_available() else "cpu")
-    if pipe.info.kind != "teacher":
-        raise LipstepError(f"{pipe.path}: is a {pipe.info.kind} ({pipe.info.recipe}); distill perflow needs a teacher")
-    if pipe.audio_encoder.cfg.kind != "mel" or (pipe.audio_encoder.window, pipe.audio_encoder.feature_dim) != (16, 80):
-        raise LipstepError("distill perflow trains on the shards' log-mel windows: the teacher's audio encoder must "
-                           "be mel with window 16 and 80 mels")
-    size = _check_shapes(pipe.codec, prepared)
-    if size != pipe.info.image_size:
-        raise LipstepError(f"{prepared}: {size}px frames, but the teacher works on {pipe.info.image_size}px; "
-                           f"prepare the data with --size {pipe.info.image_size}")
-    cache = encode_prepared(prepared, pipe.codec, progress=progress)
-    window = WindowConfig(frames=pipe.info.frames, motion_frames=pipe.info.motion_frames)
-    dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=pipe.info.residual)
-    student = build_student(pipe.denoiser, cfg).cpu()
-    method = PerflowMethod(student, pipe.denoiser, pipe.schedule, cfg, residual=pipe.info.residual > 0)
-    if cfg.pairs:
-        bank = Path(cfg.pairs_dir) if cfg.pairs_dir else out / "pairs"
-        build_pair_bank(method, dataset, cfg.pairs, bank, pair_settings(cfg, pipe.path, prepared),
-                        progress=progress)
-        dataset = PairBank(bank, cfg.pairs)
-    print(f"perflow: student AvatarDiT ({param_count(student.cfg) / 1e6:.2f} M parameters, cfg_mode "
-          f"{cfg.cfg_mode}) from the teacher {pipe.path}; {cfg.windows} windows, {cfg.solver_steps} teacher steps "
-          f"per window, target {cfg.target}, mixed {cfg.mixed.mode}; {len(dataset)} "
-          f"{'teacher pairs from ' + str(bank) if cfg.pairs else 'training windows (teacher solved online)'}",
-          flush=True)
-    info = student_info(pipe.info, cfg)
-    vcfg = SimpleNamespace(val_clips=cfg.val_clips, val_steps=cfg.student_steps, val_seconds=cfg.val_seconds)
-    validate_fn = _validator(prepared, cache, pipe.codec, pipe.audio_encoder, info, vcfg, out)
-    state = train(method, dataset, cfg.train, out, resume=resume, run_config=cfg,
-                  validate=(lambda step, models: validate_fn(step, {"denoiser": models["student"]}))
-                  if cfg.val_clips else None, progress=progress)
-    final = state.emas["student"].shadow if "student" in state.emas else student
-    info.trained = {"teacher": str(pipe.path), "data": str(prepared.resolve()), "steps": state.step,
-                    "seconds_this_run": round(time.perf_counter() - started, 1),
-                    "weights": "ema" if "student" in state.emas else "model",
-                    "windows": cfg.windows, "solver_steps": cfg.solver_steps, "cfg_mode": cfg.cfg_mode,
-                    "mixed": cfg.mixed.mode, "target": cfg.target}
-    model_dir = save_model(out / "model", info, pipe.codec, pipe.audio_encoder, final.eval())
-    (out / "distill.json").write_text(json.dumps(info.trained, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote the student model to {model_dir} ({info.nfe_per_chunk()} NFE per chunk)", flush=True)
-    return model_dir
+    name = "perflow"
+
+    def __init__(self, teacher: str | Path, cfg: PerflowConfig | None = None):
+        self.teacher, self.cfg = teacher, cfg or PerflowConfig()
+        self.cfg.validate()
+
+    def build(self, prepared: Path, out: Path, *, resume: bool, progress: bool):
+        cfg = self.cfg
+        root, tinfo, codec, audio, teacher = load_model(self.teacher, device="cuda" if torch.cuda.is_available() else "cpu")
+        if tinfo.kind != "teacher":
+            raise LipstepError(f"{root}: is a {tinfo.kind} ({tinfo.recipe}); distill perflow needs a teacher")
+        if audio.cfg.kind != "mel" or (audio.window, audio.feature_dim) != (16, 80):
+            raise LipstepError("distill perflow trains on the shards' log-mel windows: the teacher's audio encoder must "
+                               "be mel with window 16 and 80 mels")
+        size = check_data_size(codec, prepared)
+        if size != tinfo.image_size:
+            raise LipstepError(f"{prepared}: {size}px frames, but the teacher works on {tinfo.image_size}px; "
+                               f"prepare the data with --size {tinfo.image_size}")
+        cache = encode_prepared(prepared, codec, progress=progress)
+        window = WindowConfig(frames=tinfo.frames, motion_frames=tinfo.motion_frames)
+        dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=tinfo.residual)
+        student = build_student(teacher, cfg).cpu()
+        method = PerflowMethod(student, teacher, tinfo.make_schedule(), cfg, residual=tinfo.residual > 0)
+        if cfg.pairs:
+            bank = Path(cfg.pairs_dir) if cfg.pairs_dir else out / "pairs"
+            build_pair_bank(method, dataset, cfg.pairs, bank, pair_settings(cfg, root, prepared), progress=progress)
+            dataset = PairBank(bank, cfg.pairs)
+        print(f"perflow: student AvatarDiT ({param_count(student.cfg) / 1e6:.2f} M parameters, cfg_mode "
+              f"{cfg.cfg_mode}) from the teacher {root}; {cfg.windows} windows, {cfg.solver_steps} teacher steps "
+              f"per window, target {cfg.target}, mixed {cfg.mixed.mode}; {len(dataset)} "
+              f"{'teacher pairs from ' + str(bank) if cfg.pairs else 'training windows (teacher solved online)'}",
+              flush=True)
+        provenance = {"teacher": str(root), "data": str(prepared.resolve()), "windows": cfg.windows,
+                      "solver_steps": cfg.solver_steps, "cfg_mode": cfg.cfg_mode, "mixed": cfg.mixed.mode,
+                      "target": cfg.target}
+        return Built(method=method, dataset=dataset, train=cfg.train, info=student_info(tinfo, cfg), codec=codec,
+                     audio=audio, export_role="student", latents=cache,
+                     validation=Validation(cfg.val_clips, cfg.student_steps, cfg.val_seconds),
+                     provenance=provenance, record="distill.json", run_config=cfg)
 
 
-__all__ = ["CFG_MODES", "PairBank", "PerflowConfig", "PerflowMethod", "build_pair_bank", "build_student", "distill_perflow", "perflow_targets",
-           "pair_settings", "sample_scales", "sample_windows", "student_info", "teacher_window_solve"]
+__all__ = ["CFG_MODES", "PairBank", "PerflowConfig", "PerflowMethod", "PerflowRecipe", "build_pair_bank",
+           "build_student", "pair_settings", "perflow_targets", "sample_scales", "sample_windows", "student_info",
+           "teacher_window_solve"]

@@ -45,9 +45,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
+from tqdm.auto import tqdm
 
+from lipstep.data.examples import example_inputs
+from lipstep.data.media import SAMPLE_RATE, read_audio, read_image, write_video
 from lipstep.errors import LipstepError
+from lipstep.fsutil import atomic_path, write_json_atomic, write_text_atomic
+from lipstep.modeldir import read_info, resolve_model
+from lipstep.pipeline import AvatarPipeline
 
 COMPONENTS = ("crop_encode", "audio", "denoise", "decode", "mux")
 # Keys of a `lipstep eval` metrics.json that describe the run rather than its quality.
@@ -72,8 +79,6 @@ class ModelSpec:
 
 def parse_spec(text: str) -> ModelSpec:
     """``teacher``, ``teacher@8`` or ``runs/x/model@4`` -> `ModelSpec`; a one-line LipstepError otherwise."""
-    from lipstep.pipeline import read_info, resolve_model
-
     base, steps = text, None
     if "@" in text and not Path(text).is_dir():
         base, _, raw = text.rpartition("@")
@@ -136,27 +141,10 @@ def quality_metrics(evals: dict[str, dict[str, float]], wanted: list[str] | None
 
 def default_threads() -> int:
     """Physical cores available to this process (2 when unknown)."""
-    import psutil
-
     cores = psutil.cpu_count(logical=False) or 2
     if hasattr(os, "sched_getaffinity"):
         cores = min(cores, len(os.sched_getaffinity(0)))
     return max(1, cores)
-
-
-def example_inputs(directory: Path, *, portrait: bool = True, speech: bool = True) -> tuple[Path, Path]:
-    """The demo's example portrait and speech in `directory`, each made once if asked for (`lipstep.demo`)."""
-    import shutil
-
-    from lipstep.demo import example_portrait, example_speech
-
-    paths = directory / "portrait.png", directory / "speech.wav"
-    if portrait and not paths[0].is_file():
-        example_portrait(directory, workers=1, progress=False)
-        shutil.rmtree(directory / "world")  # only its first portrait is needed
-    if speech and not paths[1].is_file():
-        example_speech(directory)
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,8 +175,6 @@ class PeakMemory:
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
             self._base = _proc_status_bytes("VmRSS")
         else:
-            import psutil
-
             self._rss = psutil.Process().memory_info
             self._base = self._peak = self._rss().rss
             self._stop = threading.Event()
@@ -257,8 +243,6 @@ def _generate(job: _Job, image: np.ndarray, call: dict, **extra):
 
 def timed_run(job: _Job, image: np.ndarray, video: Path, call: dict) -> dict:
     """One end-to-end run (generate + mux): outer total, components, peak memory."""
-    from lipstep.data.media import write_video
-
     pipe = job.pipe
     gc.collect()
     with PeakMemory(pipe.device) as mem:
@@ -335,8 +319,6 @@ def _modules(pipe) -> list[torch.nn.Module]:
 
 def machine_info(device: torch.device) -> dict:
     """What the numbers depend on: CPU/GPU model, threads, torch, load average."""
-    import psutil
-
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -372,8 +354,8 @@ def run_bench(models: list[str], out: str | os.PathLike, *, image: str | os.Path
     Args:
         models: model directories or bundled names, each optionally with ``@STEPS``; the text is the label.
         out: output directory (``bench.json``, ``bench.md``, ``bench.png`` with evals, ``inputs/``).
-        image, audio: inputs (any format the media layer reads); default: the demo's example portrait and
-            speech, made once in ``OUT/inputs``.
+        image, audio: inputs (any format the media layer reads); default: the example portrait and
+            speech of `lipstep.data.examples`, made once in ``OUT/inputs``.
         seconds: the audio is cut to at most this length.
         warmup, repeats: untimed and timed runs per model.
         threads: ``torch.set_num_threads`` for the benchmark (default `default_threads`).
@@ -385,12 +367,6 @@ def run_bench(models: list[str], out: str | os.PathLike, *, image: str | os.Path
     Returns:
         The contents of ``bench.json``.
     """
-    from tqdm.auto import tqdm
-
-    from lipstep.data.media import SAMPLE_RATE, read_audio, read_image
-    from lipstep.fsutil import write_json_atomic, write_text_atomic
-    from lipstep.pipeline import AvatarPipeline
-
     _check_settings(seconds, warmup, repeats, threads)
     dev = _device(device)
     specs = parse_specs(list(models))
@@ -540,10 +516,9 @@ def plot_quality_vs_speed(models: dict[str, dict], evals: dict[str, dict[str, fl
     `models` maps label -> a bench.json model entry (``nfe``, ``ms_per_frame``); `evals` maps label ->
     metrics; models without an eval are left out.
     """
+    # matplotlib here, not at module top: about 1 s of start-up that only this plot needs
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
-
-    from lipstep.fsutil import atomic_path
 
     metrics = quality_metrics(evals, metrics)
     labels = [k for k in models if k in evals]
@@ -574,5 +549,5 @@ def plot_quality_vs_speed(models: dict[str, dict], evals: dict[str, dict[str, fl
     return out
 
 
-__all__ = ["COMPONENTS", "ModelSpec", "PeakMemory", "default_threads", "example_inputs", "format_table",
+__all__ = ["COMPONENTS", "ModelSpec", "PeakMemory", "default_threads", "format_table",
            "parse_spec", "parse_specs", "plot_quality_vs_speed", "quality_metrics", "read_evals", "run_bench"]

@@ -11,9 +11,9 @@ block is measured against the reference portrait:
 =================  ====================================================================================
 key                what
 =================  ====================================================================================
-long_id_psnr       identity-region PSNR / SSIM against the reference (`fidelity.identity_psnr`,
+long_id_psnr       identity-region PSNR / SSIM against the reference (`portrait.identity_psnr`,
 long_id_ssim       `identity_ssim`; the mouth box left out), mean over identities and blocks
-long_colour_shift  RGB distance (0..255) of the mean colour to the reference's (`fidelity.colour_shift`)
+long_colour_shift  RGB distance (0..255) of the mean colour to the reference's (`portrait.colour_shift`)
 long_id_sim        cosine similarity to the reference (the primary identity encoder, as ``id_sim``)
 long_*_delta       last block minus first block, mean over identities (drift over the run)
 long_*_gt          the same measure on all of the identity's real frames (its clips, once each)
@@ -34,15 +34,19 @@ import time
 import numpy as np
 
 from lipstep.config import to_dict
+from lipstep.data.media import write_video
 from lipstep.errors import DataError, LipstepError
+from lipstep.eval.identity import identity_similarity
+from lipstep.eval.portrait import MOUTH_BOX, colour_shift, identity_psnr, identity_ssim
 from lipstep.eval.runner import (
-    _clip_data,  # noqa: PLC2701 - the per-clip reader of the same package
+    _clip_data,  # the per-clip reader of the same package
     load_for_eval,
     metrics_markdown,
     split_rows,
     spread_frames,
     write_contact_sheet,
 )
+from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 SHEET_FRAMES = 10   # long run contact sheet: frames per identity after the reference
 
@@ -66,13 +70,9 @@ def block_bounds(n_frames: int, block_frames: int) -> list[tuple[int, int]]:
 
 def portrait_metrics(frames: np.ndarray, reference: np.ndarray, embedder=None) -> dict[str, float]:
     """id_psnr, id_ssim, colour_shift (and id_sim with an identity embedder) of frames against the reference."""
-    from lipstep.eval.fidelity import colour_shift, identity_psnr, identity_ssim
-
     m = {"id_psnr": identity_psnr(frames, reference), "id_ssim": identity_ssim(frames, reference),
          "colour_shift": colour_shift(frames, reference)}
     if embedder is not None:
-        from lipstep.eval.identity import identity_similarity
-
         m["id_sim"] = identity_similarity(embedder, reference, frames)
     return m
 
@@ -98,10 +98,6 @@ def evaluate_long(model: str | os.PathLike, prepared: str | os.PathLike, out: st
     Returns the metrics dict (what metrics.json holds).
     """
     from tqdm.auto import tqdm
-
-    from lipstep.data.media import write_video
-    from lipstep.eval.fidelity import MOUTH_BOX
-    from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
     cfg.validate()
     if not cfg.long:

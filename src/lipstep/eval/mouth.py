@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.errors import DataError
+from lipstep.fit import pearson
 
 REGION = (0.55, 0.75, 0.33, 0.67)  # rows (top, bottom) and columns (left, right) as fractions of the crop
 INTERIOR_LUMA = 0.299 * 38 + 0.587 * 8 + 0.114 * 12  # the world's mouth interior colour (render.INTERIOR)
@@ -37,7 +39,7 @@ def darkness_features(frames: np.ndarray) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"darkness_features expects uint8 frames [N, S, S, 3], got {frames.shape} {frames.dtype}")
     s = frames.shape[1]
-    r0, r1, c0, c1 = (int(round(f * s)) for f in REGION)
+    r0, r1, c0, c1 = (round(f * s) for f in REGION)
     reg = frames[:, r0:r1, c0:c1].astype(np.float32)
     luma = reg @ np.array([0.299, 0.587, 0.114], np.float32)             # [N, h, w]
     skin = np.median(luma.reshape(len(luma), -1), axis=1)[:, None, None]  # the region is mostly skin
@@ -74,16 +76,7 @@ class PixelMouthProbe:
         return np.clip(x @ self.coef, 0.0, None)
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.std() < 1e-12 or b.std() < 1e-12:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def _clips(prepared: Path, split: str) -> list[dict]:
-    from lipstep.data.dataset import read_manifest
-
     rows = [r for r in read_manifest(prepared) if r["split"] == split]
     if not rows:
         raise DataError(f"{prepared}: no clips in split '{split}'")
@@ -91,8 +84,6 @@ def _clips(prepared: Path, split: str) -> list[dict]:
 
 
 def _labelled(prepared: Path, row: dict, n: int | None = None):
-    from lipstep.data.dataset import open_shard
-
     data = open_shard(prepared / row["shard"], ("frames", "audio", "mouth"))
     if "mouth" not in data:
         raise DataError(f"{prepared / row['shard']} has no mouth labels (synthetic world data is needed)")
@@ -137,7 +128,7 @@ def lipsync_check(pipe, prepared: str | Path, *, split: str = "test", calib_spli
     rows = _clips(prepared, split)[:max_clips]
     if len(rows) < 2:
         raise DataError(f"lipsync_check needs at least 2 clips in split '{split}' (one lends its audio)")
-    n = int(round(seconds * pipe.info.fps))
+    n = round(seconds * pipe.info.fps)
     T = pipe.info.frames
     padded = -(-n // T) * T
     right_err, wrong_err, right_corr, wrong_corr, wrong_follow, nfe = [], [], [], [], [], 0
@@ -173,4 +164,4 @@ def lipsync_check(pipe, prepared: str | Path, *, split: str = "test", calib_spli
     }
 
 
-__all__ = ["PixelMouthProbe", "calibrate_probe", "darkness_features", "lipsync_check", "pearson"]
+__all__ = ["PixelMouthProbe", "calibrate_probe", "darkness_features", "lipsync_check"]

@@ -20,7 +20,7 @@ fvd             Fréchet distance between 16-frame clips (I3D when given, else o
 id_sim          mean cosine similarity of generated frames to the reference portrait (own identity
                 encoder; ArcFace / dlib when available, under their own keys)
 id_psnr/id_ssim PSNR / SSIM of the generated frames against the reference portrait on the identity
-                region (the crop minus `fidelity.MOUTH_BOX`): is it still the portrait's person?
+                region (the crop minus `portrait.MOUTH_BOX`): is it still the portrait's person?
 colour_shift    RGB distance (0..255) between the mean colour of the generated frames and of the
                 reference, both over the identity region
 flicker         mean |x_t+1 - x_t| over frames ([0, 1] units), flicker_second_diff, warp_err
@@ -57,7 +57,27 @@ from pathlib import Path
 import numpy as np
 
 from lipstep.config import check, to_dict
+from lipstep.data.dataset import open_shard, read_manifest
+from lipstep.data.media import write_image, write_video
 from lipstep.errors import DataError, LipstepError
+from lipstep.eval.fd import fd_from_features
+from lipstep.eval.features import (
+    I3DFeatures,
+    InceptionFeatures,
+    OwnFeatures,
+    OwnVideoFeatures,
+    clips_from_video,
+)
+from lipstep.eval.identity import identity_per_second, identity_similarity
+from lipstep.eval.identity_embedders import resolve_identity_embedders
+from lipstep.eval.kid import kid
+from lipstep.eval.mouthreader import MouthReader, mouth_scores, reconstruct
+from lipstep.eval.portrait import MOUTH_BOX, colour_shift, identity_psnr, identity_ssim
+from lipstep.eval.sync import score_lipsync, score_official
+from lipstep.eval.temporal import drift, flicker, psnr, ssim, warping_error
+from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from lipstep.nets.syncnet import load_lipsync, load_official_syncnet
+from lipstep.pipeline import AvatarPipeline
 
 INCEPTION_GLOB = "pt_inception-2015-12-05*.pth"
 SYNCNET_FILE = "syncnet_v2.model"
@@ -150,10 +170,6 @@ def load_evaluators(evaluators_dir: str | os.PathLike | None = None, *, weights_
     `evaluators_dir` holds lipstep's own evaluators (``lipstep train evaluators``: mouth/, syncnet/,
     features/, identity/); None = the bundled ones, if any.
     """
-    from lipstep.eval.fidelity import I3DFeatures, InceptionFeatures, OwnFeatures, OwnVideoFeatures
-    from lipstep.eval.mouthreader import MouthReader
-    from lipstep.nets.syncnet import load_lipsync, load_official_syncnet
-
     ev = Evaluators()
     own = Path(evaluators_dir) if evaluators_dir is not None else default_evaluators_dir()
     if own is not None and not own.is_dir():
@@ -207,18 +223,13 @@ def load_evaluators(evaluators_dir: str | os.PathLike | None = None, *, weights_
             ev.video = OwnVideoFeatures(own_frames)
         else:
             ev.skipped["fvd"] = "no clip features: neither I3D weights nor an own features/ in the evaluators"
-    try:
-        from lipstep.eval.identity import resolve_identity_embedders
-    except ImportError as e:  # pragma: no cover - the module ships with lipstep
-        ev.skipped["id_sim"] = f"identity metrics unavailable ({e})"
-    else:
-        arc = Path(arcface) if arcface is not None else _find(wd, ARCFACE_GLOB)
-        embedders, skipped = resolve_identity_embedders(own_dir=own_dir("identity"), arcface=arc, dlib=dlib)
-        ev.identity = list(embedders)
-        for name, reason in skipped:
-            ev.skipped[f"id_sim_{name}"] = reason
-        if not ev.identity:
-            ev.skipped["id_sim"] = "no identity encoder: neither an own identity/ in the evaluators nor ArcFace/dlib"
+    arc = Path(arcface) if arcface is not None else _find(wd, ARCFACE_GLOB)
+    embedders, skipped = resolve_identity_embedders(own_dir=own_dir("identity"), arcface=arc, dlib=dlib)
+    ev.identity = list(embedders)
+    for name, reason in skipped:
+        ev.skipped[f"id_sim_{name}"] = reason
+    if not ev.identity:
+        ev.skipped["id_sim"] = "no identity encoder: neither an own identity/ in the evaluators nor ArcFace/dlib"
     return ev
 
 
@@ -253,8 +264,6 @@ def contact_sheet(videos, frames: int = SHEET_FRAMES, *, group: int = 1, gap: in
 
 def write_contact_sheet(path: Path, videos, frames: int = SHEET_FRAMES, *, group: int = 1) -> Path:
     """`contact_sheet` written as a PNG."""
-    from lipstep.data.media import write_image
-
     return write_image(path, contact_sheet(videos, frames, group=group))
 
 
@@ -262,18 +271,16 @@ def write_contact_sheet(path: Path, videos, frames: int = SHEET_FRAMES, *, group
 
 
 def _clip_data(root: Path, row: dict, seconds: float, fps: float, sr: int):
-    from lipstep.data.dataset import open_shard
-
     data = open_shard(root / row["shard"], ("frames", "audio", "mouth"))
     if "frames" not in data or "audio" not in data:
         raise DataError(f"{root / row['shard']} lacks frames or audio")
     frames, wav = np.asarray(data["frames"]), np.asarray(data["audio"], np.float32)
-    n = len(frames) if seconds <= 0 else min(len(frames), int(round(seconds * fps)))
+    n = len(frames) if seconds <= 0 else min(len(frames), round(seconds * fps))
     n = min(n, int(len(wav) * fps / sr))
     if n < 6:
         raise DataError(f"{root / row['shard']}: {n} frames with audio; the evaluation needs at least 6")
     mouth = np.asarray(data["mouth"][:n, 0], np.float64) if "mouth" in data else None
-    return frames[:n], wav[:int(round(n * sr / fps))], mouth
+    return frames[:n], wav[:round(n * sr / fps)], mouth
 
 
 def _mean(values) -> float:
@@ -282,15 +289,11 @@ def _mean(values) -> float:
 
 
 def _side_by_side(path: Path, gt: np.ndarray, gen: np.ndarray, wav: np.ndarray, fps: float, sr: int) -> None:
-    from lipstep.data.media import write_video
-
     write_video(path, np.concatenate([gt, gen], axis=2), fps, audio=wav, sample_rate=sr)
 
 
 def split_rows(prepared: str | os.PathLike, out: str | os.PathLike, split: str) -> tuple[Path, Path, list[dict]]:
     """(prepared dir, output dir, manifest rows of `split` that have frames); one-line errors otherwise."""
-    from lipstep.data.dataset import read_manifest
-
     root, out = Path(prepared), Path(out)
     if out.exists() and not out.is_dir():
         raise LipstepError(f"{out} exists and is not a directory")
@@ -302,8 +305,6 @@ def split_rows(prepared: str | os.PathLike, out: str | os.PathLike, split: str) 
 
 def load_for_eval(model, root: Path, rows: list[dict], evaluators, device: str | None):
     """(evaluators, pipeline) for an evaluation of `rows`; the frames must be the model's size."""
-    from lipstep.pipeline import AvatarPipeline
-
     ev = evaluators if evaluators is not None else load_evaluators(device=device or "cpu")
     pipe = AvatarPipeline.from_pretrained(model, device=device or "cpu")
     size = pipe.info.image_size
@@ -322,20 +323,6 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     (`lipstep.eval.longrun.evaluate_long`).
     """
     from tqdm.auto import tqdm
-
-    from lipstep.eval.fidelity import (
-        MOUTH_BOX,
-        clips_from_video,
-        colour_shift,
-        fd_from_features,
-        identity_psnr,
-        identity_ssim,
-        kid,
-    )
-    from lipstep.eval.mouthreader import mouth_scores, reconstruct
-    from lipstep.eval.sync import score_lipsync, score_official
-    from lipstep.eval.temporal import drift, flicker, psnr, ssim, warping_error
-    from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
     cfg = cfg or EvalConfig()
     cfg.validate()
@@ -358,7 +345,7 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
             other = _clip_data(root, rows[(i + 1) % len(rows)], 0.0, fps, sr)[1][:len(wav)]
             drive = np.pad(other, (0, len(wav) - len(other)))
         if cfg.audio_shift:
-            drive = np.roll(drive, int(round(cfg.audio_shift * sr)))
+            drive = np.roll(drive, round(cfg.audio_shift * sr))
         t0 = time.perf_counter()
         res = pipe(gt[0], drive, steps=cfg.steps, cfg_audio=cfg.cfg_audio, cfg_ref=cfg.cfg_ref, seed=cfg.seed)
         gen_seconds += time.perf_counter() - t0
@@ -378,8 +365,6 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
                 clip[f"sync_offset{key}{what}"] = s.offset
         for emb in ev.identity:
             suffix = "" if emb is ev.identity[0] else f"_{_short(emb.name)}"
-            from lipstep.eval.identity import identity_per_second, identity_similarity
-
             clip[f"id_sim{suffix}"] = identity_similarity(emb, gt[0], gen)
             clip[f"id_sim{suffix}_gt"] = identity_similarity(emb, gt[0], gt)
             if not suffix:
@@ -495,8 +480,8 @@ def metrics_markdown(result: dict) -> str:
         lines.append(f"| {k} | {_fmt(numeric[k])} | {_fmt(gt) if gt is not None else ''} | {ex.get(k, '')} |")
     if result.get("long_blocks"):
         keys = [k for k in BLOCK_KEYS if k in result["long_blocks"][0]]
-        lines += ["", "Per block, against the reference portrait (mean over identities; "
-                  "`long_*_delta` = last block - first):", "",
+        lines += ["", ("Per block, against the reference portrait (mean over identities; "
+                  "`long_*_delta` = last block - first):"), "",
                   "| block | seconds | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
         lines += [f"| {b['block']} | {_fmt(b['start_s'])}-{_fmt(b['end_s'])} | "
                   + " | ".join(_fmt(b[k]) for k in keys) + " |" for b in result["long_blocks"]]

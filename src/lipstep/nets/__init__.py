@@ -1,4 +1,5 @@
-"""lipstep.nets: pure nn.Modules (the AvatarDiT denoiser network and its layers)."""
+"""lipstep.nets: pure nn.Modules: the AvatarDiT denoiser (`dit`, re-exported here) and the evaluators'
+networks (`syncnet`, `mouthreader`, `identity`, `features`, `inception`)."""
 
-from lipstep.nets.dit import *  # noqa: F401,F403  (the public names are dit.__all__)
+from lipstep.nets.dit import *  # the public names are dit.__all__
 from lipstep.nets.dit import __all__  # noqa: F401

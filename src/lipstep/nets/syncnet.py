@@ -19,7 +19,7 @@ after Wav2Lip's expert discriminator and LatentSync's StableSyncNet): the lower 
 feature steps (80-band log-mel or 13 MFCC at 100 Hz) map to L2-normalised embeddings whose cosine
 similarity, through a learned affine map, is the logit of "in sync". It is saved as
 ``model.safetensors`` + ``config.json`` (`save_lipsync`, `load_lipsync`); training lives in
-`lipstep.eval.sync.train_syncnet`.
+`lipstep.eval.train_syncnet`.
 """
 
 from __future__ import annotations

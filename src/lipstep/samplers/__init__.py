@@ -1,13 +1,17 @@
 """lipstep.samplers: stateless samplers ``(denoiser, noise, timesteps, cond, *, schedule, ...) -> x``.
 
-``denoiser(x_t, t, cond)`` returns the native prediction of ``schedule``; ``timesteps`` is a grid
-from ``Schedule.timesteps``. No sampler keeps step state or touches torch's global RNG.
+``denoiser(x_t, t, cond)`` returns the native prediction of ``schedule`` (a `lipstep.diffusion.
+denoiser.Denoiser`, possibly wrapped in guidance). No sampler keeps step state or touches torch's
+global RNG. Each sampler owns its options and its time grid (`registry.SamplerKind`); a model
+directory records ``sampler: {name, options, steps, cfg_audio, cfg_ref, guidance}`` (`SamplerInfo`),
+and `chunks.sample_chunks` runs any of them chunk by chunk without knowing which one it is.
 """
 
-from lipstep.samplers.ddim import sample_ddim
-from lipstep.samplers.euler import sample_euler
-from lipstep.samplers.perflow import sample_perflow
+from lipstep.samplers.chunks import decode_frames, sample_chunks
+from lipstep.samplers.ddim import DDIMOptions, sample_ddim
+from lipstep.samplers.euler import EulerOptions, sample_euler
+from lipstep.samplers.perflow import PerflowOptions, sample_perflow
+from lipstep.samplers.registry import SAMPLERS, SamplerInfo, SamplerKind, legacy_sampler
 
-SAMPLERS = {"ddim": sample_ddim, "euler": sample_euler, "perflow": sample_perflow}
-
-__all__ = ["SAMPLERS", "sample_ddim", "sample_euler", "sample_perflow"]
+__all__ = ["SAMPLERS", "DDIMOptions", "EulerOptions", "PerflowOptions", "SamplerInfo", "SamplerKind",
+           "decode_frames", "legacy_sampler", "sample_chunks", "sample_ddim", "sample_euler", "sample_perflow"]

@@ -14,14 +14,34 @@ the loop needs is in its arguments. Runs under the caller's grad mode (wrap infe
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lipstep.config import check
 from lipstep.diffusion.cond import Cond
-from lipstep.diffusion.schedules import Schedule, ddim_step
+from lipstep.diffusion.schedules import SPACINGS, Schedule, ddim_step
 
 Callback = Callable[[int, Tensor, Tensor, Tensor], None]
+
+
+@dataclass
+class DDIMOptions:
+    """DDIM's options as a model directory records them (``sampler.options``)."""
+
+    spacing: str = "trailing"       # the schedule's timestep grid (`Schedule.timesteps`)
+    eta: float = 0.0                # DDIM noise (0 = deterministic given the initial noise)
+
+    def validate(self) -> None:
+        check(self.spacing in SPACINGS, f"sampler.options.spacing must be one of {SPACINGS}, got '{self.spacing}'")
+        check(self.eta >= 0, f"sampler.options.eta must be >= 0, got {self.eta}")
+
+    def timesteps(self, schedule: Schedule, steps: int) -> Tensor:
+        return schedule.timesteps(steps, spacing=self.spacing)
+
+    def kwargs(self) -> dict:
+        return {"eta": self.eta}
 
 
 def _step_noise(x: Tensor, generator: torch.Generator) -> Tensor:

@@ -10,13 +10,31 @@ common sampler signature and unused.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lipstep.config import check
 from lipstep.diffusion.cond import Cond
-from lipstep.diffusion.schedules import Schedule
+from lipstep.diffusion.schedules import SPACINGS, Schedule
 from lipstep.samplers.ddim import Callback, sample_ddim
+
+
+@dataclass
+class EulerOptions:
+    """Euler's options as a model directory records them (``sampler.options``)."""
+
+    spacing: str = "trailing"       # the schedule's timestep grid (`Schedule.timesteps`)
+
+    def validate(self) -> None:
+        check(self.spacing in SPACINGS, f"sampler.options.spacing must be one of {SPACINGS}, got '{self.spacing}'")
+
+    def timesteps(self, schedule: Schedule, steps: int) -> Tensor:
+        return schedule.timesteps(steps, spacing=self.spacing)
+
+    def kwargs(self) -> dict:
+        return {}
 
 
 def sample_euler(denoiser: Callable[[Tensor, Tensor, Cond], Tensor], noise: Tensor, timesteps: Tensor,

@@ -29,15 +29,38 @@ a window boundary works (a 1-window grid with Euler steps is a plain rectified-f
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lipstep.config import check
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.schedules import Schedule, append_dims
+from lipstep.errors import LipstepError
 from lipstep.samplers.ddim import Callback
 
 TARGETS = ("ddim_eps", "velocity")
+
+
+@dataclass
+class PerflowOptions:
+    """The PeRFlow sampler's options as a model directory records them (``sampler.options``)."""
+
+    windows: int = 4                # K time windows; a student needs at least one step per window
+    target: str = "ddim_eps"        # how the network output is read (ddim_eps | velocity)
+
+    def validate(self) -> None:
+        check(self.windows >= 1, f"sampler.options.windows must be >= 1, got {self.windows}")
+        check(self.target in TARGETS, f"sampler.options.target must be one of {TARGETS}, got '{self.target}'")
+
+    def timesteps(self, schedule: Schedule, steps: int) -> Tensor:
+        if steps < self.windows:
+            raise LipstepError(f"this PeRFlow student needs at least {self.windows} steps (one per window), got {steps}")
+        return perflow_timesteps(steps, self.windows)
+
+    def kwargs(self) -> dict:
+        return {"windows": self.windows, "target": self.target}
 
 
 def window_bounds(k, windows: int) -> tuple[Tensor, Tensor]:
@@ -125,5 +148,5 @@ def sample_perflow(denoiser: Callable[[Tensor, Tensor, Cond], Tensor], noise: Te
     return z
 
 
-__all__ = ["TARGETS", "ddim_eps_coeffs", "perflow_timesteps", "sample_perflow", "steps_per_window",
+__all__ = ["TARGETS", "PerflowOptions", "ddim_eps_coeffs", "perflow_timesteps", "sample_perflow", "steps_per_window",
            "window_bounds", "window_end_estimate", "window_index"]

@@ -1,17 +1,18 @@
-"""THE training loop: method-agnostic, one optimizer per role, exact resume.
+"""THE training loop: method-agnostic, one optimizer per trainable role, exact resume.
 
-A *method* (the teacher's denoising objective, or a distillation recipe) is a small object with
-``roles`` (names), ``trainable() -> {role: module}``, ``phase(step) -> role`` (which role this step
-updates) and ``loss(batch, step, generator) -> (loss, logs)``. It never calls ``backward()``, an
-optimizer, ``.cuda()`` or the logger: this loop owns those, plus warm-up, gradient clipping, EMA,
-mixed precision, TensorBoard scalars, periodic validation, checkpoints and resume.
+A *method* (`lipstep.distill.method.Method`: the teacher's denoising objective or a distillation
+recipe) declares its roles and losses; this loop owns everything else: placing the roles on the
+device (frozen ones in eval mode, never given to an optimizer), one AdamW per trainable role with the
+role's own settings, ``backward()``, warm-up, gradient clipping, EMA, mixed precision, TensorBoard
+scalars, periodic validation, checkpoints and resume. The only hooks it calls are the method's
+``roles()``, ``bind()``, ``phase()`` and ``loss()``.
 
 Runs under accelerate: CPU (``Accelerator(cpu=True)``), one GPU, DDP, and FSDP / DeepSpeed ZeRO-3
 through the accelerate config files in ``configs/accelerate/``.
 
 Checkpoint directory (written atomically: a temporary directory renamed into place)::
 
-    OUT/checkpoints/step_000500/<role>/model.safetensors   weights of each role
+    OUT/checkpoints/step_000500/<role>/model.safetensors   weights of each trainable role
     OUT/checkpoints/step_000500/<role>/ema.safetensors     EMA weights (when EMA is on)
     OUT/checkpoints/step_000500/train_state.pt             optimizer, LR schedule, RNG, step
     OUT/checkpoints/latest                                 name of the newest complete checkpoint
@@ -23,62 +24,25 @@ generator seeded by (seed, rank, step), so a resumed run repeats the uninterrupt
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Protocol
 
 import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from lipstep.config import check, save_config
+from lipstep.config import save_config
+from lipstep.data.dataset import batch_indices
+from lipstep.distill.method import Method, Role, TrainConfig
 from lipstep.errors import LipstepError
 from lipstep.fsutil import write_text_atomic
-
-
-class Method(Protocol):
-    roles: tuple[str, ...]
-
-    def trainable(self) -> dict[str, nn.Module]: ...
-
-    def phase(self, step: int) -> str: ...
-
-    def loss(self, batch: dict, step: int, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]: ...
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping of one training run (shared by the teacher and every recipe)."""
-
-    steps: int = 1000
-    batch_size: int = 8                 # per process
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = 50              # linear warm-up from 0
-    grad_clip: float = 1.0              # max global grad norm (0 = off)
-    ema_decay: float = 0.999            # 0 = no EMA
-    ema_warmup: bool = True             # decay ramps up as min(decay, (1 + n) / (10 + n))
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on CUDA with bf16 support
-    log_every: int = 10
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2           # older checkpoints are deleted
-    validate_every: int = 0             # 0 = only at the end
-    num_workers: int = 0                # DataLoader workers
-    seed: int = 0
-
-    def validate(self):
-        check(self.steps >= 1, "train.steps must be at least 1")
-        check(self.batch_size >= 1, "train.batch_size must be at least 1")
-        check(self.lr > 0, "train.lr must be positive")
-        check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
-        check(self.checkpoint_every >= 1, "train.checkpoint_every must be at least 1")
-        check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1")
-        check(self.grad_clip >= 0 and self.warmup_steps >= 0, "train.grad_clip and warmup_steps must be >= 0")
 
 
 class NonFiniteLoss(LipstepError):
@@ -87,24 +51,6 @@ class NonFiniteLoss(LipstepError):
 
 # ---------------------------------------------------------------------------------------------
 # data order
-
-
-def batch_indices(n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                  start_step: int = 0) -> Iterator[list[int]]:
-    """Endless batches of dataset indices: a fresh permutation per epoch from (seed, epoch),
-    sharded across ranks, starting at `start_step` (so resuming continues the same sequence)."""
-    per_rank = batch_size
-    global_batch = per_rank * world
-    steps_per_epoch = max(1, n // global_batch) if n >= global_batch else 1
-    step = start_step
-    while True:
-        epoch, offset = divmod(step, steps_per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
-        if n < global_batch:  # tiny data sets: repeat the permutation to fill a batch
-            perm = (perm * math.ceil(global_batch / n))[:global_batch]
-        base = offset * global_batch + rank * per_rank
-        yield perm[base:base + per_rank]
-        step += 1
 
 
 class _Batches:
@@ -164,29 +110,16 @@ def warmup_lambda(warmup: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
-def adamw_cosine(params, lr: float, steps: int, weight_decay: float = 1e-4):
-    """(AdamW, a per-step scheduler decaying its lr along a cosine to 5 % over ``steps``) for small
-    regressors fitted outside this loop (the teacher's mouth-state head, `lipstep.train.mouth_head`)."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    return opt, sched
-
-
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 
 
 def _save_module(module: nn.Module, path: Path):
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(path))
 
 
 def _load_module(module: nn.Module, path: Path):
-    from safetensors.torch import load_file
-
     missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
     if missing or unexpected:
         raise LipstepError(f"{path}: weights do not match the model (missing {len(missing)} keys, e.g. "
@@ -282,18 +215,28 @@ def _to_device(batch, device):
     return batch
 
 
+def _declared_roles(method: Method) -> dict[str, Role]:
+    roles = method.roles()
+    if not isinstance(roles, dict) or not roles:
+        raise LipstepError(f"{type(method).__name__}.roles() must return a non-empty {{name: Role}} dict")
+    for name, role in roles.items():
+        if not isinstance(role, Role):
+            raise LipstepError(f"{type(method).__name__}: role '{name}' is a {type(role).__name__}, not a Role")
+        role.validate(name)
+    if not any(r.trainable for r in roles.values()):
+        raise LipstepError(f"{type(method).__name__} declares no trainable role")
+    return roles
+
+
 def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = False, run_config=None,
-          validate: Callable[[int, dict[str, nn.Module]], dict] | None = None, ema_roles: tuple[str, ...] | None = None,
+          validate: Callable[[int, dict[str, nn.Module]], dict] | None = None,
           progress: bool = True, accelerator=None) -> State:
     """Train `method` on `dataset` for `cfg.steps` steps, writing checkpoints and logs under `out`.
 
     ``validate(step, models)`` runs on the main process every ``cfg.validate_every`` steps and at the
-    end; ``models`` maps each role to its EMA weights (or the raw module without EMA). It returns
-    scalars logged as ``val/<name>``; it must leave the modules as it found them.
+    end; ``models`` maps each trainable role to its EMA weights (or the raw module without EMA). It
+    returns scalars logged as ``val/<name>``; it must leave the modules as it found them.
     """
-    from accelerate import Accelerator
-    from tqdm import tqdm
-
     out = Path(out)
     precision, reason = pick_precision(cfg.mixed_precision)
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
@@ -301,10 +244,15 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
         out.mkdir(parents=True, exist_ok=True)
         if run_config is not None:
             save_config(run_config, out)
-    modules = method.trainable()
-    ema_roles = tuple(modules) if ema_roles is None else ema_roles
-    optimizers = {r: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=cfg.lr,
-                                       betas=cfg.betas, weight_decay=cfg.weight_decay)
+    roles = _declared_roles(method)
+    frozen = {r: role.module.to(acc.device).eval().requires_grad_(False)
+              for r, role in roles.items() if not role.trainable}
+    modules = {r: role.module for r, role in roles.items() if role.trainable}
+    optimizers = {r: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
+                                       lr=roles[r].lr if roles[r].lr is not None else cfg.lr,
+                                       betas=roles[r].betas if roles[r].betas is not None else cfg.betas,
+                                       weight_decay=roles[r].weight_decay if roles[r].weight_decay is not None
+                                       else cfg.weight_decay)
                   for r, m in modules.items()}
     prepared = acc.prepare(*modules.values(), *optimizers.values())
     modules = dict(zip(modules, prepared[: len(modules)]))
@@ -312,9 +260,9 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
     schedulers = {r: torch.optim.lr_scheduler.LambdaLR(o, warmup_lambda(cfg.warmup_steps))
                   for r, o in optimizers.items()}
     emas = {r: EMA(acc.unwrap_model(modules[r]), cfg.ema_decay, cfg.ema_warmup)
-            for r in ema_roles if cfg.ema_decay > 0}
+            for r in modules if roles[r].ema and cfg.ema_decay > 0}
     state = State(modules, optimizers, schedulers, emas)
-    _bind_modules(method, modules)
+    method.bind({r: modules[r] if r in modules else frozen[r] for r in roles})
     if resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
@@ -331,9 +279,16 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
     while state.step < cfg.steps:
         batch = _to_device(next(batches), acc.device)
         role = method.phase(state.step)
+        if role not in optimizers:
+            bar.close()
+            raise LipstepError(f"{type(method).__name__}.phase({state.step}) named '{role}', which is not a trainable "
+                               f"role ({', '.join(optimizers)})")
+        for m in frozen.values():  # a validation callback or the method may have switched them
+            if m.training:
+                m.eval()
         gen = step_generator(cfg.seed, acc.process_index, state.step, acc.device)
         with acc.autocast():
-            loss, logs = method.loss(batch, state.step, gen)
+            loss, logs = method.loss(role, batch, state.step, gen)
         if not torch.isfinite(loss.detach()).all():
             bar.close()
             where = f"; the last good checkpoint is {last_good}" if last_good else ""
@@ -367,13 +322,6 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
     return state
 
 
-def _bind_modules(method, modules: dict[str, nn.Module]) -> None:
-    """Give the method its (possibly wrapped, e.g. DDP) modules back, if it wants them."""
-    bind = getattr(method, "bind", None)
-    if callable(bind):
-        bind(modules)
-
-
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -391,3 +339,7 @@ def _log(bar, writer, step: int, role: str, logs: dict, samples_per_s: float, ev
         for k, v in logs.items():
             writer.add_scalar(f"{role}/{k}", v, step)
         writer.add_scalar("throughput/samples_per_s", samples_per_s, step)
+
+
+__all__ = ["EMA", "Method", "NonFiniteLoss", "Role", "State", "TrainConfig", "batch_indices", "latest_checkpoint",
+           "load_checkpoint", "pick_precision", "save_checkpoint", "step_generator", "train", "warmup_lambda"]

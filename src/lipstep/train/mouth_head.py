@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from lipstep.config import check, to_dict
+from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.errors import DataError, LipstepError
+from lipstep.fit import fit, pearson
 from lipstep.fsutil import write_json_atomic
-from lipstep.train.loop import adamw_cosine
 
 INFO = "mouth_head.json"
 
@@ -44,7 +45,7 @@ INFO = "mouth_head.json"
 class MouthHeadConfig:
     steps: int = 1500           # optimisation steps
     batch_size: int = 256       # audio windows (video frames) per step
-    lr: float = 2e-3            # AdamW, cosine decay to 5 %
+    lr: float = 2e-3            # AdamW, cosine decay towards 5 % (lipstep.fit)
     weight_decay: float = 1e-4
     min_corr: float = 0.5       # refuse a head whose held-out openness correlation is below this
     seed: int = 0
@@ -63,8 +64,6 @@ def _no_mouth_labels(shard: Path) -> DataError:
 def check_mouth_labels(prepared: str | Path, split: str = "train") -> None:
     """Raise the DataError of `split_windows` now if a clip of ``split`` has no mouth labels (a cheap check,
     made before any latent is encoded)."""
-    from lipstep.data.dataset import open_shard, read_manifest
-
     prepared = Path(prepared)
     for row in (r for r in read_manifest(prepared) if r["split"] == split):
         if "mouth" not in open_shard(prepared / row["shard"], keys=("mouth",)):
@@ -76,8 +75,6 @@ def split_windows(prepared: str | Path, split: str, encode=None) -> tuple[np.nda
 
     ``encode(shard) -> [T, K, D]`` builds the windows (default: the shards' own log-mel windows).
     """
-    from lipstep.data.dataset import open_shard, read_manifest
-
     prepared = Path(prepared)
     xs, ys = [], []
     for row in (r for r in read_manifest(prepared) if r["split"] == split):
@@ -95,8 +92,6 @@ def split_windows(prepared: str | Path, split: str, encode=None) -> tuple[np.nda
 
 
 def _scores(net, x: np.ndarray, y: np.ndarray) -> dict:
-    from lipstep.eval.mouth import pearson
-
     with torch.no_grad():
         pred = torch.cat([net.read_mouth_state(torch.from_numpy(x[i:i + 1024])[None])[0]
                           for i in range(0, len(x), 1024)]).numpy()
@@ -111,8 +106,6 @@ def fit_mouth_head(net, prepared: str | Path, out: str | Path, cfg: MouthHeadCon
 
     Only the head's parameters change. Held-out scores are on the val split (else the test split).
     """
-    from tqdm.auto import tqdm
-
     cfg = cfg or MouthHeadConfig()
     cfg.validate()
     if getattr(net, "mouth_head", None) is None:
@@ -127,23 +120,16 @@ def fit_mouth_head(net, prepared: str | Path, out: str | Path, cfg: MouthHeadCon
     head = net.mouth_head.train().requires_grad_(True)
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt, sched = adamw_cosine(head.parameters(), cfg.lr, cfg.steps, cfg.weight_decay)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    bar = tqdm(range(cfg.steps), desc="mouth-state head", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
+
+    def step(_: int) -> torch.Tensor:
         idx = torch.randint(len(xt), (cfg.batch_size,), generator=gen)
-        loss = F.l1_loss(net.read_mouth_state(xt[idx][None])[0], yt[idx])
-        if not torch.isfinite(loss):
-            raise LipstepError("the mouth-state head's loss became NaN/inf; lower mouth_head.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(l1=f"{loss.item():.4f}", refresh=False)
-    bar.close()
-    # drop the last step's gradients: left on the frozen head, they would enter the denoiser loop's
+        return F.l1_loss(net.read_mouth_state(xt[idx][None])[0], yt[idx])
+
+    # fit leaves no gradients on the head: left on the frozen head, they would enter the denoiser loop's
     # gradient-norm clipping (and differ between a run and its resume, which never fits the head)
-    opt.zero_grad(set_to_none=True)
+    fit(head.parameters(), step, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
+        floor=0.05, progress=progress, desc="mouth-state head", hint="lower mouth_head.lr")
     head.eval().requires_grad_(False)
     scores, held_split = {"train": _scores(net, x[::4], y[::4])}, "train"
     for split in ("val", "test"):

@@ -41,34 +41,44 @@ Options tried and removed on 2026-12-05 because they did not pay off (a latent m
 audio probe head, per-frame audio adaLN, a min-SNR floor) are documented, with their measured results,
 in ``experiments/teacher/README.md``.
 
-`train_teacher` runs the whole thing: encode the prepared clips with the codec (cached, resumable),
-build the net from a preset, train with `lipstep.train.loop.train` (checkpoints, exact resume, EMA),
-write periodic validation videos (held-out clips, their own audio and reference), and export the EMA
-weights as a model directory ``OUT/model`` that `lipstep generate` takes.
+`TeacherRecipe` builds the run (encode the prepared clips with the codec, cached and resumable; fit
+the mouth-state head; build the net from a preset) and `lipstep.train.runner.run_recipe` runs it like
+every recipe: the shared loop (checkpoints, exact resume, EMA), periodic validation videos (held-out
+clips, their own audio and reference), and the EMA weights exported as a model directory ``OUT/model``
+that `lipstep generate` takes. `train_teacher` is the two together.
+
+The loss pieces a student reuses (`batch_cond`, `motion_weights`, `snr_weight`, ...) live in
+`lipstep.distill.losses`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from lipstep.audio.encoders import AudioConfig
+from lipstep.audio.encoders import AudioConfig, build_audio_encoder
+from lipstep.codecs.cache import encode_prepared
+from lipstep.codecs.vae import load_codec
 from lipstep.config import check
-from lipstep.data.dataset import WindowConfig
+from lipstep.data.dataset import WindowConfig, WindowDataset, open_shard, read_manifest
 from lipstep.diffusion.cond import Cond
+from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import condition_dropout
-from lipstep.diffusion.schedules import Schedule, append_dims
+from lipstep.diffusion.schedules import Schedule
+from lipstep.distill.losses import batch_cond, motion_weights, noisy_motion, sample_times, snr_weight
+from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.errors import DataError, LipstepError
-from lipstep.pipeline import ModelInfo, SamplerInfo
-from lipstep.train.loop import TrainConfig
+from lipstep.modeldir import ModelInfo, check_data_size
+from lipstep.nets.dit import AvatarDiT, DiTConfig, param_count
+from lipstep.samplers import SamplerInfo
+from lipstep.train.loop import latest_checkpoint
 from lipstep.train.mouth_head import MouthHeadConfig, check_mouth_labels, fit_mouth_head
+from lipstep.train.runner import run_recipe
 
 
 @dataclass
@@ -140,72 +150,8 @@ class TeacherConfig:
 # the method
 
 
-def sample_times(n: int, generator: torch.Generator, t_min: float, device) -> Tensor:
-    """t ~ U(t_min, 1] per sample."""
-    u = torch.rand(n, generator=generator, device=generator.device).to(device)
-    return t_min + (1.0 - t_min) * (1.0 - u)
-
-
-def snr_weight(schedule: Schedule, t: Tensor, gamma: float) -> Tensor:
-    """min-SNR-γ weight per sample for the schedule's native target (1 when gamma is 0).
-
-    eps / v / flow targets: min(SNR, γ)/SNR, min(SNR, γ)/(SNR + 1) (Hang et al. 2023), which in x0 terms
-    weights the x0 error by min(SNR, γ). x0 targets: min(SNR + 1, γ) on the x0 error, the v-loss weight
-    (SNR + 1, as pixel-space x0 transformers train, Li & He 2025) capped like min-SNR. The difference is
-    the high-noise end: min(SNR, γ) is 0.005 at t = 1 on the SD table, so an x0 net never learns what it
-    must predict from (almost) pure noise, and its first sampler steps paint a texture of training-set
-    offsets that later steps sharpen into glyphs (teacher v6, experiments/teacher/README.md).
-    """
-    if gamma <= 0:
-        return torch.ones_like(t)
-    snr = schedule.snr(t).float().clamp(max=1e8)
-    if schedule.prediction == "x0":
-        return (snr + 1.0).clamp(max=max(gamma, 1.0))
-    clipped = snr.clamp(max=gamma)
-    return clipped / snr if schedule.prediction == "eps" else clipped / (snr + 1.0)
-
-
-def motion_weights(x0: Tensor, strength: float) -> Tensor:
-    """Per-position weight [B, 1, 1, h, w]: 1 + strength · d / mean(d), d = std of x0 over time and channels."""
-    if strength <= 0 or x0.shape[1] < 2:
-        return torch.ones_like(x0[:, :1, :1])
-    d = x0.float().std(dim=1).mean(dim=1, keepdim=True)             # [B, 1, h, w]
-    d = d / d.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
-    return (1.0 + strength * d)[:, None]
-
-
-def noisy_motion(motion: Tensor, generator: torch.Generator, max_std: float) -> Tensor:
-    """Motion latents [B, M, C, h, w] plus Gaussian noise of one std ~ U(0, max_std) per sample."""
-    std = torch.rand(len(motion), generator=generator, device=generator.device).to(motion.device) * max_std
-    noise = torch.randn(motion.shape, generator=generator, device=generator.device).to(motion.device)
-    return motion + append_dims(std, motion.ndim).to(motion.dtype) * noise.to(motion.dtype)
-
-
-def batch_cond(batch: dict, generator: torch.Generator | None = None, p_motion_ref: float = 0.0, *,
-               use_visemes: bool = False, residual: bool = False) -> Cond:
-    """The Cond of a latent batch (teacher and students alike).
-
-    With a generator and ``p_motion_ref > 0``, each sample's motion latents are replaced by its
-    reference latent repeated with that probability: first-chunk training, since generation feeds
-    the first chunk the reference as motion (there is no previous chunk). For a ``residual`` model
-    (motion latents are offsets from the reference) the reference's own offset is zero.
-    """
-    ref, motion = batch["reference_latent"], batch.get("motion_latents")
-    if motion is not None and motion.shape[1] == 0:
-        motion = None
-    if motion is not None and generator is not None and p_motion_ref > 0:
-        u = torch.rand(len(ref), generator=generator, device=generator.device).to(ref.device)
-        use_ref = append_dims(u < p_motion_ref, motion.ndim)
-        first = torch.zeros_like(ref) if residual else ref
-        motion = torch.where(use_ref, first[:, None].expand_as(motion), motion)
-    return Cond(reference=ref, audio=batch["audio"], motion=motion,
-                visemes=batch.get("visemes") if use_visemes else None)
-
-
-class TeacherMethod:
-    """Denoising objective with condition dropout (see the module docstring)."""
-
-    roles = ("denoiser",)
+class TeacherMethod(Method):
+    """Denoising objective with condition dropout (see the module docstring); one role, ``denoiser``."""
 
     def __init__(self, net, schedule: Schedule, cfg: TeacherLossConfig | None = None, *, use_visemes: bool = False,
                  residual: bool = False):
@@ -214,15 +160,10 @@ class TeacherMethod:
         self.cfg.validate()
         self.use_visemes = use_visemes
         self.residual = residual  # batches hold offsets from the reference (TeacherConfig.residual)
+        self.bind({"denoiser": net})
 
-    def trainable(self):
-        return {"denoiser": self.net}
-
-    def phase(self, step: int) -> str:
-        return "denoiser"
-
-    def bind(self, modules) -> None:
-        self.net = modules["denoiser"]
+    def roles(self) -> dict[str, Role]:
+        return {"denoiser": Role(self.net)}
 
     def cond_from_batch(self, batch: dict, generator: torch.Generator | None = None) -> Cond:
         """The Cond of a latent batch; with a generator, first-chunk motion replacement (and the motion
@@ -232,7 +173,7 @@ class TeacherMethod:
             cond = dataclasses.replace(cond, motion=noisy_motion(cond.motion, generator, self.cfg.motion_noise))
         return cond
 
-    def loss(self, batch: dict, step: int, generator: torch.Generator):
+    def loss(self, role: str, batch: dict, step: int, generator: torch.Generator):
         x0 = batch["latents"]
         b = x0.shape[0]
         t = sample_times(b, generator, self.cfg.t_min, x0.device)
@@ -240,7 +181,7 @@ class TeacherMethod:
         x_t = self.schedule.add_noise(x0, eps, t)
         cond = self.cond_from_batch(batch, generator)
         cond = condition_dropout(cond, generator, self.cfg.p_drop_audio, self.cfg.p_drop_both)
-        pred = self.net(x_t, self.schedule.model_time(t), cond).float()
+        pred = Denoiser(self.modules["denoiser"], self.schedule)(x_t, t, cond)
         target = self.schedule.target(x0, eps, t).float()
         err = (pred - target).square() * motion_weights(x0, self.cfg.motion_weight)
         per_sample = err.flatten(1).mean(1)
@@ -268,8 +209,6 @@ def audio_stats(prepared: str | Path, split: str = "train", max_clips: int = 64)
     One scalar each, not per mel bin: a per-bin or per-vector normalisation would remove the overall
     loudness, which is what tells an open vowel from a closed consonant.
     """
-    from lipstep.data.dataset import open_shard, read_manifest
-
     prepared = Path(prepared)
     rows = [r for r in read_manifest(prepared) if r["split"] == split][:max_clips]
     if not rows:
@@ -287,8 +226,6 @@ def audio_stats(prepared: str | Path, split: str = "train", max_clips: int = 64)
 
 def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: int,
                       audio_norm: tuple[float, float] = (0.0, 1.0)):
-    from lipstep.nets.dit import AvatarDiT, DiTConfig
-
     latent_size = codec.cfg.image_size // codec.downsample
     dit = DiTConfig.preset(cfg.preset, latent_channels=codec.latent_channels, latent_size=latent_size,
                            patch=resolve_patch(latent_size, cfg.patch), frames=cfg.window.frames,
@@ -316,114 +253,56 @@ class _VisemeAudio(torch.utils.data.Dataset):
         return item
 
 
-def _check_shapes(codec, prepared: Path) -> int:
-    from lipstep.data.dataset import read_manifest
+class TeacherRecipe:
+    """`lipstep train teacher` for `run_recipe`: a codec directory + a `TeacherConfig`."""
 
-    sizes = {int(r["size"]) for r in read_manifest(prepared) if "size" in r}
-    if len(sizes) > 1:
-        raise DataError(f"{prepared}: clips of several sizes {sorted(sizes)}; prepare them at one size")
-    size = sizes.pop() if sizes else codec.cfg.image_size
-    if size % codec.downsample:
-        raise DataError(f"{prepared}: {size}px frames are not a multiple of the codec's downsample {codec.downsample}")
-    return size
+    name = "teacher"
+
+    def __init__(self, codec_dir: str | Path, cfg: TeacherConfig | None = None):
+        self.codec_dir, self.cfg = codec_dir, cfg or TeacherConfig()
+        self.cfg.validate()
+
+    def build(self, prepared: Path, out: Path, *, resume: bool, progress: bool) -> Built:
+        cfg = self.cfg
+        fit_head = cfg.mouth_state and (not resume or latest_checkpoint(out) is None)  # a resumed run restores it
+        if fit_head:
+            check_mouth_labels(prepared)  # before minutes of latent encoding
+        codec = load_codec(self.codec_dir)
+        size = check_data_size(codec, prepared)
+        codec.cfg.image_size = size
+        cache = encode_prepared(prepared, codec, progress=progress)
+        audio = build_audio_encoder(cfg.audio)
+        if cfg.audio.kind == "mel" and (audio.window, audio.feature_dim) != (16, 80):
+            raise LipstepError("train teacher uses the shards' log-mel windows: audio.window must be 16 and n_mels 80")
+        dataset = WindowDataset(prepared, "train", cfg.window, latents=cache, pixels=False, residual=cfg.residual)
+        if cfg.audio.kind == "viseme":
+            dataset = _VisemeAudio(dataset, audio)
+        norm = audio_stats(prepared) if cfg.audio_norm and cfg.audio.kind == "mel" else (0.0, 1.0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            net = build_teacher_net(cfg, codec, audio.feature_dim, audio.window, norm)
+        if fit_head:
+            encode = (lambda shard: audio.encode(shard["visemes"], len(shard["visemes"]))) \
+                if cfg.audio.kind == "viseme" else None
+            fit_mouth_head(net, prepared, out, cfg.mouth_head, encode=encode, progress=progress)
+        info = ModelInfo(kind="teacher", recipe="teacher", schedule=cfg.schedule, flow_shift=cfg.flow_shift,
+                         sampler=cfg.sampler, frames=cfg.window.frames, motion_frames=cfg.window.motion_frames,
+                         image_size=size, residual=cfg.residual, anchor_every=cfg.anchor_every)
+        method = TeacherMethod(net, info.make_schedule(), cfg.loss, residual=cfg.residual > 0)
+        print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
+              f"{net.cfg.tokens_per_frame} tokens/frame, {cfg.attention} attention), schedule {cfg.schedule}, "
+              f"{len(dataset)} training windows", flush=True)
+        return Built(method=method, dataset=dataset, train=cfg.train, info=info, codec=codec, audio=audio,
+                     export_role="denoiser", latents=cache,
+                     validation=Validation(cfg.val_clips, cfg.val_steps, cfg.val_seconds),
+                     provenance={"data": str(prepared.resolve()), "preset": cfg.preset}, run_config=cfg)
 
 
 def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, cfg: TeacherConfig | None = None,
                   *, resume: bool = False, progress: bool = True) -> Path:
     """Encode latents, train, validate, export ``out/model``; returns the model directory."""
-    from lipstep.audio.encoders import build_audio_encoder
-    from lipstep.codecs.cache import encode_prepared
-    from lipstep.codecs.vae import load_codec
-    from lipstep.data.dataset import WindowDataset
-    from lipstep.nets.dit import param_count
-    from lipstep.train.loop import latest_checkpoint, train
-
-    cfg = cfg or TeacherConfig()
-    cfg.validate()
-    prepared, out = Path(prepared), Path(out)
-    if not resume and latest_checkpoint(out) is not None:
-        raise LipstepError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    started = time.perf_counter()
-    fit_head = cfg.mouth_state and (not resume or latest_checkpoint(out) is None)  # a resumed run restores it
-    if fit_head:
-        check_mouth_labels(prepared)  # before minutes of latent encoding
-    codec = load_codec(codec_dir)
-    size = _check_shapes(codec, prepared)
-    codec.cfg.image_size = size
-    cache = encode_prepared(prepared, codec, progress=progress)
-    audio = build_audio_encoder(cfg.audio)
-    if cfg.audio.kind == "mel" and (audio.window, audio.feature_dim) != (16, 80):
-        raise LipstepError("train teacher uses the shards' log-mel windows: audio.window must be 16 and n_mels 80")
-    dataset = WindowDataset(prepared, "train", cfg.window, latents=cache, pixels=False, residual=cfg.residual)
-    if cfg.audio.kind == "viseme":
-        dataset = _VisemeAudio(dataset, audio)
-    norm = audio_stats(prepared) if cfg.audio_norm and cfg.audio.kind == "mel" else (0.0, 1.0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        net = build_teacher_net(cfg, codec, audio.feature_dim, audio.window, norm)
-    if fit_head:
-        encode = (lambda shard: audio.encode(shard["visemes"], len(shard["visemes"]))) \
-            if cfg.audio.kind == "viseme" else None
-        fit_mouth_head(net, prepared, out, cfg.mouth_head, encode=encode, progress=progress)
-    schedule = ModelInfo(schedule=cfg.schedule, flow_shift=cfg.flow_shift).make_schedule()
-    method = TeacherMethod(net, schedule, cfg.loss, residual=cfg.residual > 0)
-    print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
-          f"{net.cfg.tokens_per_frame} tokens/frame, {cfg.attention} attention), schedule {cfg.schedule}, "
-          f"{len(dataset)} training windows", flush=True)
-    info = ModelInfo(kind="teacher", recipe="teacher", schedule=cfg.schedule, flow_shift=cfg.flow_shift,
-                     sampler=cfg.sampler, frames=cfg.window.frames, motion_frames=cfg.window.motion_frames,
-                     image_size=size, residual=cfg.residual, anchor_every=cfg.anchor_every)
-    validate = _validator(prepared, cache, codec, audio, info, cfg, out)
-    state = train(method, dataset, cfg.train, out, resume=resume, run_config=cfg,
-                  validate=validate if cfg.val_clips else None, progress=progress)
-    final = state.emas["denoiser"].shadow if "denoiser" in state.emas else net
-    info.trained = {"data": str(prepared.resolve()), "steps": state.step, "preset": cfg.preset,
-                    "seconds_this_run": round(time.perf_counter() - started, 1),
-                    "weights": "ema" if "denoiser" in state.emas else "model"}
-    from lipstep.pipeline import save_model
-
-    model_dir = save_model(out / "model", info, codec, audio, final.eval())
-    print(f"wrote the teacher model to {model_dir}", flush=True)
-    return model_dir
+    return run_recipe(TeacherRecipe(codec_dir, cfg), prepared, out, resume=resume, progress=progress)
 
 
-def _validator(prepared: Path, cache: Path, codec, audio, info: ModelInfo, cfg: TeacherConfig, out: Path):
-    """A callable(step) that renders validation videos of held-out clips with the EMA weights."""
-    from lipstep.codecs.cache import load_latents
-    from lipstep.data.dataset import open_shard, read_manifest
-
-    rows = read_manifest(prepared)
-    split = next((s for s in ("val", "test", "train") if any(r["split"] == s for r in rows)), None)
-    clips = [r for r in rows if r["split"] == split][: cfg.val_clips]
-
-    def run(step: int, models: dict) -> dict:
-        from lipstep.data.media import write_video
-        from lipstep.pipeline import AvatarPipeline
-
-        net = models["denoiser"]
-        was_training = net.training
-        net.eval()
-        pipe = AvatarPipeline(info, codec, audio, net)
-        errs = []
-        for row in clips:
-            data = open_shard(prepared / row["shard"], ("frames", "audio", "mel"))
-            z = torch.from_numpy(load_latents(cache, str(row["id"])).astype(np.float32))
-            n = min(len(z), int(cfg.val_seconds * info.fps))
-            chunks = -(-n // info.frames)
-            feats = audio.encode(data["audio"], chunks * info.frames)
-            lat, _ = pipe.generate_latents(z[:1], feats, steps=cfg.val_steps, n_frames=n, seed=0)
-            frames = pipe.decode(lat)
-            real = np.asarray(data["frames"][:n])
-            errs.append(float(np.abs(frames.astype(np.float32) - real.astype(np.float32)).mean() / 255))
-            wav = np.asarray(data["audio"])[: int(n / info.fps * info.sample_rate)]
-            side = np.concatenate([real, frames], axis=2)  # ground truth | generated
-            write_video(out / "val" / f"step_{step:06d}_{row['id']}.mp4", side, info.fps, audio=wav,
-                        sample_rate=info.sample_rate)
-        net.train(was_training)
-        return {"l1_pixels": float(np.mean(errs))} if errs else {}
-
-    return run
-
-
-__all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "audio_stats", "batch_cond", "build_teacher_net",
-           "motion_weights", "noisy_motion", "resolve_patch", "sample_times", "snr_weight", "train_teacher"]
+__all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "TeacherRecipe", "audio_stats", "build_teacher_net",
+           "resolve_patch", "train_teacher"]

@@ -1,0 +1,37 @@
+"""Model directories: format 1 (every sampler field flat) still loads and generates the same frames;
+what is written now records ``sampler: {name, options, ...}``."""
+
+import json
+import shutil
+
+import numpy as np
+
+from lipstep.modeldir import FORMAT, bundled_models, read_info, save_model
+from lipstep.pipeline import AvatarPipeline
+
+
+def _inputs():
+    g = np.random.default_rng(0)
+    return (g.random((64, 64, 3)) * 255).astype(np.uint8), (0.1 * g.standard_normal(3200)).astype(np.float32)
+
+
+def test_format_1_directories_load_and_generate_identical_frames(tmp_path):
+    src = bundled_models()["fada"]
+    new = AvatarPipeline.from_pretrained(src)
+    old_dir = tmp_path / "old"
+    shutil.copytree(src, old_dir)
+    data = json.loads((old_dir / "lipstep.json").read_text())
+    sampler = data["sampler"]
+    options = sampler.pop("options", {})
+    data["sampler"] = {**sampler, "spacing": "trailing", "eta": 0.0, **options}  # the flat format-1 record
+    data["format"] = 1
+    (old_dir / "lipstep.json").write_text(json.dumps(data))
+    info = read_info(old_dir)
+    assert info.sampler.options == {"windows": 4, "target": "ddim_eps"} and info.format == FORMAT
+    old = AvatarPipeline.from_pretrained(old_dir)
+    image, audio = _inputs()
+    assert np.array_equal(old(image, audio).frames, new(image, audio).frames)
+    save_model(tmp_path / "resaved", info, old.codec, old.audio_encoder, old.denoiser)
+    written = json.loads((tmp_path / "resaved" / "lipstep.json").read_text())
+    assert written["format"] == FORMAT and written["sampler"]["options"] == {"windows": 4, "target": "ddim_eps"}
+    assert "windows" not in written["sampler"]
