@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lipstep.config import check, load_config, save_config
-from lipstep.errors import ConfigError, LipstepError
+from lipstep.config import check, save_config
 from lipstep.fsutil import atomic_path
+from lipstep.nets.weights import load_net_dir
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -106,23 +106,7 @@ def save_feature_net(encoder: FeatureEncoder, directory: str | os.PathLike) -> P
 
 def load_feature_net(path: str | os.PathLike) -> FeatureEncoder:
     """A `FeatureEncoder` saved by `save_feature_net` (or `train_feature_net`), in eval mode and frozen."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    weights = path / WEIGHTS_NAME
-    if not (path / "config.json").is_file() or not weights.is_file():
-        raise LipstepError(f"{path} is not a lipstep feature-net directory (needs config.json and {WEIGHTS_NAME}; "
-                           "see train_feature_net)")
-    try:
-        cfg = load_config(FeatureNetConfig, path / "config.json")
-    except ConfigError as e:
-        raise LipstepError(f"{path / 'config.json'}: {e}") from None
-    encoder = FeatureEncoder(cfg)
-    missing, unexpected = encoder.load_state_dict(load_file(str(weights)), strict=False)
-    if missing or unexpected:
-        raise LipstepError(f"{weights} does not match {path / 'config.json'}: {len(missing)} missing keys "
-                           f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-    return encoder.eval().requires_grad_(False)
+    return load_net_dir(path, FeatureNetConfig, FeatureEncoder, what="feature-net")
 
 
 __all__ = ["WEIGHTS_NAME", "FeatureDecoder", "FeatureEncoder", "FeatureNetConfig", "load_feature_net",

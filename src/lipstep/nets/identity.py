@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipstep.config import check, load_config, save_config
-from lipstep.errors import ConfigError, LipstepError
+from lipstep.config import check, save_config
+from lipstep.errors import LipstepError
 from lipstep.fsutil import atomic_dir, write_json_atomic
+from lipstep.nets.weights import load_net_dir
 
 OWN_NAME = "lipstep-identity-v1"
 WEIGHTS_NAME = "model.safetensors"
@@ -126,36 +127,7 @@ def save_identity(model: IdentityNet, directory: str | os.PathLike, *, train: di
 
 def load_identity(directory: str | os.PathLike) -> IdentityNet:
     """An `IdentityNet` saved by `save_identity` / `train_identity`, in eval mode and frozen."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise LipstepError(f"{directory}: identity-encoder directory not found (train one with train_identity)")
-    config = directory / "config.json"
-    if not config.is_file():
-        raise LipstepError(f"{directory} is not an identity-encoder directory (no config.json)")
-    if not _is_identity_dir(directory):
-        raise LipstepError(f"{config} is not an IdentityNetConfig; {directory} is not an identity-encoder directory")
-    try:
-        cfg = load_config(IdentityNetConfig, config)
-    except ConfigError as e:
-        raise LipstepError(f"{config}: {e}") from None
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise LipstepError(f"{directory} has an identity-encoder config.json but no {WEIGHTS_NAME}")
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a bad file
-        raise LipstepError(f"{weights}: cannot read ({' '.join(str(e).split())[:160]})") from None
-    model = IdentityNet(cfg)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches raise even when strict=False
-        raise LipstepError(f"{weights} does not match {config} ({' '.join(str(e).split())[:200]})") from None
-    if missing or unexpected:
-        raise LipstepError(f"{weights} does not match {config}: {len(missing)} missing keys {missing[:3]}, "
-                           f"{len(unexpected)} unexpected {unexpected[:3]}")
-    return model.eval().requires_grad_(False)
+    return load_net_dir(directory, IdentityNetConfig, IdentityNet, what="identity-encoder")
 
 
 __all__ = ["OWN_NAME", "WEIGHTS_NAME", "IdentityNet", "IdentityNetConfig", "check_identity_out", "identity_input",

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipstep.config import check, load_config, save_config
-from lipstep.errors import ConfigError, DataError, LipstepError
+from lipstep.config import check, save_config
+from lipstep.errors import DataError
 from lipstep.fsutil import atomic_dir, write_json_atomic
+from lipstep.nets.weights import load_net_dir
 
 NAME = "lipstep-mouth-reader-v1"
 WEIGHTS_NAME = "model.safetensors"
@@ -116,28 +117,7 @@ def save_mouth_reader(net: MouthReaderNet, directory: str | os.PathLike, *, trai
 
 def load_mouth_reader(path: str | os.PathLike) -> MouthReaderNet:
     """A `MouthReaderNet` saved by `save_mouth_reader` (or `train_mouth_reader`), in eval mode and frozen."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_dir():
-        raise LipstepError(f"{path}: mouth reader directory not found")
-    kind = read_json(path / "config.json").get("_type", MouthReaderConfig.__name__)
-    if kind != MouthReaderConfig.__name__:
-        raise LipstepError(f"{path}: not a mouth reader directory (its config.json describes a {kind})")
-    try:
-        cfg = load_config(MouthReaderConfig, path / "config.json")
-    except ConfigError as e:
-        raise LipstepError(f"{path}: not a mouth reader directory ({e})") from None
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise LipstepError(f"{path} has a mouth reader config.json but no {WEIGHTS_NAME}")
-    net = MouthReaderNet(cfg)
-    try:
-        net.load_state_dict(load_file(str(weights)))
-    except Exception as e:  # noqa: BLE001 - safetensors/torch raise several types for a bad file
-        raise LipstepError(f"{weights} does not fit {path / 'config.json'} ({' '.join(str(e).split())[:160]})") \
-            from None
-    return net.eval().requires_grad_(False)
+    return load_net_dir(path, MouthReaderConfig, MouthReaderNet, what="mouth reader")
 
 
 __all__ = ["CROP", "NAME", "WEIGHTS_NAME", "MouthReaderConfig", "MouthReaderNet", "crop_box", "load_mouth_reader",

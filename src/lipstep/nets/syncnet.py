@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipstep.config import check, load_config, save_config
-from lipstep.errors import ConfigError, LipstepError
+from lipstep.config import check, save_config
+from lipstep.errors import LipstepError
 from lipstep.fsutil import atomic_path
+from lipstep.nets.weights import load_net_dir
 
 S_EMBED_DIM = 1024
 S_LIP_SHAPE = (3, 5, 224, 224)   # per-sample lip input of SyncNetS: C, T, H, W
@@ -286,32 +287,7 @@ def save_lipsync(model: LipSyncNet, directory: str | os.PathLike) -> Path:
 
 def load_lipsync(directory: str | os.PathLike) -> LipSyncNet:
     """A `LipSyncNet` saved by `save_lipsync` (or `train_syncnet`), in eval mode, frozen."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise LipstepError(f"{directory}: LipSyncNet directory not found")
-    try:
-        cfg = load_config(LipSyncConfig, directory / "config.json")
-    except ConfigError as e:
-        raise LipstepError(f"{directory / 'config.json'}: not a LipSyncNet config ({e})") from None
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise LipstepError(f"{directory} has a LipSyncNet config.json but no {WEIGHTS_NAME}")
-    model = LipSyncNet(cfg)
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a bad file
-        raise LipstepError(f"{weights}: cannot read ({' '.join(str(e).split())[:160]})") from None
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches raise even when strict=False
-        raise LipstepError(f"{weights} does not match {directory / 'config.json'} "
-                           f"({' '.join(str(e).split())[:200]})") from None
-    if missing or unexpected:
-        raise LipstepError(f"{weights} does not match {directory / 'config.json'}: {len(missing)} missing keys "
-                           f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
-    return model.eval().requires_grad_(False)
+    return load_net_dir(directory, LipSyncConfig, LipSyncNet, what="LipSyncNet")
 
 
 __all__ = [
