@@ -20,9 +20,7 @@ from torch import nn
 
 from lipstep.config import check, save_config
 from lipstep.fsutil import atomic_path
-from lipstep.nets.weights import load_net_dir
-
-WEIGHTS_NAME = "model.safetensors"
+from lipstep.nets.weights import WEIGHTS_NAME, load_net_dir
 
 
 @dataclass

@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipstep.config import check, save_config
+from lipstep.config import check
 from lipstep.errors import LipstepError
-from lipstep.fsutil import atomic_dir, write_json_atomic
-from lipstep.nets.weights import load_net_dir
+from lipstep.nets.weights import WEIGHTS_NAME, load_net_dir, save_net_dir
 
 OWN_NAME = "lipstep-identity-v1"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -112,17 +110,8 @@ def check_identity_out(out: str | os.PathLike) -> None:
 
 def save_identity(model: IdentityNet, directory: str | os.PathLike, *, train: dict | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` (and ``train.json`` if given) as one atomic directory."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
     check_identity_out(directory)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(directory) as tmp:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "name": model.cfg.name})
-        save_config(model.cfg, tmp)
-        if train is not None:
-            write_json_atomic(tmp / "train.json", train)
-    return directory
+    return save_net_dir(model, directory, metadata={"name": model.cfg.name}, train=train)
 
 
 def load_identity(directory: str | os.PathLike) -> IdentityNet:

@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipstep.config import check, save_config
+from lipstep.config import check
 from lipstep.errors import DataError
-from lipstep.fsutil import atomic_dir, write_json_atomic
-from lipstep.nets.weights import load_net_dir
+from lipstep.nets.weights import WEIGHTS_NAME, load_net_dir, save_net_dir
 
 NAME = "lipstep-mouth-reader-v1"
-WEIGHTS_NAME = "model.safetensors"
 CROP = (0.42, 0.98, 0.12, 0.88)  # rows (top, bottom), columns (left, right) as fractions of the crop side
 
 
@@ -103,16 +101,7 @@ def read_json(path: Path) -> dict:
 
 def save_mouth_reader(net: MouthReaderNet, directory: str | os.PathLike, *, train: dict | None = None) -> Path:
     """Write ``model.safetensors``, ``config.json`` (and ``train.json`` if given) as one atomic directory."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS_NAME),
-                  metadata={"format": "pt", "kind": "MouthReader"})
-        save_config(net.cfg, tmp)
-        if train is not None:
-            write_json_atomic(tmp / "train.json", train)
-    return directory
+    return save_net_dir(net, directory, metadata={"kind": "MouthReader"}, train=train)
 
 
 def load_mouth_reader(path: str | os.PathLike) -> MouthReaderNet:

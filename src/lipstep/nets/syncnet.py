@@ -38,12 +38,11 @@ from torch import Tensor, nn
 from lipstep.config import check, save_config
 from lipstep.errors import LipstepError
 from lipstep.fsutil import atomic_path
-from lipstep.nets.weights import load_net_dir
+from lipstep.nets.weights import WEIGHTS_NAME, load_net_dir
 
 S_EMBED_DIM = 1024
 S_LIP_SHAPE = (3, 5, 224, 224)   # per-sample lip input of SyncNetS: C, T, H, W
 S_AUDIO_SHAPE = (1, 13, 20)      # per-sample audio input of SyncNetS: 1, MFCC, steps
-WEIGHTS_NAME = "model.safetensors"
 
 # ------------------------------------------------------------------------------------- SyncNet "S"
 

@@ -1,7 +1,8 @@
-"""The one loader of the small networks' directories (evaluators and readers lipstep trains).
+"""Directories of the small networks lipstep trains (evaluators and readers): one writer, one loader.
 
-Each such directory is ``config.json`` (the network's config dataclass, with ``_type``) and
-``model.safetensors``. `load_net_dir` checks every way it can be wrong (missing directory, missing or
+Each such directory is ``config.json`` (the network's config dataclass, with ``_type``),
+``model.safetensors`` and, from training, ``train.json``. `save_net_dir` writes them as one atomic
+directory; `load_net_dir` checks every way it can be wrong (missing directory, missing or
 foreign config, missing or unreadable weights, weights of another shape) and says which in one line,
 then returns the network in eval mode and frozen.
 """
@@ -12,17 +13,32 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lipstep.config import load_config
+from lipstep.config import load_config, save_config
 from lipstep.errors import ConfigError, LipstepError
+from lipstep.fsutil import atomic_dir, write_json_atomic
 
 WEIGHTS_NAME = "model.safetensors"
 
 
 def _a(what: str) -> str:
     return f"an {what}" if what[:1].lower() in "aeiou" else f"a {what}"
+
+
+def save_net_dir(net: nn.Module, directory: str | os.PathLike, *, metadata: dict[str, str],
+                 train: dict | None = None) -> Path:
+    """Write ``net.cfg`` as ``config.json``, the weights (with ``metadata``) and ``train`` as ``train.json``
+    (when given) into ``directory``, replacing it atomically; returns it."""
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", **metadata})
+        save_config(net.cfg, tmp)
+        if train is not None:
+            write_json_atomic(tmp / "train.json", train)
+    return directory
 
 
 def load_net_dir(directory: str | os.PathLike, cfg_cls: type, net_cls: type[nn.Module], *, what: str) -> nn.Module:
@@ -61,4 +77,4 @@ def load_net_dir(directory: str | os.PathLike, cfg_cls: type, net_cls: type[nn.M
     return net.eval().requires_grad_(False)
 
 
-__all__ = ["WEIGHTS_NAME", "load_net_dir"]
+__all__ = ["WEIGHTS_NAME", "load_net_dir", "save_net_dir"]
