@@ -5,7 +5,9 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
+from lipstep.errors import LipstepError
 from lipstep.modeldir import FORMAT, bundled_models, read_info, save_model
 from lipstep.pipeline import AvatarPipeline
 
@@ -35,3 +37,13 @@ def test_format_1_directories_load_and_generate_identical_frames(tmp_path):
     written = json.loads((tmp_path / "resaved" / "lipstep.json").read_text())
     assert written["format"] == FORMAT and written["sampler"]["options"] == {"windows": 4, "target": "ddim_eps"}
     assert "windows" not in written["sampler"]
+
+
+def test_a_newer_format_is_refused_in_one_line(tmp_path):
+
+
+    shutil.copytree(bundled_models()["fada"], tmp_path / "m")
+    data = json.loads((tmp_path / "m" / "lipstep.json").read_text())
+    (tmp_path / "m" / "lipstep.json").write_text(json.dumps({**data, "format": FORMAT + 1}))
+    with pytest.raises(LipstepError, match=f"model format {FORMAT + 1} is newer than this lipstep"):
+        read_info(tmp_path / "m")
