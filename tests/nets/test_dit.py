@@ -190,6 +190,34 @@ def test_channel_context_carries_the_last_motion_frame_and_the_reference(attenti
         assert (model(x_t, t, moved) - before).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("mouth_state", [0, 3])  # 3: per-frame FiLM of the head
+def test_zero_init_out_head_leaves_a_trained_net_unchanged(mouth_state):
+    base = _trained(mouth_state=mouth_state)
+    with_head = AvatarDiT(_cfg(mouth_state=mouth_state, out_head=8)).eval()
+    result = with_head.load_state_dict(base.state_dict(), strict=False)
+    assert not result.unexpected_keys and {k.split(".")[0] for k in result.missing_keys} == {"out_head"}
+    x_t, t, cond = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(with_head(x_t, t, cond), base(x_t, t, cond), atol=1e-5, rtol=1e-5)
+
+
+def test_out_head_is_local_and_sees_the_reference_and_the_noisy_input():
+    # With the transformer's output frozen (final layer zero), the head alone maps (x_t, reference) to
+    # a correction with a 5×5-latent receptive field (two 3×3 convolutions).
+    model = _randomise(AvatarDiT(_cfg(out_head=8, patch=2)), keep_zero="final.linear")
+    x_t, t, cond = _inputs()
+    with torch.no_grad():
+        before = model(x_t, t, cond)
+        moved = Cond(**{**cond.__dict__, "reference": cond.reference.clone()})
+        moved.reference[:, :, 0, 0] += 1.0
+        changed = (model(x_t, t, moved) - before).abs().amax(dim=(0, 1, 2))     # [h, w]
+        assert changed[:3, :3].min() > 1e-4 and changed[3:].max() == 0 and changed[:, 3:].max() == 0
+        noisy = x_t.clone()
+        noisy[:, :, :, 5, 5] += 1.0
+        assert (model(noisy, t, cond) - before).abs().max() > 1e-4
+        assert torch.equal(model(x_t, t, cond.drop(ref=True)), model(x_t, t, moved.drop(ref=True)))
+
+
 @pytest.mark.parametrize("attention", ["full", "factorized"])
 @pytest.mark.parametrize("mouth_state", [0, 3])
 def test_drop_audio_makes_output_independent_of_audio(attention, mouth_state):
@@ -250,7 +278,8 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(attention, mouth_state
 @pytest.mark.parametrize("overrides", [
     {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"}, {"cfg_layer": "time"},
     {"channel_context": True}, {"channel_context": True, "patch": 2, "motion_frames": 0},
-    {"mouth_state": 3}, {"mouth_state": 3, "attention": "factorized"},
+    {"mouth_state": 3}, {"mouth_state": 3, "attention": "factorized"}, {"out_head": 8}, {"out_head": 5, "patch": 2},
+    {"video_embed_rank": 8}, {"video_embed_rank": 3, "patch": 2, "out_head": 4},
     {"mouth_state": 2, "mouth_head_width": 8, "audio_dim": 24},
     {"use_visemes": True, "patch": 2, "frames": 4, "motion_frames": 0, "audio_dim": 32, "mlp_ratio": 2.5},
 ])

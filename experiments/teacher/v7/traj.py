@@ -10,7 +10,7 @@ from lipstep.samplers.ddim import sample_ddim
 torch.set_num_threads(1)
 prep = Path("/work/runs/t8/prepared")
 pipe = AvatarPipeline.from_pretrained("/work/main/src/lipstep/weights/teacher"); pipe.denoiser.float()
-if len(sys.argv) > 1: pipe.denoiser.load_state_dict(load_file(sys.argv[1]), strict=False)
+if len(sys.argv) > 1 and sys.argv[1]: pipe.denoiser.load_state_dict(load_file(sys.argv[1]), strict=False)
 pipe.denoiser.eval()
 row = [r for r in read_manifest(prep) if r["split"] == "test"][0]
 d = open_shard(prep / row["shard"], ("frames", "audio", "mel"))

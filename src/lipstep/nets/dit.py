@@ -31,6 +31,11 @@ zero, and the final projection is zero-initialised, so an untrained net outputs 
                     timestep embedding: the ablation baseline without a layer);
   MLP.
 
+Output. A final adaLN + linear map writes each token's p×p patch; with ``out_head`` a small
+convolutional head (`ConvOutputHead`, zero-initialised) then refines the whole latent frame from that
+output, the noisy input and the aligned last-motion and reference latents, so what crosses patch
+borders and what depends on the local colour is drawn per pixel, not per patch.
+
 Null conditions (classifier-free guidance, condition dropout): where `drop_ref` is True the
 reference and motion content is replaced by a learned null token set (positions and type
 embeddings stay); where `drop_audio` is True the audio (and viseme) stream is replaced by a learned
@@ -113,6 +118,13 @@ class DiTConfig:
     #   denoiser and then frozen, `lipstep.train.mouth_head`) whose reading of each frame's audio window conditions
     #   that frame: an embedding of it joins the frame's audio tokens and its adaLN (zero-initialised); 0 = none
     mouth_head_width: int = 128   # channels of the mouth-state head's convolutions
+    video_embed_rank: int = 0     # > 0: the noisy video patches enter through a rank-r bottleneck (C·p·p -> r -> W,
+    #   as pixel-space x0 transformers embed high-dimensional patches, Li & He 2025), so noise in directions the
+    #   data does not use is dropped at the door; the clean reference / motion patches keep the full embedding
+    out_head: int = 0             # hidden channels of a convolutional output head (`ConvOutputHead`) that refines
+    #   the unpatchified output at latent resolution from it, the noisy input and the aligned last-motion and
+    #   reference latents, modulated by the time embedding (zero-initialised: the net is unchanged at the
+    #   start); it draws what crosses patch borders and what depends on the local colour; 0 = none
 
     @classmethod
     def preset(cls, name: str, **overrides) -> DiTConfig:
@@ -134,6 +146,8 @@ class DiTConfig:
         check(self.audio_std > 0, f"DiT audio_std must be > 0, got {self.audio_std}")
         check(self.mlp_ratio > 0 and 0.0 <= self.dropout < 1.0, "DiT mlp_ratio > 0 and 0 <= dropout < 1")
         check(self.cfg_tokens > 0 and self.n_visemes > 0, "DiT cfg_tokens/n_visemes must be > 0")
+        check(self.video_embed_rank >= 0, f"DiT video_embed_rank must be >= 0 (0 = full), got {self.video_embed_rank}")
+        check(self.out_head >= 0, f"DiT out_head must be >= 0 (0 = none), got {self.out_head}")
         check(self.mouth_state >= 0 and self.mouth_head_width > 0,
               f"DiT mouth_state must be >= 0 and mouth_head_width > 0, got {self.mouth_state}, {self.mouth_head_width}")
         check(self.attention in ("full", "factorized"), f"DiT attention: bad value {self.attention!r}")
@@ -197,6 +211,8 @@ def _block_n(cfg: DiTConfig) -> int:
 def _embedding_n(cfg: DiTConfig) -> int:
     w, n_tok = cfg.width, cfg.tokens_per_frame
     n = _linear_n(cfg.patch_dim, w) + 2 * n_tok * w                   # patch embed, pos_space, null_ctx
+    r = cfg.video_embed_rank
+    n += _linear_n(cfg.patch_dim, r) + _linear_n(r, w) if r else 0     # bottleneck embedding of the video
     n += (cfg.motion_frames + cfg.frames) * w + 2 * w                 # pos_time, type_ref, type_motion
     n += _linear_n(TIME_FREQ_DIM, w) + _linear_n(w, w)                # time MLP
     n += _linear_n(cfg.audio_dim, w) + _linear_n(w, w) + 2 * cfg.audio_window * w  # audio MLP, pos, null
@@ -215,9 +231,16 @@ def _cfg_embedding_n(cfg: DiTConfig) -> int:
             "time": _linear_n(2, w) + _linear_n(w, w)}[cfg.cfg_layer]
 
 
+def _out_head_n(cfg: DiTConfig) -> int:
+    c, hid = cfg.latent_channels, cfg.out_head
+    if not hid:
+        return 0
+    return (4 * c * 9 * hid + hid) + _linear_n(cfg.width, 2 * hid) + (hid * 9 * c + c)  # conv, FiLM, conv
+
+
 def param_count(cfg: DiTConfig) -> int:
     """Exact number of parameters of `AvatarDiT(cfg)`."""
-    final = _linear_n(cfg.width, 2 * cfg.width) + _linear_n(cfg.width, cfg.patch_dim)
+    final = _linear_n(cfg.width, 2 * cfg.width) + _linear_n(cfg.width, cfg.patch_dim) + _out_head_n(cfg)
     return _embedding_n(cfg) + _cfg_embedding_n(cfg) + cfg.depth * _block_n(cfg) + final
 
 
@@ -565,6 +588,36 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+class ConvOutputHead(nn.Module):
+    """Refines the unpatchified output at latent resolution (U-ViT ends the same way, with a 3×3 conv).
+
+    A linear map per token writes each p×p patch on its own, so whatever the net is unsure of comes
+    out as a blend of learned patch motifs with seams at the patch borders. This head sees, per
+    pixel of the latent grid, the transformer's output, the noisy input and the aligned last-motion
+    and reference latents (their local colour: the same mouth offset differs in sign on a dark and a
+    light face); conv 3×3 -> time/mouth FiLM -> SiLU -> conv 3×3, zero-initialised, added to the output.
+    """
+
+    def __init__(self, channels: int, hidden: int, width: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(4 * channels, hidden, 3, padding=1)
+        self.film = nn.Sequential(nn.SiLU(), _linear(width, 2 * hidden, zero=True))
+        self.conv_out = nn.Conv2d(hidden, channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, y: Tensor, x_t: Tensor, context: Tensor, c: Tensor) -> Tensor:
+        """y, x_t [B, T, C, h, w], context [B, 2C, h, w], c [B, W] or [B, T, W] -> correction [B, T, C, h, w]."""
+        b, t = y.shape[:2]
+        ctx = context[:, None].expand(b, t, *context.shape[1:])
+        h = self.conv_in(torch.cat([y, x_t, ctx], dim=2).flatten(0, 1))          # [B·T, hidden, h, w]
+        shift, scale = self.film(c).chunk(2, dim=-1)                             # [B, (T,) hidden]
+        if shift.dim() == 2:
+            shift, scale = (v[:, None].expand(b, t, v.shape[-1]) for v in (shift, scale))
+        h = F.silu(h * (1 + scale.flatten(0, 1)[..., None, None]) + shift.flatten(0, 1)[..., None, None])
+        return self.conv_out(h).unflatten(0, (b, t))
+
+
 # ---------------------------------------------------------------------------------------------
 # The network
 
@@ -578,6 +631,8 @@ class AvatarDiT(nn.Module):
         self.cfg = cfg
         w, n = cfg.width, cfg.tokens_per_frame
         self.patch_embed = _linear(cfg.patch_dim, w)
+        r = cfg.video_embed_rank
+        self.video_embed = nn.Sequential(_linear(cfg.patch_dim, r), _linear(r, w)) if r else None
         self.pos_space = _embedding(n, w)                             # [N, W]
         self.pos_time = _embedding(cfg.motion_frames + cfg.frames, w)  # index = frame + motion_frames
         self.type_ref, self.type_motion = _embedding(w), _embedding(w)
@@ -599,6 +654,7 @@ class AvatarDiT(nn.Module):
         self.cfg_embed = _guidance_embedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
+        self.out_head = ConvOutputHead(cfg.latent_channels, cfg.out_head, w) if cfg.out_head else None
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """x_t [B, T, C, h, w], t [B] (model time, e.g. 1000·σ), cond -> raw output [B, T, C, h, w]."""
@@ -617,7 +673,10 @@ class AvatarDiT(nn.Module):
         c_video = c if mouth is None else c[:, None] + mouth               # [B, W] or per frame [B, T, W]
         for block in self.blocks:
             x, ctx = self._run_block(block, x, ctx, audio, c_video, c, emb)
-        return self.unpatchify(self.final(x, c_video))                     # [B, T, C, h, w]
+        y = self.unpatchify(self.final(x, c_video))                        # [B, T, C, h, w]
+        if self.out_head is not None:
+            y = y + self.out_head(y, x_t, self.aligned_context(cond.reference, cond.motion, drop_ref), c_video)
+        return y
 
     # --- tokens ------------------------------------------------------------------------------
 
@@ -636,16 +695,20 @@ class AvatarDiT(nn.Module):
         """Noisy latents [B, T, C, h, w] -> tokens [B, T, N, W] with space and time positions."""
         m, t = self.cfg.motion_frames, x_t.shape[1]
         pos = self.pos_space[None] + self.pos_time[m:m + t, None]   # [T, N, W]
-        return self.patch_embed(self.patchify(x_t)) + pos
+        embed = self.patch_embed if self.video_embed is None else self.video_embed
+        return embed(self.patchify(x_t)) + pos
+
+    def aligned_context(self, reference: Tensor, motion: Tensor | None, drop_ref: Tensor) -> Tensor:
+        """The last motion latent (the reference when there is none) and the reference, concatenated
+        channel-wise -> [B, 2C, h, w]; zeros in place of both where the reference is dropped."""
+        last = motion[:, -1] if motion is not None and motion.shape[1] else reference    # [B, C, h, w]
+        pair = torch.cat([last, reference], dim=1)                                       # [B, 2C, h, w]
+        return torch.where(_per_sample(drop_ref, pair), torch.zeros_like(pair), pair)
 
     def embed_aligned_context(self, reference: Tensor, motion: Tensor | None, drop_ref: Tensor) -> Tensor:
-        """``channel_context``: the last motion latent (the reference when there is none) and the reference,
-        concatenated channel-wise and patch-embedded at each video token's own position -> [B, 1, N, W],
-        added to every frame; zeros in place of both where the reference is dropped."""
-        last = motion[:, -1] if motion is not None and motion.shape[1] else reference    # [B, C, h, w]
-        pair = torch.cat([last, reference], dim=1)[:, None]                              # [B, 1, 2C, h, w]
-        pair = torch.where(_per_sample(drop_ref, pair), torch.zeros_like(pair), pair)
-        return self.context_embed(self.patchify(pair))                                   # [B, 1, N, W]
+        """``channel_context``: `aligned_context` patch-embedded at each video token's own position ->
+        [B, 1, N, W], added to every frame."""
+        return self.context_embed(self.patchify(self.aligned_context(reference, motion, drop_ref)[:, None]))
 
     def embed_context(self, reference: Tensor, motion: Tensor | None, drop_ref: Tensor) -> Tensor:
         """Reference [B, C, h, w] and motion [B, M, C, h, w] -> context tokens [B, 1+M, N, W]."""
