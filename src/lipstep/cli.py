@@ -1,19 +1,27 @@
 """The `lipstep` command line: one thin command per verb (parse -> build config -> call the library).
 
-Expected errors (`LipstepError`) print one line on stderr and exit with status 2; no traceback.
-Set LIPSTEP_DEBUG=1 to see tracebacks.
+Bad input of any kind (an expected `LipstepError`; a usage error: a bad option value, a missing or
+unknown option; a full disk or a folder that cannot be written) prints one line, ``error: ...``, on
+stderr and exits with status 2: no traceback, no usage box. Warnings print as one ``warning: ...``
+line. Each command checks its output path (and device, guidance scales) before any work; an output
+folder that a run created is removed again when the run fails on bad input, except a training run's
+(its checkpoints are kept for ``--resume``). Set LIPSTEP_DEBUG=1 to see tracebacks.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from lipstep import __version__
+from lipstep.checks import check_device, check_output, missing_root
 from lipstep.config import apply_overrides, load_config, set_key, validate
 from lipstep.errors import LipstepError
 from lipstep.fsutil import write_json_atomic
@@ -35,6 +43,30 @@ app = typer.Typer(
 )
 
 OVERRIDES_HELP = "Config overrides as dotted key=value pairs, e.g. world.size=128."
+
+_created: list[Path] = []   # outputs this run made; `main` removes them if the run fails with bad input
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)   # not bugs: one line too
+
+# The base class of click's usage errors (a bad option value, a missing or unknown option): typer >= 0.2x
+# raises those of its own copy of click, older typer click's own; both have BadParameter under it.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _output_dir(path: Path, *, keep: bool = False) -> None:
+    """Check the ``--out`` folder before any work (`check_output`); if this run creates it, a failure with bad
+    input removes it again, unless `keep` (a training run: its checkpoints are worth resuming). Output files
+    need no such care: they are written atomically."""
+    check_output(path)
+    if not keep and (made := missing_root(path)) is not None:
+        _created.append(made)
+
+
+def _check_scales(cfg_audio: float | None, cfg_ref: float | None) -> None:
+    from lipstep.diffusion.guidance import check_scale
+
+    for option, scale in (("--cfg-audio", cfg_audio), ("--cfg-ref", cfg_ref)):
+        if scale is not None:
+            check_scale(scale, option)
 
 
 def _version(value: bool):
@@ -67,6 +99,7 @@ def synth(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ):
     """Render the synthetic talking-head world: speech, faces whose mouths follow it, labels."""
+    _output_dir(out)
     from lipstep.data.world import WorldConfig, synthesize_world
 
     cfg = WorldConfig()
@@ -87,6 +120,7 @@ def say(
     pitch: int = typer.Option(50, help="Pitch 0-99."),
 ):
     """Synthesize speech with exact phoneme timing (libespeak-ng); writes audio and a phoneme list."""
+    check_output(out, file=True)
     from lipstep.data.media import write_audio
     from lipstep.data.speech import synthesize
 
@@ -108,16 +142,14 @@ def prepare(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ):
     """Prepare clips for training: face crops, 25 fps, 16 kHz mono, log-mel windows, shards."""
+    _output_dir(out)
     from lipstep.data.prepare import PrepareConfig, prepare_dataset
 
     cfg = PrepareConfig()
     set_key(cfg, "size", size, parse=False)
     set_key(cfg, "detector", detector, parse=False)
     apply_overrides(cfg, overrides or [])
-    summary = prepare_dataset(src, out, cfg, workers=workers)
-    typer.echo(summary)
-    if summary.prepared + summary.reused == 0:
-        raise LipstepError(f"no clip could be prepared from {src}")
+    typer.echo(prepare_dataset(src, out, cfg, workers=workers))
 
 
 @app.command()
@@ -130,6 +162,7 @@ def demo(
 ):
     """The main job on the embedded default: example portrait + example speech -> talking video, then the
     bundled teacher against the bundled student(s) in one `lipstep bench` run."""
+    _output_dir(out)
     from lipstep.demo import run_demo
 
     if bench_seconds < 0:
@@ -156,6 +189,7 @@ def train_codec_cmd(
 ):
     """Train lipstep's own small AutoencoderKL on the train frames of a prepared directory, or with
     codec.kind=pixel write the lossless pixel codec (space-to-depth, no weights) without training."""
+    _output_dir(out, keep=True)
     from lipstep.codecs.vae import CodecTrainConfig, train_codec
 
     cfg = CodecTrainConfig()
@@ -182,6 +216,7 @@ def train_teacher_cmd(
                                                     show_default=False),
 ):
     """Train the multi-step diffusion teacher (AvatarDiT) on cached codec latents."""
+    _output_dir(out, keep=True)
     from lipstep.train.teacher import TeacherConfig, train_teacher
 
     if resume and (out / "config.json").is_file():
@@ -219,6 +254,7 @@ def train_mouth_reader_cmd(
                                                     show_default=False),
 ):
     """Train the CNN mouth reader behind MouthErr; reports its held-out error."""
+    _output_dir(out, keep=True)
     from lipstep.eval.train_mouthreader import MouthTrainConfig, train_mouth_reader
 
     r = train_mouth_reader(data, out, _train_config(MouthTrainConfig, steps, overrides), codec_dir=codec)
@@ -237,6 +273,7 @@ def train_syncnet_cmd(
                                                     show_default=False),
 ):
     """Train lipstep's own SyncNet-style evaluator (never use it as a training loss)."""
+    _output_dir(out, keep=True)
     from lipstep.eval.train_syncnet import SyncTrainConfig, train_syncnet
 
     r = train_syncnet(data, out, _train_config(SyncTrainConfig, steps, overrides))
@@ -254,6 +291,7 @@ def train_features_cmd(
                                                     show_default=False),
 ):
     """Train lipstep's own frame feature net (internal FD/KID/FVD when no Inception/I3D weights are given)."""
+    _output_dir(out, keep=True)
     from lipstep.eval.train_features import FeatureTrainConfig, train_feature_net
 
     r = train_feature_net(data, out, _train_config(FeatureTrainConfig, steps, overrides), progress=True)
@@ -270,6 +308,7 @@ def train_identity_cmd(
                                                     show_default=False),
 ):
     """Train lipstep's own identity encoder (id_sim on the synthetic world)."""
+    _output_dir(out, keep=True)
     from lipstep.eval.train_identity import IdentityTrainConfig, train_identity
 
     r = train_identity(data, out, _train_config(IdentityTrainConfig, steps, overrides))
@@ -288,6 +327,7 @@ def train_evaluators_cmd(
                                              "features, identity."),
 ):
     """Train every evaluator `lipstep eval` uses without external weights, with default settings."""
+    _output_dir(out, keep=True)
     names = only or ["mouth", "syncnet", "features", "identity"]
     bad = [n for n in names if n not in ("mouth", "syncnet", "features", "identity")]
     if bad:
@@ -325,6 +365,7 @@ def distill_perflow_cmd(
                                                     "target=velocity student_steps=6.", show_default=False),
 ):
     """FADA: PeRFlow step distillation with adaptive mixed supervision and multi-CFG token distillation."""
+    _output_dir(out, keep=True)
     from lipstep.distill.perflow import PerflowConfig, PerflowRecipe
     from lipstep.train.runner import run_recipe
 
@@ -361,10 +402,15 @@ def generate(
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
 ):
     """Portrait + speech -> lip-synced talking-head video with the original audio."""
-    from lipstep.pipeline import generate_file
-
+    check_output(out, file=True)
+    check_device(device)
+    _check_scales(cfg_audio, cfg_ref)
     if steps is not None and steps < 1:
         raise LipstepError("--steps must be at least 1")
+    if not max_seconds > 0:
+        raise LipstepError(f"--max-seconds must be positive, got {max_seconds:g}")
+    from lipstep.pipeline import generate_file
+
     path, res, seconds = generate_file(model, image, audio, out, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
                                        seed=seed, detector=detector, max_seconds=max_seconds, device=device)
     n = len(res.frames)
@@ -396,6 +442,7 @@ def export(
     half: bool = typer.Option(False, "--half", help="Store weights in float16 (half the size on disk)."),
 ):
     """Copy a model directory, optionally with float16 weights (how bundled models are stored)."""
+    _output_dir(out)
     from lipstep.pipeline import AvatarPipeline
 
     pipe = AvatarPipeline.from_pretrained(model)
@@ -426,10 +473,13 @@ def eval_cmd(
                                               "evaluators); default: the bundled ones."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Directory with external weights under "
                                                "their usual names (syncnet_v2.model, pt_inception-2015-12-05-*.pth, "
-                                               "i3d_torchscript.pt, w600k_r50.onnx)."),
+                                               "w600k_r50.onnx; never the I3D: see --i3d)."),
     syncnet: Optional[Path] = typer.Option(None, "--syncnet", help="Official syncnet_v2.model."),
     inception: Optional[Path] = typer.Option(None, "--inception", help="pytorch-fid Inception weights (FID)."),
-    i3d: Optional[Path] = typer.Option(None, "--i3d", help="StyleGAN-V i3d_torchscript.pt (FVD)."),
+    i3d: Optional[Path] = typer.Option(None, "--i3d", help="StyleGAN-V i3d_torchscript.pt (FVD). "
+                                       "TorchScript: loading it runs code stored in the file, so give only "
+                                       "a file you trust; taken from this option only, never from "
+                                       "--weights-dir."),
     arcface: Optional[Path] = typer.Option(None, "--arcface", help="ArcFace ONNX recognition model (CSIM)."),
     dlib: bool = typer.Option(False, "--dlib", help="Also score identity with the dlib face descriptor (faces extra)."),
     save_videos: int = typer.Option(2, help="Write GT | generated mp4s of the first N clips (with --long: the "
@@ -445,8 +495,11 @@ def eval_cmd(
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
 ):
     """Generate a split with a model and compute every metric whose weights are available."""
+    _output_dir(out)
+    check_device(device)
+    _check_scales(cfg_audio, cfg_ref)
     from lipstep.eval.longrun import evaluate_long
-    from lipstep.eval.runner import EvalConfig, evaluate_model, load_evaluators
+    from lipstep.eval.runner import EvalConfig, evaluate_model, load_evaluators, split_rows
 
     cfg = EvalConfig()
     for key, value in (("split", split), ("max_clips", max_clips), ("seconds", seconds), ("steps", steps),
@@ -455,6 +508,7 @@ def eval_cmd(
                        ("long_identities", identities), ("long_block", long_block)):
         set_key(cfg, key, value, parse=False)
     cfg.validate()
+    split_rows(data, out, cfg.split)  # bad data fails before any network loads
     ev = load_evaluators(evaluators, weights_dir=weights_dir, syncnet=syncnet, inception=inception, i3d=i3d,
                          arcface=arcface, dlib=dlib, device=device)
     result = (evaluate_long if cfg.long else evaluate_model)(model, data, out, cfg, ev, device=device)
@@ -488,6 +542,7 @@ def bench(
     more: Optional[List[str]] = typer.Argument(None, hidden=True, show_default=False, metavar="VALUES"),
 ):
     """Time models side by side: per-component seconds, NFE, ms/frame, fps, RTF, first chunk, peak memory."""
+    _output_dir(out)
     from lipstep.eval.bench import run_bench
 
     # Click options take one value each; the extra values of `--models a b` / `--eval x=1 y=2` arrive here.
@@ -504,18 +559,52 @@ def bench(
 # ---------------------------------------------------------------------------------------------
 
 
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _message(e: Exception) -> str:
+    """What went wrong: a usage error names its command, a disk error (full, read-only) its file."""
+    if isinstance(e, OSError):
+        return f"{e.filename}: {e.strerror}" if e.filename else str(e)
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, _ClickException) and ctx is not None:
+        return f"{ctx.command_path}: {e.format_message()} (see {ctx.command_path} --help)"
+    return e.format_message() if isinstance(e, _ClickException) else str(e)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings in one line (the default adds the file, line and source of the warning call)."""
+    print(f"warning: {_one_line(message)}", file=file or sys.stderr)
+
+
+def _remove_created() -> None:
+    for path in reversed(_created):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning expected errors into one-line messages."""
+    """Console entry point: run the app; bad input ends in one ``error: ...`` line and exit status 2."""
+    warnings.showwarning = _show_warning
+    _created.clear()
     try:
-        app(args=argv, prog_name="lipstep", standalone_mode=True)
-    except LipstepError as e:
-        if os.environ.get("LIPSTEP_DEBUG"):
+        code = app(args=argv, prog_name="lipstep", standalone_mode=False)
+    except (LipstepError, _ClickException, OSError) as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `lipstep` or `lipstep train` alone: the help is printed
+            sys.exit(2)
+        if os.environ.get("LIPSTEP_DEBUG") or (isinstance(e, OSError) and e.errno not in _DISK_ERRORS):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _remove_created()
+        print(f"error: {_one_line(_message(e))}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except typer.Abort:
+        code = 130
+    if code == 130:  # typer turns Ctrl-C into exit status 130
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

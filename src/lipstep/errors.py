@@ -23,3 +23,11 @@ class DataError(LipstepError):
 
 class MissingDependency(LipstepError):
     """An optional package that a requested feature needs is not installed (the message names the extra)."""
+
+
+class IntegrityError(LipstepError):
+    """A file lipstep wrote is damaged, truncated or missing (its sha256 differs from the recorded one)."""
+
+
+class UnsafeFile(LipstepError):
+    """A file points outside where it belongs or holds more than data (pickled code); it is refused, never followed."""

@@ -8,6 +8,10 @@ A model directory (design.md §3) is what training writes and what `generate`, `
     MODEL/audio/              the audio encoder's config.json (transformers weights stay at their path)
     MODEL/denoiser/           AvatarDiT config.json + model.safetensors
 
+Each component directory with weights also holds ``checksums.json`` (sha256 of its ``*.safetensors``,
+`lipstep.fsutil.write_checksums`), checked on load: flipped bytes are a one-line "damaged" error, not a
+model that generates plausible garbage. Directories written before checksums existed load unchecked.
+
 This module is the only reader and writer of that layout; it sits below the recipes, the training
 loop and the pipeline so that every one of them can write or load a model.
 
@@ -36,7 +40,14 @@ from lipstep.data.dataset import read_manifest
 from lipstep.diffusion.guidance import nfe_per_step
 from lipstep.diffusion.schedules import SCHEDULES, make_schedule
 from lipstep.errors import ConfigError, DataError, LipstepError
-from lipstep.fsutil import atomic_dir, atomic_path, write_json_atomic
+from lipstep.fsutil import (
+    CHECKSUMS_NAME,
+    atomic_dir,
+    atomic_path,
+    verify_checksums,
+    write_checksums,
+    write_json_atomic,
+)
 from lipstep.nets.dit import AvatarDiT, DiTConfig, drop_removed_options
 from lipstep.samplers.chunks import ChunkLayout
 from lipstep.samplers.registry import SamplerInfo
@@ -209,14 +220,16 @@ def _denoiser_params(directory: Path) -> int:
 
 
 def save_denoiser(net, directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
-    """Write an AvatarDiT as ``config.json`` + ``model.safetensors`` (optionally cast, e.g. fp16)."""
+    """Write an AvatarDiT as ``config.json`` + ``model.safetensors`` + ``checksums.json`` (optionally cast, e.g. fp16)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(net.cfg, directory)
     state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
              .contiguous().cpu() for k, v in net.state_dict().items()}
+    (directory / CHECKSUMS_NAME).unlink(missing_ok=True)  # a crash before the new list leaves none, not a stale one
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "lipstep": __version__})
+    write_checksums(directory)
     return directory
 
 
@@ -237,10 +250,11 @@ def load_denoiser(directory: str | os.PathLike, *, device="cpu") -> AvatarDiT:
         raise LipstepError(f"{directory / 'config.json'}: {e}") from None
     net = AvatarDiT(cfg)
     path = directory / "model.safetensors"
+    if not path.is_file():
+        raise LipstepError(f"{directory}: model.safetensors is missing")
+    verify_checksums(directory)
     try:
         state = load_file(str(path))
-    except FileNotFoundError:
-        raise LipstepError(f"{directory}: model.safetensors is missing") from None
     except (OSError, SafetensorError) as e:
         raise LipstepError(f"{path}: cannot read weights ({e})") from None
     try:
@@ -259,6 +273,8 @@ def load_model(model: str | os.PathLike | None, *, device: str | torch.device = 
     components checked against each other."""
     root = resolve_model(model)
     info = read_info(root)
+    verify_checksums(root / "codec")
+    verify_checksums(root / "audio")
     codec = load_codec(root / "codec").to(device)
     audio = load_audio_encoder(root / "audio", device=device)
     net = load_denoiser(root / "denoiser", device=device)
@@ -301,7 +317,9 @@ def save_model(out: str | os.PathLike, info: ModelInfo, codec, audio_encoder, ne
             codec = copy.deepcopy(codec)
             codec.vae.to(torch.float16)
         save_codec(codec, tmp / "codec")
+        write_checksums(tmp / "codec")
         save_audio_encoder(audio_encoder, tmp / "audio")
+        write_checksums(tmp / "audio")
         save_denoiser(net, tmp / "denoiser", dtype=torch.float16 if half else None)
         write_json_atomic(tmp / INFO_NAME, {"_type": "ModelInfo", **to_dict(info)})
     return out

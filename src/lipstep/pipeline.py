@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from lipstep.data.faces import crop_portrait
-from lipstep.data.media import read_audio, read_image, write_video
+from lipstep.data.media import SAMPLE_RATE, read_audio, read_image, write_video
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.errors import LipstepError
 from lipstep.modeldir import (
@@ -103,13 +103,13 @@ class AvatarPipeline:
         """The denoiser as ``(x_t, t in [0, 1], cond) -> native prediction`` (`Denoiser`)."""
         return Denoiser(self.denoiser, self.schedule)
 
-    def crop(self, image: np.ndarray, detector: str = "auto") -> np.ndarray:
-        """Face-centred crop of a portrait at the model's size: uint8 [S, S, 3]."""
+    def crop(self, image: np.ndarray, detector: str = "auto", source: str = "the portrait") -> np.ndarray:
+        """Face-centred crop of a portrait at the model's size: uint8 [S, S, 3] (`source`: its name)."""
         image = np.asarray(image)
         s = self.info.image_size
         if image.shape[:2] == (s, s) and detector == "auto":
             return image.astype(np.uint8)  # already a face crop of the right size
-        return crop_portrait(image, s, detector)
+        return crop_portrait(image, s, detector, source=source)
 
     def encode_image(self, crop: np.ndarray) -> Tensor:
         """uint8 [S, S, 3] -> reference latent [1, C, h, w]."""
@@ -144,11 +144,12 @@ class AvatarPipeline:
 
     def __call__(self, image: np.ndarray, audio: np.ndarray, *, steps: int | None = None,
                  cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
-                 detector: str = "auto", progress: bool = False,
+                 detector: str = "auto", progress: bool = False, source: str = "the portrait",
                  on_chunk: Callable[[int, Tensor], None] | None = None) -> Generation:
         """Portrait uint8 [H, W, 3] + mono float32 audio at the model's sample rate -> `Generation`.
 
-        ``timings`` are seconds per stage (CUDA-synchronised); ``on_chunk`` as in `generate_latents`.
+        ``timings`` are seconds per stage (CUDA-synchronised); ``on_chunk`` as in `generate_latents`;
+        ``source`` names the portrait in messages (e.g. its file).
         """
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
@@ -157,7 +158,7 @@ class AvatarPipeline:
             raise LipstepError("the audio contains NaN or infinite samples")
         timings = {}
         t0 = self.clock()
-        crop = self.crop(image, detector)
+        crop = self.crop(image, detector, source)
         ref = self.encode_image(crop)
         timings["crop_encode"] = self.clock() - t0
         n = self.n_frames(len(audio))
@@ -185,16 +186,19 @@ def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_au
     if out_path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
         raise LipstepError(f"--out {out_path}: use a .mp4, .mkv or .mov file name")
     image = read_image(image_path)          # MediaError (a LipstepError) names the file and the problem
+    audio = read_audio(audio_path, SAMPLE_RATE, max_seconds=max_seconds)  # bad audio fails before loading
     pipe = AvatarPipeline.from_pretrained(model, device=device)
-    audio = read_audio(audio_path, pipe.info.sample_rate, max_seconds=max_seconds)
-    if audio.size == 0:
-        raise LipstepError(f"{audio_path}: the audio is empty")
+    if pipe.info.sample_rate != SAMPLE_RATE:
+        audio = read_audio(audio_path, pipe.info.sample_rate, max_seconds=max_seconds)
+    if len(audio) < pipe.info.sample_rate / pipe.info.fps:
+        ms = len(audio) / pipe.info.sample_rate * 1000
+        raise LipstepError(f"{audio_path}: {ms:.1f} ms of audio is shorter than one video frame")
     if len(audio) > max_seconds * pipe.info.sample_rate:
         raise LipstepError(f"{audio_path}: {len(audio) / pipe.info.sample_rate:.0f} s of audio is longer than "
                            f"--max-seconds {max_seconds:g}")
     t0 = time.perf_counter()
     result = pipe(image, audio, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, detector=detector,
-                  progress=progress)
+                  progress=progress, source=str(image_path))
     t1 = time.perf_counter()
     write_video(out_path, result.frames, result.fps, audio=audio, sample_rate=result.sample_rate)
     result.timings["mux"] = time.perf_counter() - t1

@@ -99,7 +99,7 @@ class MeanColour:
 
 def test_training_writes_a_loadable_directory(trained, world):
     out = world / "idnet"
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "train.json"}
+    assert {p.name for p in out.iterdir()} == {"checksums.json", "config.json", "model.safetensors", "train.json"}
     info = json.loads((out / "train.json").read_text())
     assert {"name", "embed_dim", "image_size", "parameters", "steps", "seconds", "train_seconds", "final_loss",
             "train_identities", "eval", "prepared_dir", "train"} <= set(info)

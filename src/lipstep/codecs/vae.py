@@ -395,8 +395,17 @@ def _load_lipstep(path: Path, scaling_factor, shift_factor) -> Codec:
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise LipstepError(f"{path} has a codec config.json but no {WEIGHTS_NAME}")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged file
+        raise LipstepError(f"{weights}: cannot read the codec weights ({' '.join(str(e).split())[:160]})") \
+            from None
     codec = _CODECS[cfg.kind](_new_vae(cfg).float(), cfg, cfg.downsample)
-    missing, unexpected = codec.vae.load_state_dict(load_file(str(weights)), strict=False)
+    try:
+        missing, unexpected = codec.vae.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when strict=False
+        raise LipstepError(f"{weights} does not match {path / 'config.json'} "
+                           f"({' '.join(str(e).split())[:200]})") from None
     if missing or unexpected:
         raise LipstepError(f"{weights} does not match {path / 'config.json'}: {len(missing)} missing "
                            f"keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from lipstep.config import check
-from lipstep.data.latents import clip_id_of, load_latents, read_cache_info
+from lipstep.data.latents import clip_id_of, is_plain_name, load_latents, read_cache_info
 from lipstep.errors import DataError
 
 _LOADED_KEYS = ("frames", "mel", "visemes", "mouth")
@@ -88,15 +88,25 @@ def read_manifest(root: str | os.PathLike) -> list[dict]:
     path = root / "manifest.jsonl"
     if not path.is_file():
         raise DataError(f"{root} has no manifest.jsonl; is it a prepared directory (`lipstep prepare`)?")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read it as UTF-8 text ({type(e).__name__})") from None
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
-            if not {"shard", "split", "frames"} <= set(row):
+            if not isinstance(row, dict) or not {"shard", "split", "frames"} <= set(row):
                 raise DataError(f"{path}:{n}: a prepared manifest row needs shard, split and frames")
+            if not (isinstance(row["shard"], str) and isinstance(row["split"], str)
+                    and isinstance(row["frames"], int)):
+                raise DataError(f"{path}:{n}: shard and split must be strings and frames an integer")
+            if not is_plain_name(clip_id_of(row)):
+                raise DataError(f"{path}:{n}: clip id {clip_id_of(row)!r} is not a plain file name (no '/', "
+                                "'\\' or '..'); ids name output files")
             rows.append(row)
     return rows
 

@@ -209,17 +209,18 @@ def portrait_box(image: np.ndarray, detector: str = "auto", scale: float = 1.8,
 
 
 def crop_portrait(image: np.ndarray, size: int, detector: str = "auto", *, strict: bool = False,
-                  scale: float = 1.8, shift_down: float = 0.1) -> np.ndarray:
+                  scale: float = 1.8, shift_down: float = 0.1, source: str = "the portrait") -> np.ndarray:
     """Face-centred square crop of one RGB image, resized: uint8 ``[size, size, 3]``.
 
     With no face found it falls back to the centred square and warns; with ``strict=True`` it
     raises `DataError` instead. Use `portrait_box` to get the found flag without a warning.
+    ``source`` names the image in those messages (e.g. its file).
     """
     box, found = portrait_box(image, detector, scale, shift_down)
     if not found:
         if strict:
-            raise DataError("no face found in the portrait (use detector=none to crop the centre)")
-        warnings.warn("no face found in the portrait; using the centre square crop", stacklevel=2)
+            raise DataError(f"no face found in {source} (use detector=none to crop the centre)")
+        warnings.warn(f"no face found in {source}; using the centre square crop", stacklevel=2)
     return crop_frames(np.asarray(image)[None], box, size)[0]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,19 @@ INFO_NAME = "codec.json"
 def clip_id_of(row: dict) -> str:
     """The name a manifest row's latents are stored under: its ``id``, else its shard's stem."""
     return str(row.get("id") or Path(row["shard"]).stem)
+
+
+def is_plain_name(text: str) -> bool:
+    """True if `text` names a file inside a folder, not a path: not empty, ``.`` or ``..``, no ``/``,
+    ``\\`` or control character. Clip ids name files (latents, eval videos); a path-like id would write
+    outside their folder."""
+    return text not in ("", ".", "..") and not any(c in text for c in "/\\") and text.isprintable()
+
+
+def safe_name(text: str, default: str = "clip") -> str:
+    """`text` as a plain file name: runs of characters other than letters, digits, ``.``, ``_`` and ``-``
+    become ``_``; `default` if nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or default
 
 
 def read_cache_info(cache_dir: str | os.PathLike) -> dict:
@@ -54,4 +68,4 @@ def load_latents(cache_dir: str | os.PathLike, clip_id: str) -> np.ndarray:
         raise DataError(f"{path}: cannot read cached latents ({e})") from None
 
 
-__all__ = ["INFO_NAME", "clip_id_of", "load_latents", "read_cache_info"]
+__all__ = ["INFO_NAME", "clip_id_of", "is_plain_name", "load_latents", "read_cache_info", "safe_name"]

@@ -10,8 +10,9 @@ This module owns the project's media conventions:
   container records the real length: mp4/mov/m4a do, Matroska does not, leaving < 1024 samples of
   trailing silence); `read_audio` alone starts at the track's first sample;
 * variable-frame-rate files are put on a uniform grid by frame timestamps;
-* every problem with a file (missing, empty, corrupt, lacking a stream, too long) raises `MediaError`
-  naming the path; a bad array handed to a writer is a programming error and raises `ValueError`;
+* every problem with a file (missing, empty, corrupt, lacking a stream, too long, NaN or infinite
+  samples) raises `MediaError` naming the path; a bad array handed to a writer is a programming error
+  and raises `ValueError`;
 * every write goes through `fsutil.atomic_path`, so no partial output file is ever left behind.
 """
 
@@ -404,7 +405,8 @@ def read_video(
 
         wav = None
         if astream is not None and assembler is not None:
-            native = assembler.result(_stream_end(container, astream), astream.codec_context.frame_size)
+            end = _stream_end(container, astream)
+            native = _finite(assembler.result(end, astream.codec_context.frame_size), path)
             if native.size:
                 wav = np.clip(resample_audio(native, assembler.rate, sample_rate), -1.0, 1.0)
             elif audio == "required":
@@ -414,6 +416,13 @@ def read_video(
         raise MediaError(path, f"cannot decode ({_reason(exc)})") from None
     finally:
         container.close()
+
+
+def _finite(wav: np.ndarray, path: Path) -> np.ndarray:
+    """`wav` if every sample is a number; float files can hold NaN or inf, which clipping would hide."""
+    if not np.isfinite(wav).all():
+        raise MediaError(path, "contains NaN or infinite audio samples")
+    return wav
 
 
 def read_audio(
@@ -441,7 +450,8 @@ def read_audio(
             ):
                 seconds = total if total else assembler.length / assembler.rate
                 raise _too_long(path, seconds, max_seconds, at_least=not total)
-        native = assembler.result(_stream_end(container, astream), astream.codec_context.frame_size)
+        end = _stream_end(container, astream)
+        native = _finite(assembler.result(end, astream.codec_context.frame_size), path)
         if native.size == 0:
             raise MediaError(path, "contains no audio samples")
         seconds = native.size / assembler.rate

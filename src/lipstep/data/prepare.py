@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
+import shutil
 import sys
 import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,9 +39,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lipstep.checks import missing_root
 from lipstep.config import check, from_dict, load_config, save_config, to_dict, validate
 from lipstep.data.faces import centre_box, clip_crop_box, crop_frames, resolve_detector
 from lipstep.data.features import frame_windows, log_mel
+from lipstep.data.latents import safe_name
 from lipstep.data.media import read_video
 from lipstep.errors import ConfigError, DataError, MediaError
 from lipstep.fsutil import atomic_path, write_jsonl_atomic
@@ -126,11 +128,6 @@ class PrepareSummary:
 # --------------------------------------------------------------------------------------------- sources
 
 
-def _safe_id(text: str) -> str:
-    """A file-name-safe clip id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "clip"
-
-
 def _unique_ids(jobs: list[Job]) -> list[Job]:
     """Make clip ids unique (``a``, ``a__2``, ...) in the given, deterministic order."""
     seen: set[str] = set()
@@ -174,7 +171,7 @@ def _world_jobs(src: Path, manifest: Path, detector: str) -> list[Job]:
         video = Path(row["video"])
         labels = row.get("labels")
         jobs.append(Job(
-            clip_id=_safe_id(str(row.get("id") or video.parent.name or video.stem)),
+            clip_id=safe_name(str(row.get("id") or video.parent.name or video.stem)),
             source=video.as_posix(), path=str(src / video),
             identity=str(row.get("identity") or row.get("id") or video.stem),
             split=row.get("split") if row.get("split") in SPLITS else None,
@@ -192,7 +189,7 @@ def _folder_jobs(src: Path, detector: str, exclude: Path | None) -> list[Job]:
             continue
         parts = rel.parts
         identity = parts[0] if len(parts) > 1 else path.stem
-        clip_id = _safe_id("__".join([*parts[:-1], path.stem]))
+        clip_id = safe_name("__".join([*parts[:-1], path.stem]))
         jobs.append(Job(clip_id, rel.as_posix(), str(path), identity, text=_sidecar_text(path),
                         detector=detector))
     return _unique_ids(jobs)
@@ -426,6 +423,20 @@ def build_manifest(out: str | os.PathLike, cfg: PrepareConfig) -> list[dict]:
     return rows
 
 
+def _remove(paths: list[Path]) -> None:
+    """Remove what a run made (deepest first)."""
+    for path in reversed(paths):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _reasons(skipped: list[tuple[str, str]], n: int = 3) -> str:
+    more = f"; and {len(skipped) - n} more" if len(skipped) > n else ""
+    return "; ".join(f"{f} ({r})" for f, r in skipped[:n]) + more
+
+
 def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig | None = None, *,
                     workers: int = 0, progress: bool = True) -> PrepareSummary:
     """Prepare every clip of SRC into OUT (see the module docstring); resumes a previous run.
@@ -442,7 +453,8 @@ def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: Prepare
         A `PrepareSummary`; ``str()`` of it is a one-paragraph report naming every skipped file.
 
     Raises:
-        DataError: SRC is missing or holds no videos.
+        DataError: SRC is missing, holds no videos, or none of them could be prepared (what this run
+            made in OUT is removed again; a folder that was there before stays).
         ConfigError: invalid settings, or settings that differ from OUT's.
     """
     cfg = cfg or PrepareConfig()
@@ -454,6 +466,8 @@ def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: Prepare
         for job in jobs:
             job.detector = detector if job.detector != "none" else "none"
     _check_config(out, cfg)
+    made = [p for p in (missing_root(out), out / "shards", out / "config.json")  # removed if none is prepared
+            if p is not None and not p.exists()]
     (out / "shards").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
 
@@ -467,6 +481,9 @@ def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: Prepare
         else:
             skipped.append((source, reason))
     skipped.sort()
+    if prepared + reused == 0:
+        _remove(made)
+        raise DataError(f"no clip could be prepared from {src}: {len(skipped)} skipped: {_reasons(skipped)}")
     write_jsonl_atomic(out / "skipped.jsonl", [{"file": f, "reason": r} for f, r in skipped])
     rows = build_manifest(out, cfg)
     splits = {s: sum(r["split"] == s for r in rows) for s in SPLITS}

@@ -18,6 +18,7 @@ so ``condition_dropout`` never produces it either.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -25,9 +26,18 @@ from torch import Tensor
 
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.schedules import append_dims
+from lipstep.errors import ConfigError
 
 Denoiser = Callable[[Tensor, Tensor, Cond], Tensor]
 Scale = float | Tensor
+
+MAX_SCALE = 100.0   # far above any useful scale (1-10); NaN, inf or huge ones give black or saturated frames
+
+
+def check_scale(value: float, name: str) -> None:
+    """Refuse a guidance scale that is not a number from 0 to `MAX_SCALE` (`name`: e.g. --cfg-audio)."""
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_SCALE):
+        raise ConfigError(f"{name} must be a guidance scale from 0 to {MAX_SCALE:g}, got {value:g}")
 
 
 def _is_one(scale: Scale) -> bool:

@@ -55,7 +55,7 @@ from lipstep.config import check
 from lipstep.data.dataset import WindowConfig, WindowDataset, batch_indices
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
-from lipstep.diffusion.guidance import multi_cfg
+from lipstep.diffusion.guidance import check_scale, multi_cfg
 from lipstep.diffusion.schedules import Schedule, append_dims, ddim_step
 from lipstep.distill.losses import (
     MixedConfig,
@@ -113,6 +113,10 @@ class PerflowConfig:
         for name in ("cfg_audio_range", "cfg_ref_range"):
             lo, hi = getattr(self, name)
             check(0 <= lo <= hi, f"{name} must be (lo, hi) with 0 <= lo <= hi, got ({lo}, {hi})")
+            check_scale(hi, f"{name}[1]")
+        for name in ("cfg_audio", "cfg_ref"):
+            if (scale := getattr(self, name)) is not None:
+                check_scale(scale, name)
         check(self.motion_weight >= 0 and 0 <= self.p_motion_ref <= 1,
               "motion_weight must be >= 0 and p_motion_ref in [0, 1]")
         check(self.student_steps >= self.windows,

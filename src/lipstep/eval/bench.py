@@ -49,8 +49,10 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
+from lipstep.checks import check_device
 from lipstep.data.examples import example_inputs
 from lipstep.data.media import SAMPLE_RATE, read_audio, read_image, write_video
+from lipstep.diffusion.guidance import check_scale
 from lipstep.errors import LipstepError
 from lipstep.fsutil import atomic_path, write_json_atomic, write_text_atomic
 from lipstep.modeldir import read_info, resolve_model
@@ -367,8 +369,8 @@ def run_bench(models: list[str], out: str | os.PathLike, *, image: str | os.Path
     Returns:
         The contents of ``bench.json``.
     """
-    _check_settings(seconds, warmup, repeats, threads)
-    dev = _device(device)
+    _check_settings(seconds, warmup, repeats, threads, cfg_audio, cfg_ref)
+    dev = check_device(device)
     specs = parse_specs(list(models))
     quality = read_evals(list(evals), [s.label for s in specs])
     plotted = quality_metrics(quality, metrics) if quality else []
@@ -396,7 +398,8 @@ def run_bench(models: list[str], out: str | os.PathLike, *, image: str | os.Path
                 raise LipstepError(f"{audio}: the audio is empty")
             jobs.append(_Job(spec, pipe, load_s, wav))
         machine = machine_info(dev)
-        call = {"cfg_audio": cfg_audio, "cfg_ref": cfg_ref, "seed": seed}
+        call = {"cfg_audio": cfg_audio, "cfg_ref": cfg_ref, "seed": seed,
+                "source": str(image or "the example portrait")}
         _measure(jobs, picture, call, warmup, repeats, progress, tqdm)
         machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
@@ -433,23 +436,17 @@ DEFINITIONS = {
 }
 
 
-def _check_settings(seconds: float, warmup: int, repeats: int, threads: int | None) -> None:
-    if not seconds > 0:
-        raise LipstepError(f"--seconds must be positive, got {seconds:g}")
+def _check_settings(seconds: float, warmup: int, repeats: int, threads: int | None, cfg_audio: float | None,
+                    cfg_ref: float | None) -> None:
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise LipstepError(f"--seconds must be a positive number, got {seconds:g}")
     if warmup < 0 or repeats < 1:
         raise LipstepError(f"need --warmup >= 0 and --repeats >= 1, got {warmup} and {repeats}")
     if threads is not None and threads < 1:
         raise LipstepError(f"--threads must be at least 1, got {threads}")
-
-
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise LipstepError(f"--device {name}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LipstepError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+    for name, scale in (("--cfg-audio", cfg_audio), ("--cfg-ref", cfg_ref)):
+        if scale is not None:
+            check_scale(scale, name)
 
 
 def _measure(jobs: list[_Job], image: np.ndarray, call: dict, warmup: int, repeats: int, progress: bool,

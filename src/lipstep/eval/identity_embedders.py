@@ -244,11 +244,13 @@ class DlibDescriptor:
 
 def resolve_identity_embedders(own_dir: str | os.PathLike | None = None, arcface: str | os.PathLike | None = None,
                                dlib: bool = False, *, arcface_sha256: str | None = None,
+                               required: tuple[str, ...] = (),
                                ) -> tuple[list[IdentityEmbedder], list[tuple[str, str]]]:
     """The identity embedders that can run, and ``(name, reason)`` for each one skipped.
 
     Missing files, missing optional packages and bad weights skip an embedder (never fail the
-    run, metrics.md §5.2); nothing is downloaded.
+    run, metrics.md §5.2), except for the embedders named in `required` (e.g. ``"arcface-onnx"`` for a
+    file the user gave explicitly): their `LipstepError` is raised. Nothing is downloaded.
     """
     found: list[IdentityEmbedder] = []
     skipped: list[tuple[str, str]] = []
@@ -266,6 +268,8 @@ def resolve_identity_embedders(own_dir: str | os.PathLike | None = None, arcface
         try:
             found.append(build())
         except LipstepError as e:
+            if name in required:
+                raise
             log.warning("identity: skipping %s: %s", name, e)
             skipped.append((name, str(e)))
     return found, skipped

@@ -22,7 +22,8 @@ long_blocks        per block: start/end seconds and each metric, mean over ident
 
 OUT gets metrics.json, metrics.md, ``long_blocks.jsonl`` (one row per identity and block),
 ``contact_sheet.png`` (one row per identity: the reference, then frames spread over the whole run) and
-``videos/<identity>_long.mp4`` for the first ``save_videos`` identities.
+``videos/<identity>_long.mp4`` for the first ``save_videos`` identities (the identity made a plain file name,
+`lipstep.data.latents.safe_name`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import time
 import numpy as np
 
 from lipstep.config import to_dict
+from lipstep.data.latents import clip_id_of, safe_name
 from lipstep.data.media import write_video
 from lipstep.errors import DataError, LipstepError
 from lipstep.eval.identity import identity_similarity
@@ -81,7 +83,7 @@ def identity_clips(rows: list[dict], n: int) -> dict[str, list[dict]]:
     """The clips of the first `n` identities (0 = all), in manifest order: identity -> rows."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(str(row.get("identity", row["id"])), []).append(row)
+        groups.setdefault(str(row.get("identity", clip_id_of(row))), []).append(row)
     names = list(groups)[:n] if n else list(groups)
     return {k: groups[k] for k in names}
 
@@ -134,7 +136,8 @@ def evaluate_long(model: str | os.PathLike, prepared: str | os.PathLike, out: st
         gt_rows.append(portrait_metrics(np.concatenate([frames for frames, _, _ in data]), reference, embedder))
         sheet.append(np.concatenate([reference[None], spread_frames(gen, SHEET_FRAMES)]))
         if i < cfg.save_videos:
-            write_video(out / "videos" / f"{person}_long.mp4", gen, fps, audio=audio, sample_rate=sr)
+            write_video(out / "videos" / f"{safe_name(person, 'identity')}_long.mp4", gen, fps, audio=audio,
+                        sample_rate=sr)
 
     keys = [k for k in ("id_psnr", "id_ssim", "colour_shift", "id_sim") if k in block_rows[0]]
     metrics: dict = {}

@@ -49,6 +49,7 @@ MouthErr with the right audio against MouthErr with another clip's audio.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -58,7 +59,9 @@ import numpy as np
 
 from lipstep.config import check, to_dict
 from lipstep.data.dataset import open_shard, read_manifest
+from lipstep.data.latents import clip_id_of
 from lipstep.data.media import write_image, write_video
+from lipstep.diffusion.guidance import check_scale
 from lipstep.errors import DataError, LipstepError
 from lipstep.eval.fd import fd_from_features
 from lipstep.eval.features import (
@@ -108,9 +111,15 @@ class EvalConfig:
 
     def validate(self) -> None:
         check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
+        for name in ("seconds", "audio_shift", "long", "long_block"):
+            value = getattr(self, name)
+            check(math.isfinite(value), f"{name} must be a finite number, got {value}")
         check(self.max_clips >= 0, f"max_clips must be >= 0, got {self.max_clips}")
         check(self.seconds >= 0, f"seconds must be >= 0, got {self.seconds}")
         check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        for name in ("cfg_audio", "cfg_ref"):
+            if (scale := getattr(self, name)) is not None:
+                check_scale(scale, name)
         check(self.save_videos >= 0 and self.kid_subsets >= 1 and self.kid_subset_size >= 2,
               "save_videos must be >= 0, kid_subsets >= 1 and kid_subset_size >= 2")
         check(self.clip_length >= 2 and self.vshift >= 1, "clip_length must be >= 2 and vshift >= 1")
@@ -168,7 +177,9 @@ def load_evaluators(evaluators_dir: str | os.PathLike | None = None, *, weights_
     """Resolve every evaluator: explicit file > `weights_dir` (known file names) > skipped with a reason.
 
     `evaluators_dir` holds lipstep's own evaluators (``lipstep train evaluators``: mouth/, syncnet/,
-    features/, identity/); None = the bundled ones, if any.
+    features/, identity/); None = the bundled ones, if any. An explicit file that cannot be used is an
+    error. The I3D is TorchScript, and loading TorchScript runs code stored in the file, so it is only
+    loaded from `i3d`, never found in `weights_dir`.
     """
     ev = Evaluators()
     own = Path(evaluators_dir) if evaluators_dir is not None else default_evaluators_dir()
@@ -213,18 +224,20 @@ def load_evaluators(evaluators_dir: str | os.PathLike | None = None, *, weights_
         ev.skipped["fid"] = "no pt_inception-2015-12-05-*.pth given (--inception or --weights-dir)"
     if ev.frames is None:
         ev.skipped["fd"] = "no frame features: neither Inception weights nor an own features/ in the evaluators"
-    i3d_path = Path(i3d) if i3d is not None else _find(wd, I3D_FILE)
-    if i3d_path is not None:
-        ev.video = I3DFeatures(_file(i3d_path, "I3D"))
-        ev.sources["i3d"] = str(i3d_path)
+    if i3d is not None:
+        ev.video = I3DFeatures(_file(i3d, "I3D"))
+        ev.sources["i3d"] = str(i3d)
     else:
-        ev.skipped["fvd_i3d"] = f"no {I3D_FILE} given (--i3d or --weights-dir)"
+        found = _find(wd, I3D_FILE)
+        ev.skipped["fvd_i3d"] = (f"{found} not loaded: TorchScript runs code from its file, so it is only "
+                                 "taken from --i3d" if found else f"no {I3D_FILE} given (--i3d)")
         if own_frames is not None:
             ev.video = OwnVideoFeatures(own_frames)
         else:
             ev.skipped["fvd"] = "no clip features: neither I3D weights nor an own features/ in the evaluators"
     arc = Path(arcface) if arcface is not None else _find(wd, ARCFACE_GLOB)
-    embedders, skipped = resolve_identity_embedders(own_dir=own_dir("identity"), arcface=arc, dlib=dlib)
+    embedders, skipped = resolve_identity_embedders(own_dir=own_dir("identity"), arcface=arc, dlib=dlib,
+                                                    required=("arcface-onnx",) if arcface is not None else ())
     ev.identity = list(embedders)
     for name, reason in skipped:
         ev.skipped[f"id_sim_{name}"] = reason
@@ -352,7 +365,8 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
         nfe_total += res.nfe
         n = min(len(res.frames), len(gt))
         gen, gt = res.frames[:n], gt[:n]
-        clip = {"clip": row["id"], "frames": n, "nfe": res.nfe, "seconds": round(time.perf_counter() - t0, 2)}
+        clip = {"clip": clip_id_of(row), "frames": n, "nfe": res.nfe,
+                "seconds": round(time.perf_counter() - t0, 2)}
         if ev.mouth is not None and truth is not None:
             clip["mouth_err"], clip["mouth_corr"] = mouth_scores(ev.mouth.openness(gen), truth[:n])
             clip["mouth_err_gt"], clip["mouth_corr_gt"] = mouth_scores(ev.mouth.openness(gt), truth[:n])
@@ -389,7 +403,8 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
             gen_clips.append(clips_from_video(gen, cfg.clip_length, stride=max(1, cfg.clip_length // 2)))
             gt_clips.append(clips_from_video(gt, cfg.clip_length, stride=max(1, cfg.clip_length // 2)))
         if i < cfg.save_videos:
-            _side_by_side(out / "videos" / f"{row['id']}.mp4", gt, gen, wav, fps, sr)
+            # a plain file name: read_manifest refuses path-like ids
+            _side_by_side(out / "videos" / f"{clip_id_of(row)}.mp4", gt, gen, wav, fps, sr)
 
     metrics: dict = {}
     keys = [k for k in per_clip[0] if k not in ("clip", "frames", "nfe", "seconds")]

@@ -1,10 +1,11 @@
 """Directories of the small networks lipstep trains (evaluators and readers): one writer, one loader.
 
 Each such directory is ``config.json`` (the network's config dataclass, with ``_type``),
-``model.safetensors`` and, from training, ``train.json``. `save_net_dir` writes them as one atomic
-directory; `load_net_dir` checks every way it can be wrong (missing directory, missing or
-foreign config, missing or unreadable weights, weights of another shape) and says which in one line,
-then returns the network in eval mode and frozen.
+``model.safetensors``, ``checksums.json`` (its sha256) and, from training, ``train.json``.
+`save_net_dir` writes them as one atomic directory; `load_net_dir` checks every way it can be wrong
+(missing directory, missing or foreign config, missing, damaged or unreadable weights, weights of
+another shape) and says which in one line, then returns the network in eval mode and frozen.
+Directories written before checksums existed load unchecked.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from lipstep.config import load_config, save_config
 from lipstep.errors import ConfigError, LipstepError
-from lipstep.fsutil import atomic_dir, write_json_atomic
+from lipstep.fsutil import atomic_dir, verify_checksums, write_checksums, write_json_atomic
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -29,12 +30,13 @@ def _a(what: str) -> str:
 
 def save_net_dir(net: nn.Module, directory: str | os.PathLike, *, metadata: dict[str, str],
                  train: dict | None = None) -> Path:
-    """Write ``net.cfg`` as ``config.json``, the weights (with ``metadata``) and ``train`` as ``train.json``
-    (when given) into ``directory``, replacing it atomically; returns it."""
+    """Write ``net.cfg`` as ``config.json``, the weights (with ``metadata``) and their checksum, and ``train``
+    as ``train.json`` (when given) into ``directory``, replacing it atomically; returns it."""
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", **metadata})
+        write_checksums(tmp, [WEIGHTS_NAME])
         save_config(net.cfg, tmp)
         if train is not None:
             write_json_atomic(tmp / "train.json", train)
@@ -62,6 +64,7 @@ def load_net_dir(directory: str | os.PathLike, cfg_cls: type, net_cls: type[nn.M
         raise LipstepError(f"{directory} is not {_a(what)} directory ({e})") from None
     if not weights.is_file():
         raise LipstepError(f"{directory} has {_a(what)} config.json but no {WEIGHTS_NAME}")
+    verify_checksums(directory)
     try:
         state = load_file(str(weights))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a bad file

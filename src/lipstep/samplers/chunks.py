@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
-from lipstep.diffusion.guidance import multi_cfg, nfe_per_step
+from lipstep.diffusion.guidance import check_scale, multi_cfg, nfe_per_step
 from lipstep.samplers.registry import SamplerInfo
 
 
@@ -52,6 +52,8 @@ def sample_chunks(denoiser: Denoiser, reference: Tensor, audio: Tensor, *, sampl
     steps = steps or sampler.steps
     cfg_audio = sampler.cfg_audio if cfg_audio is None else cfg_audio
     cfg_ref = sampler.cfg_ref if cfg_ref is None else cfg_ref
+    check_scale(float(cfg_audio), "cfg_audio")
+    check_scale(float(cfg_ref), "cfg_ref")
     options = sampler.sampler_options()
     timesteps = options.timesteps(denoiser.schedule, steps)
     T, M = layout.frames, layout.motion_frames

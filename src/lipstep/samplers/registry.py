@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from torch import Tensor
 
 from lipstep.config import check, from_dict
+from lipstep.diffusion.guidance import check_scale
 from lipstep.diffusion.schedules import Schedule
 from lipstep.errors import ConfigError
 from lipstep.samplers.ddim import DDIMOptions, sample_ddim
@@ -61,7 +62,8 @@ class SamplerInfo:
     def validate(self) -> None:
         check(self.name in SAMPLERS, f"sampler.name must be one of {sorted(SAMPLERS)}, got '{self.name}'")
         check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
-        check(self.cfg_audio >= 0 and self.cfg_ref >= 0, "sampler cfg scales must be >= 0")
+        check_scale(self.cfg_audio, "sampler.cfg_audio")
+        check_scale(self.cfg_ref, "sampler.cfg_ref")
         check(self.guidance in GUIDANCE, f"sampler.guidance must be cfg or embedded, got '{self.guidance}'")
         self.sampler_options()
 

@@ -10,24 +10,33 @@ scalars, periodic validation, checkpoints and resume. The only hooks it calls ar
 Runs under accelerate: CPU (``Accelerator(cpu=True)``), one GPU, DDP, and FSDP / DeepSpeed ZeRO-3
 through the accelerate config files in ``configs/accelerate/``.
 
-Checkpoint directory (written atomically: a temporary directory renamed into place)::
+Checkpoint directory (written to a temporary directory, fsynced, renamed into place)::
 
     OUT/checkpoints/step_000500/<role>/model.safetensors   weights of each trainable role
     OUT/checkpoints/step_000500/<role>/ema.safetensors     EMA weights (when EMA is on)
-    OUT/checkpoints/step_000500/train_state.pt             optimizer, LR schedule, RNG, step
+    OUT/checkpoints/step_000500/train_state.pt             optimizer, LR schedule, RNG, step: tensors and
+                                                           plain data only, read with weights_only=True
+    OUT/checkpoints/step_000500/checksums.json             sha256 of the files above
     OUT/checkpoints/latest                                 name of the newest complete checkpoint
 
 Exact resume: data order depends only on (seed, epoch), every random draw of a step comes from a
-generator seeded by (seed, rank, step), so a resumed run repeats the uninterrupted run's losses.
+generator seeded by (seed, rank, step), so a resumed run repeats the uninterrupted run's losses, also
+after a ``kill -9`` at any moment. Resume follows ``latest`` only to a ``step_NNNNNN`` directory of
+``OUT/checkpoints`` and checks every file against ``checksums.json``; when that checkpoint is damaged
+it continues from the newest intact one, with a one-line warning. A start or resume first removes
+the temporaries of interrupted checkpoint writes.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import re
 import shutil
-import tempfile
 import time
+import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +50,22 @@ from tqdm import tqdm
 from lipstep.config import save_config
 from lipstep.data.dataset import batch_indices
 from lipstep.distill.method import Method, Role, TrainConfig
-from lipstep.errors import LipstepError
-from lipstep.fsutil import write_text_atomic
+from lipstep.errors import IntegrityError, LipstepError, UnsafeFile
+from lipstep.fsutil import (
+    apply_umask,
+    fsync_path,
+    fsync_tree,
+    verify_checksums,
+    write_checksums,
+    write_text_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "train_state.pt"
+STATE_KEYS = {"step", "optimizers", "schedulers", "ema_updates", "rng"}
+CHECKPOINT_NAME = re.compile(r"step_\d{6,}")
+STALE_NAME = re.compile(r"\.(step_\d{6,}|latest)\..+")  # temporaries of save_checkpoint and its pointer
 
 
 class NonFiniteLoss(LipstepError):
@@ -119,19 +142,101 @@ def _save_module(module: nn.Module, path: Path):
     save_file(state, str(path))
 
 
-def _load_module(module: nn.Module, path: Path):
-    missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a bad file
+        raise IntegrityError(f"{path} is damaged or truncated ({' '.join(str(e).split())[:120]})") from None
+
+
+def _load_module(module: nn.Module, path: Path, state: dict[str, Tensor]):
+    missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LipstepError(f"{path}: weights do not match the model (missing {len(missing)} keys, e.g. "
                            f"{missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]})")
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    pointer = out / "checkpoints" / "latest"
-    if not pointer.is_file():
+def _check_plain(obj, where: str = "train state") -> None:
+    """Refuse to save anything `torch.load(weights_only=True)` could not read back (a bug, not bad input)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif not (obj is None or isinstance(obj, (Tensor, bool, int, float, str))):
+        raise TypeError(f"{where} is a {type(obj).__name__}; a checkpoint holds only tensors and plain data")
+
+
+def _read_train_state(path: Path) -> dict:
+    """The train state, unpickled with ``weights_only=True``: tensors and plain data, never code."""
+    if not path.is_file():
+        raise IntegrityError(f"{path} is missing")
+    try:
+        with warnings.catch_warnings():  # torch warns in two lines about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated zip, garbage bytes, a pickle with code, ...
+        text = " ".join(str(e).split())
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if code:  # weights_only refuses to import anything: a crafted or foreign pickle
+            raise UnsafeFile(f"{path} is refused: it holds more than tensors and plain data (it would call "
+                             f"{code[1]})") from None
+        reason = re.search(r"WeightsUnpickler error: ([^.]+)", text)
+        raise IntegrityError(f"{path} is damaged or truncated ({(reason[1] if reason else text)[:120]})") from None
+    if not (isinstance(saved, dict) and STATE_KEYS <= saved.keys() and isinstance(saved["step"], int)
+            and saved["step"] >= 0 and isinstance(saved["rng"], Tensor) and saved["rng"].dtype == torch.uint8):
+        raise IntegrityError(f"{path} is damaged (not a lipstep train state)")
+    return saved
+
+
+def _checkpoint_dirs(root: Path) -> list[Path]:
+    """The ``step_NNNNNN`` directories of ``root``, newest first (symbolic links are never followed)."""
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and not p.is_symlink() and p.is_dir()]
+    return sorted(dirs, key=lambda p: int(p.name[5:]), reverse=True)
+
+
+def _pointed(out: Path) -> Path | None:
+    """The checkpoint ``OUT/checkpoints/latest`` names (None without a pointer). `UnsafeFile` when the pointer
+    is not a plain file or names anything but a ``step_NNNNNN`` directory inside ``OUT/checkpoints/``."""
+    root = out / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.exists() and not pointer.is_symlink():
         return None
-    path = out / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "train_state.pt").is_file() else None
+    if pointer.is_symlink() or not pointer.is_file():
+        raise UnsafeFile(f"{pointer} is not a plain file; refusing to follow it")
+    with open(pointer, "rb") as f:
+        raw = f.read(64)
+    name = raw.decode("utf-8", "replace").strip()
+    path = root / name
+    if not CHECKPOINT_NAME.fullmatch(name) or path.is_symlink() or path.resolve().parent != root.resolve():
+        raise UnsafeFile(f"{pointer} names {name[:40]!r}, not a step_NNNNNN directory of {root}; refusing to follow "
+                         f"it (remove it to resume from the newest intact checkpoint)")
+    return path
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint: the one ``latest`` names, else the newest with a train state (files unchecked)."""
+    out = Path(out)
+    pointed = _pointed(out)
+    if pointed is not None and (pointed / STATE_NAME).is_file():
+        return pointed
+    return next((p for p in _checkpoint_dirs(out / "checkpoints") if (p / STATE_NAME).is_file()), None)
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove what interrupted checkpoint writes left in ``OUT/checkpoints`` (dot-named temporaries)."""
+    root = Path(out) / "checkpoints"
+    stale = [p for p in root.iterdir() if STALE_NAME.fullmatch(p.name)] if root.is_dir() else []
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 @dataclass
@@ -145,47 +250,79 @@ class State:
     step: int = 0
 
 
+def _discard(path: Path) -> None:
+    """Delete a checkpoint directory so that it disappears at once (renamed aside first, then removed)."""
+    aside = path.parent / f".{path.name}.del-{uuid.uuid4().hex[:8]}"
+    os.rename(path, aside)
+    shutil.rmtree(aside)
+
+
 def save_checkpoint(out: Path, state: State, unwrap: Callable[[nn.Module], nn.Module], keep: int) -> Path:
-    """Write a checkpoint directory atomically and move the `latest` pointer to it."""
+    """Write a checkpoint directory (with ``checksums.json``), fsync it, rename it into place, then move the
+    `latest` pointer to it and prune all but the newest ``keep`` up to it. A kill at any moment leaves the
+    previous checkpoint and pointer intact, plus at most a dot-named temporary (`clean_stale`)."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    tmp = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    final = root / name
     try:
+        files = []
         for role, module in state.modules.items():
             (tmp / role).mkdir()
             _save_module(unwrap(module), tmp / role / "model.safetensors")
+            files.append(f"{role}/model.safetensors")
             if role in state.emas:
                 _save_module(state.emas[role].shadow, tmp / role / "ema.safetensors")
-        torch.save({
+                files.append(f"{role}/ema.safetensors")
+        train_state = {
             "step": state.step,
             "optimizers": {r: o.state_dict() for r, o in state.optimizers.items()},
             "schedulers": {r: s.state_dict() for r, s in state.schedulers.items()},
             "ema_updates": {r: e.updates for r, e in state.emas.items()},
             "rng": torch.get_rng_state(),
-        }, tmp / "train_state.pt")
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        }
+        _check_plain(train_state)
+        torch.save(train_state, tmp / STATE_NAME)
+        write_checksums(tmp, files + [STATE_NAME])
+        apply_umask(tmp)
+        fsync_tree(tmp)
+        if final.exists() or final.is_symlink():  # a checkpoint of an abandoned run past this step
+            _discard(final)
+        os.rename(tmp, final)
+        fsync_path(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    write_text_atomic(root / "latest", name + "\n")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old)
+    write_text_atomic(root / "latest", name + "\n", durable=True)
+    older = [p for p in _checkpoint_dirs(root) if int(p.name[5:]) < state.step]
+    for old in older[keep - 1:]:
+        _discard(old)
     return final
 
 
 def load_checkpoint(path: Path, state: State, unwrap: Callable[[nn.Module], nn.Module]) -> None:
-    """Restore `state` in place from a checkpoint directory."""
-    for role, module in state.modules.items():
+    """Restore `state` in place from a checkpoint directory. Every file is checked and read before anything
+    is restored: a damaged checkpoint (`IntegrityError`) or a refused train state (`UnsafeFile`) leaves
+    `state` as it was."""
+    if not path.is_dir():
+        raise IntegrityError(f"{path} is missing")
+    verify_checksums(path)
+    if not (path / STATE_NAME).is_file():
+        raise IntegrityError(f"{path / STATE_NAME} is missing")
+    weights = {}
+    for role in state.modules:
         if not (path / role / "model.safetensors").is_file():
             raise LipstepError(f"{path}: checkpoint has no weights for role '{role}' (a different recipe?)")
-        _load_module(unwrap(module), path / role / "model.safetensors")
+        weights[role, "model"] = _read_weights(path / role / "model.safetensors")
         if role in state.emas:
-            _load_module(state.emas[role].shadow, path / role / "ema.safetensors")
-    saved = torch.load(path / "train_state.pt", map_location="cpu", weights_only=False)
+            weights[role, "ema"] = _read_weights(path / role / "ema.safetensors")
+    saved = _read_train_state(path / STATE_NAME)
+    for role, module in state.modules.items():
+        _load_module(unwrap(module), path / role / "model.safetensors", weights[role, "model"])
+        if role in state.emas:
+            _load_module(state.emas[role].shadow, path / role / "ema.safetensors", weights[role, "ema"])
     for role, opt in state.optimizers.items():
         opt.load_state_dict(saved["optimizers"][role])
     for role, sched in state.schedulers.items():
@@ -194,6 +331,37 @@ def load_checkpoint(path: Path, state: State, unwrap: Callable[[nn.Module], nn.M
         ema.updates = saved["ema_updates"][role]
     torch.set_rng_state(saved["rng"])
     state.step = saved["step"]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _resume(out: Path, state: State, unwrap: Callable[[nn.Module], nn.Module], warn: Callable[[str], None]) -> Path:
+    """Load the checkpoint ``latest`` names into `state`; when it is damaged, truncated, missing or refused,
+    the newest intact other one, with a one-line ``warn``. Returns the checkpoint loaded."""
+    root = out / "checkpoints"
+    pointed = _pointed(out)
+    candidates = ([pointed] if pointed is not None else []) + [p for p in _checkpoint_dirs(root) if p != pointed]
+    if not candidates:
+        raise LipstepError(f"--resume: no complete checkpoint in {root}")
+    problems = []
+    for path in candidates:
+        try:
+            load_checkpoint(path, state, unwrap)
+        except (IntegrityError, UnsafeFile) as e:
+            problems.append(e)
+            continue
+        if problems:
+            warn(f"resume: {problems[0]}{_more(problems)}; resuming from {path} instead")
+        return path
+    if len(candidates) == 1:
+        raise problems[0]
+    raise type(problems[0])(f"--resume: no intact checkpoint in {root}: {problems[0]}{_more(problems)}")
+
+
+def _more(problems: list) -> str:
+    return f" ({len(problems) - 1} more damaged)" if len(problems) > 1 else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,10 +408,10 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
     out = Path(out)
     precision, reason = pick_precision(cfg.mixed_precision)
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    if resume and latest_checkpoint(out) is None:  # before writing anything into `out`
+        raise LipstepError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if run_config is not None:
-            save_config(run_config, out)
+        clean_stale(out)
     roles = _declared_roles(method)
     frozen = {r: role.module.to(acc.device).eval().requires_grad_(False)
               for r, role in roles.items() if not role.trainable}
@@ -264,13 +432,15 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
     state = State(modules, optimizers, schedulers, emas)
     method.bind({r: modules[r] if r in modules else frozen[r] for r in roles})
     if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise LipstepError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
-        load_checkpoint(ckpt, state, acc.unwrap_model)
+        ckpt = _resume(out, state, acc.unwrap_model, log.warning if acc.is_main_process else _quiet)
         acc.print(f"resumed from {ckpt} at step {state.step}")
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if run_config is not None:
+            save_config(run_config, out)
     acc.print(f"precision: {precision} ({reason}); processes: {acc.num_processes}; device: {acc.device}")
-    writer = _tensorboard(out) if acc.is_main_process else None
+    # purge_step: TensorBoard hides the events a killed run logged past the resumed step (no doubled curves)
+    writer = _tensorboard(out, purge_step=state.step if resume else None) if acc.is_main_process else None
     batches = iter(_Batches(dataset, cfg, acc.process_index, acc.num_processes, state.step))
     bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step",
                disable=not (progress and acc.is_main_process), dynamic_ncols=True)
@@ -322,12 +492,12 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
     return state
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard not installed: logging to the progress bar only
         return None
-    return SummaryWriter(str(out / "logs"))
+    return SummaryWriter(str(out / "logs"), purge_step=purge_step)
 
 
 def _log(bar, writer, step: int, role: str, logs: dict, samples_per_s: float, every: int) -> None:
@@ -341,5 +511,6 @@ def _log(bar, writer, step: int, role: str, logs: dict, samples_per_s: float, ev
         writer.add_scalar("throughput/samples_per_s", samples_per_s, step)
 
 
-__all__ = ["EMA", "Method", "NonFiniteLoss", "Role", "State", "TrainConfig", "batch_indices", "latest_checkpoint",
-           "load_checkpoint", "pick_precision", "save_checkpoint", "step_generator", "train", "warmup_lambda"]
+__all__ = ["EMA", "Method", "NonFiniteLoss", "Role", "State", "TrainConfig", "batch_indices", "clean_stale",
+           "latest_checkpoint", "load_checkpoint", "pick_precision", "save_checkpoint", "step_generator", "train",
+           "warmup_lambda"]

@@ -7,7 +7,9 @@ small object next to its method: `lipstep.train.teacher.TeacherRecipe`,
 role whose (EMA) weights become the exported denoiser, and provenance. The runner owns what every
 recipe shares:
 
-1. refusing to overwrite a run without ``--resume``;
+1. refusing, before anything is written, to overwrite a run without ``--resume`` or to resume where
+   there is no checkpoint; removing the output folder it created when the run fails before that
+   folder holds weights (checkpoints, a pair bank);
 2. training on the shared loop (`lipstep.train.loop.train`: checkpoints, exact resume, EMA, logs);
 3. validation videos of held-out clips (ground truth | generated, with their audio) through the
    same chunked sampler as generation (`lipstep.samplers.sample_chunks`), logged as ``val/l1_pixels``;
@@ -17,6 +19,8 @@ recipe shares:
 
 from __future__ import annotations
 
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -34,15 +38,54 @@ from lipstep.modeldir import ModelInfo, save_model
 from lipstep.samplers.chunks import decode_frames, sample_chunks
 from lipstep.train.loop import latest_checkpoint, train
 
+STALE_EXPORT = re.compile(r"\.model\.(tmp|old)-[0-9a-f]{8}")  # atomic_dir's names for OUT/model
+
 
 def run_recipe(recipe: Recipe, prepared: str | Path, out: str | Path, *, resume: bool = False,
                progress: bool = True) -> Path:
-    """Train ``recipe`` on the prepared directory ``prepared``; returns ``out/model``."""
+    """Train ``recipe`` on the prepared directory ``prepared``; returns ``out/model``.
+
+    Everything is checked before anything is written; a run that fails removes the folder it created
+    unless that folder already holds something of value (weights: checkpoints, a pair bank)."""
     prepared, out = Path(prepared), Path(out)
     if not (prepared / "manifest.jsonl").is_file():
         raise LipstepError(f"{prepared} is not a prepared directory (no manifest.jsonl); run lipstep prepare first")
-    if not resume and latest_checkpoint(out) is not None:
+    if out.exists() and not out.is_dir():
+        raise LipstepError(f"--out {out} is a file, not a directory")
+    latest = latest_checkpoint(out)
+    if resume and latest is None:
+        raise LipstepError(f"--resume: {out} holds no checkpoint to resume; run without --resume to start it")
+    if not resume and latest is not None:
         raise LipstepError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    created = _first_missing(out)
+    try:
+        return _run(recipe, prepared, out, resume, progress)
+    except BaseException:
+        if created is not None and created.is_dir() and not any(created.rglob("*.safetensors")):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a run creates), or None."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists() or p.is_symlink():
+            break
+        missing = p
+    return missing
+
+
+def _clean_stale_export(out: Path) -> None:
+    """Remove the temporaries of a model export (`lipstep.fsutil.atomic_dir`) that a kill interrupted."""
+    for path in out.iterdir() if out.is_dir() else ():
+        kind = STALE_EXPORT.fullmatch(path.name)
+        if kind and path.is_dir() and not path.is_symlink() and (kind[1] == "tmp" or (out / "model").is_dir()):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _run(recipe: Recipe, prepared: Path, out: Path, resume: bool, progress: bool) -> Path:
+    _clean_stale_export(out)
     started = time.perf_counter()
     built = recipe.build(prepared, out, resume=resume, progress=progress)
     validate = None

@@ -268,10 +268,10 @@ class TeacherRecipe:
 
     def build(self, prepared: Path, out: Path, *, resume: bool, progress: bool) -> Built:
         cfg = self.cfg
+        codec = load_codec(self.codec_dir)
         fit_head = cfg.mouth_state and (not resume or latest_checkpoint(out) is None)  # a resumed run restores it
         if fit_head:
             check_mouth_labels(prepared)  # before minutes of latent encoding
-        codec = load_codec(self.codec_dir)
         size = check_data_size(codec, prepared)
         codec.cfg.image_size = size
         cache = encode_prepared(prepared, codec, progress=progress)
