@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from lipstep.cli import main
+from lipstep.codecs.vae import CodecConfig, build_codec, save_codec
 from lipstep.data.media import write_image
 
 SR = 16000
@@ -45,6 +46,12 @@ def _model_dir(root: Path, weights: bytes) -> Path:
         (root / name).write_bytes((TEACHER / name).read_bytes())
     (root / "denoiser" / "model.safetensors").write_bytes(weights)
     return root
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +106,14 @@ def inputs(tmp_path_factory) -> Path:
     (codec / "model.safetensors").write_text("not weights\n")
     (d / "codec_text_config").mkdir()
     (d / "codec_text_config" / "config.json").write_text("not json")
+    for name, target in (("codec_self", "codec_self"), ("codec_cycle_a", "codec_cycle_b"),
+                         ("codec_cycle_b", "codec_cycle_a")):  # config.json paths that lead back to themselves
+        (d / name).mkdir()
+        (d / name / "config.json").write_text(json.dumps({"_type": "CodecConfig", "path": str(d / target)}))
+    _flip_last_byte(save_codec(build_codec(CodecConfig(image_size=32, block_out_channels=(8, 8, 8),
+                                                       norm_num_groups=8)), d / "codec_flipped") / "model.safetensors")
+    (d / "text.model").write_text("not weights\n")   # torch.load: a bare KeyError
+    (d / "empty.model").write_bytes(b"")
     _prepared(d / "world_prep", _row("c1", split="train"))
     return d
 
@@ -195,7 +210,13 @@ CASES = [
     ("eval_arcface_missing", E + " --arcface {i}/nosuch.onnx", r"nosuch\.onnx not found"),
     ("eval_i3d_garbage", E + " --i3d {i}/i3d.pt", r"i3d\.pt: not a TorchScript module"),
     ("eval_i3d_missing", E + " --i3d {i}/nosuch.pt", r"nosuch\.pt: I3D file not found"),
-    ("eval_syncnet_garbage", E + " --syncnet {i}/syncnet_v2.model", r"syncnet_v2\.model: cannot read"),
+    ("eval_syncnet_garbage", E + " --syncnet {i}/syncnet_v2.model",
+     r"syncnet_v2\.model: cannot read SyncNet weights: not a PyTorch weights file"),
+    ("eval_syncnet_text", E + " --syncnet {i}/text.model",
+     r"text\.model: cannot read SyncNet weights: not a PyTorch weights file"),
+    ("eval_syncnet_empty", E + " --syncnet {i}/empty.model", r"empty\.model: cannot read SyncNet weights: .*empty"),
+    ("eval_syncnet_safetensors_text", E + " --syncnet {i}/text.safetensors",
+     r"text\.safetensors: cannot read SyncNet weights: not a valid safetensors file"),
     ("eval_inception_garbage", E + " --inception {i}/inception.pth", r"inception\.pth: not a readable"),
     ("eval_evaluators_missing", "eval -d {i}/prep -o out --evaluators {i}/nosuch",
      r"nosuch: evaluators directory"),
@@ -260,6 +281,12 @@ CASES = [
      r"codec_damaged/model\.safetensors: cannot read the codec weights"),
     ("train_teacher_codec_text_config", "train teacher -d {i}/world_prep -c {i}/codec_text_config -o out",
      r"codec_text_config/config\.json: cannot read it as JSON"),
+    ("train_teacher_codec_self", "train teacher -d {i}/world_prep -c {i}/codec_self -o out",
+     r"codec_self/config\.json: its path .*codec_self leads back to this file"),
+    ("train_teacher_codec_cycle", "train teacher -d {i}/world_prep -c {i}/codec_cycle_a -o out",
+     r"codec_cycle_a/config\.json: its path .*codec_cycle_b leads back to this file"),
+    ("train_teacher_codec_flipped", "train teacher -d {i}/world_prep -c {i}/codec_flipped -o out",
+     r"codec_flipped/model\.safetensors is damaged \(sha256 mismatch\)"),
     ("train_teacher_codec_missing", "train teacher -d {i}/world_prep -c {i}/nosuch -o out",
      r"codec directory .*nosuch does not exist"),
     ("train_teacher_data_missing", "train teacher -d {i}/nosuch -c {i}/codec_damaged -o out",
@@ -273,6 +300,14 @@ CASES = [
     ("train_syncnet_data_missing", "train syncnet -d {i}/nosuch -o out", r"nosuch does not exist"),
     ("train_features_data_missing", "train features -d {i}/nosuch -o out", r"nosuch does not exist"),
     ("train_identity_data_missing", "train identity -d {i}/nosuch -o out", r"nosuch does not exist"),
+    ("train_mouth_reader_out_foreign", "train mouth-reader -d {i}/prep -o {i}/prep",
+     r"prep exists and is not a mouth reader directory; refusing to overwrite it"),
+    ("train_syncnet_out_foreign", "train syncnet -d {i}/prep -o {i}/prep",
+     r"prep exists and is not a LipSyncNet directory; refusing to overwrite it"),
+    ("train_features_out_foreign", "train features -d {i}/prep -o {i}/prep",
+     r"prep exists and is not a feature-net directory; refusing to overwrite it"),
+    ("train_identity_out_foreign", "train identity -d {i}/prep -o {i}/prep",
+     r"prep exists and is not an identity-encoder directory; refusing to overwrite it"),
     ("train_evaluators_only_bogus", "train evaluators -d {i}/prep -o out --only bogus",
      r"--only: unknown evaluator"),
     # distill
@@ -289,7 +324,35 @@ CASES = [
     # demo
     ("demo_bench_seconds_negative", "demo -o out --bench-seconds -1", r"--bench-seconds must be >= 0"),
     ("demo_out_file", "demo -o taken", r"--out taken: exists and is not a directory"),
+    # file-system errors at the user's paths (not raised by lipstep itself): one line naming the path
+    ("say_out_name_too_long", f"say hello -o {'a' * 300}.wav", r"a{300}\.wav: File name too long"),
+    ("synth_out_name_too_long", f"synth -o {'a' * 300}", r"a{300}: File name too long"),
+    ("generate_image_name_too_long", gen(image="a" * 300 + ".png"), r"a{300}\.png: File name too long"),
+    ("eval_data_name_too_long", f"eval -d {'a' * 300} -o out", r"a{300}: File name too long"),
+    ("export_model_name_too_long", f"export -m {{i}}/{'a' * 300} -o out", r"a{300}: File name too long"),
 ]
+
+# --out under an existing file, for every verb (a file output: its folder is the file)
+CASES += [(f"{verb}_out_under_file", command.format(i="{i}", out="taken/run"),
+           r"--out taken/run\S*: .*taken is not a directory") for verb, command in (
+    ("synth", "synth -o {out}"),
+    ("say", "say hello -o {out}.wav"),
+    ("prepare", "prepare {i}/only_bad -o {out}"),
+    ("demo", "demo -o {out}"),
+    ("export", "export -m teacher -o {out}"),
+    ("eval", "eval -d {i}/prep --evaluators {i}/noev -o {out}"),
+    ("bench", "bench -m teacher -o {out}"),
+    ("train_codec", "train codec -d {i}/prep -o {out}"),
+    ("train_teacher", "train teacher -d {i}/world_prep -c {i}/codec_damaged -o {out}"),
+    ("train_teacher_resume", "train teacher -d {i}/world_prep -c {i}/codec_damaged -o {out} --resume"),
+    ("train_mouth_reader", "train mouth-reader -d {i}/prep -o {out}"),
+    ("train_syncnet", "train syncnet -d {i}/prep -o {out}"),
+    ("train_features", "train features -d {i}/prep -o {out}"),
+    ("train_identity", "train identity -d {i}/prep -o {out}"),
+    ("train_evaluators", "train evaluators -d {i}/prep -o {out}"),
+    ("distill_perflow", "distill perflow -d {i}/prep -o {out}"),
+    ("distill_perflow_resume", "distill perflow -d {i}/prep -o {out} --resume"),
+)]
 
 # cases that need the filesystem to look full or read-only: os.statvfs is faked for the case's folder
 FAKE_FS = {"generate_out_full": 0, "eval_out_full": 0, "export_out_full": 0, "synth_out_full": 0,
@@ -439,3 +502,32 @@ def test_a_full_disk_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
     code, _, err = run_main(["say", "hello", "-o", str(tmp_path / "hello.wav")], capsys)
     assert code == 2
     assert err.splitlines() == [f"error: {tmp_path / 'hello.phonemes.json'}: No space left on device"]
+
+
+@pytest.mark.parametrize("err, one_line", [
+    (OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), "x.phonemes.json"), True),
+    (OSError(errno.EISDIR, os.strerror(errno.EISDIR), "x.phonemes.json"), True),
+    (OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), "a", None, "b"), True),
+    (OSError(errno.ENOENT, os.strerror(errno.ENOENT)), False),       # a path error that names no path
+    (OSError(errno.EBADF, os.strerror(errno.EBADF), "x.phonemes.json"), False),
+    (OSError(errno.EINVAL, os.strerror(errno.EINVAL)), False),
+], ids=["name_too_long", "is_a_directory", "two_paths", "enoent_no_path", "ebadf", "einval"])
+def test_file_system_errors_at_paths_are_one_line_and_bugs_keep_their_traceback(err, one_line, tmp_path,
+                                                                               monkeypatch, capsys):
+    """An OSError naming a path the user's input leads to (missing, too long, a folder) is bad input; one
+    that names no path, or that a path cannot cause (a bad file descriptor), is a bug."""
+    from lipstep import cli
+
+    def fail(path, obj):
+        raise err
+
+    monkeypatch.setattr(cli, "write_json_atomic", fail)
+    argv = ["say", "hello", "-o", str(tmp_path / "x.wav")]
+    if not one_line:
+        with pytest.raises(OSError) as info:
+            main(argv)
+        assert info.value is err
+        return
+    code, _, err_text = run_main(argv, capsys)
+    paths = " -> ".join(f for f in (err.filename, err.filename2) if f)
+    assert code == 2 and err_text.splitlines() == [f"error: {paths}: {err.strerror}"]

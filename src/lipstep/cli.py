@@ -1,7 +1,8 @@
 """The `lipstep` command line: one thin command per verb (parse -> build config -> call the library).
 
 Bad input of any kind (an expected `LipstepError`; a usage error: a bad option value, a missing or
-unknown option; a full disk or a folder that cannot be written) prints one line, ``error: ...``, on
+unknown option; a file-system error the user's paths or disk cause: a missing file, a name too long, a
+full disk, a folder that cannot be written) prints one line, ``error: ...``, on
 stderr and exits with status 2: no traceback, no usage box. Warnings print as one ``warning: ...``
 line. Each command checks its output path (and device, guidance scales) before any work; an output
 folder that a run created is removed again when the run fails on bad input, except a training run's
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -24,7 +24,7 @@ from lipstep import __version__
 from lipstep.checks import check_device, check_output, missing_root
 from lipstep.config import apply_overrides, load_config, set_key, validate
 from lipstep.errors import LipstepError
-from lipstep.fsutil import write_json_atomic
+from lipstep.fsutil import remove_made, write_json_atomic
 
 # Each command imports the library it drives inside its function: importing them all here would load
 # torch, scipy and every layer (about 8 s of CPU) before `lipstep --help` could answer
@@ -45,7 +45,14 @@ app = typer.Typer(
 OVERRIDES_HELP = "Config overrides as dotted key=value pairs, e.g. world.size=128."
 
 _created: list[Path] = []   # outputs this run made; `main` removes them if the run fails with bad input
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)   # not bugs: one line too
+
+# File-system errors that are bad input, not bugs, so one line too: the disk's state (full, over quota,
+# read-only, no permission), and, when the error names its path, a path that cannot be what the user
+# asked (missing, under a file, a folder, too long, a symlink loop, in the way). Any other OSError, or a
+# path error naming no path, is a bug and keeps its traceback.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_PATH_ERRORS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST,
+                errno.ENOTEMPTY}
 
 # The base class of click's usage errors (a bad option value, a missing or unknown option): typer >= 0.2x
 # raises those of its own copy of click, older typer click's own; both have BadParameter under it.
@@ -564,26 +571,24 @@ def _one_line(text) -> str:
 
 
 def _message(e: Exception) -> str:
-    """What went wrong: a usage error names its command, a disk error (full, read-only) its file."""
+    """What went wrong: a usage error names its command, a file-system error its path."""
     if isinstance(e, OSError):
-        return f"{e.filename}: {e.strerror}" if e.filename else str(e)
+        paths = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+        return f"{paths}: {e.strerror}" if paths else str(e)
     ctx = getattr(e, "ctx", None)
     if isinstance(e, _ClickException) and ctx is not None:
         return f"{ctx.command_path}: {e.format_message()} (see {ctx.command_path} --help)"
     return e.format_message() if isinstance(e, _ClickException) else str(e)
 
 
+def _is_bad_input(e: OSError) -> bool:
+    """Whether `e` is the disk's or a user's path's fault (`_DISK_ERRORS`, `_PATH_ERRORS`), not a bug."""
+    return e.errno in _DISK_ERRORS or (e.errno in _PATH_ERRORS and e.filename is not None)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Python warnings in one line (the default adds the file, line and source of the warning call)."""
     print(f"warning: {_one_line(message)}", file=file or sys.stderr)
-
-
-def _remove_created() -> None:
-    for path in reversed(_created):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -595,9 +600,9 @@ def main(argv: list[str] | None = None) -> None:
     except (LipstepError, _ClickException, OSError) as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `lipstep` or `lipstep train` alone: the help is printed
             sys.exit(2)
-        if os.environ.get("LIPSTEP_DEBUG") or (isinstance(e, OSError) and e.errno not in _DISK_ERRORS):
+        if os.environ.get("LIPSTEP_DEBUG") or (isinstance(e, OSError) and not _is_bad_input(e)):
             raise
-        _remove_created()
+        remove_made(_created)
         print(f"error: {_one_line(_message(e))}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:

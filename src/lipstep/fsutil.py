@@ -91,6 +91,16 @@ def write_jsonl_atomic(path: str | os.PathLike, rows) -> None:
     write_text_atomic(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
 
 
+def remove_made(paths: Iterable[str | os.PathLike]) -> None:
+    """Remove what a failed run made, last made first: folders with all in them, files, symlinks (never
+    followed). Missing paths are skipped."""
+    for path in reversed([Path(p) for p in paths]):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def apply_umask(tree: str | os.PathLike) -> None:
     """Give everything under `tree`, a directory this process just made with ``mkdir`` (so its mode is the
     umask's), the umask's modes: some writers (safetensors' ``save_file``, ``mkstemp``) make files 0600."""
@@ -186,5 +196,5 @@ def verify_checksums(directory: str | os.PathLike) -> bool:
 
 
 __all__ = ["CHECKSUMS_NAME", "apply_umask", "atomic_dir", "atomic_path", "fsync_path", "fsync_tree", "read_checksums",
-           "sha256_file", "verify_checksums", "write_checksums", "write_json_atomic", "write_jsonl_atomic",
-           "write_text_atomic"]
+           "remove_made", "sha256_file", "verify_checksums", "write_checksums", "write_json_atomic",
+           "write_jsonl_atomic", "write_text_atomic"]

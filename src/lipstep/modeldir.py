@@ -273,8 +273,7 @@ def load_model(model: str | os.PathLike | None, *, device: str | torch.device = 
     components checked against each other."""
     root = resolve_model(model)
     info = read_info(root)
-    verify_checksums(root / "codec")
-    verify_checksums(root / "audio")
+    verify_checksums(root / "audio")  # the codec's are checked by load_codec
     codec = load_codec(root / "codec").to(device)
     audio = load_audio_encoder(root / "audio", device=device)
     net = load_denoiser(root / "denoiser", device=device)
@@ -316,8 +315,7 @@ def save_model(out: str | os.PathLike, info: ModelInfo, codec, audio_encoder, ne
         if half:
             codec = copy.deepcopy(codec)
             codec.vae.to(torch.float16)
-        save_codec(codec, tmp / "codec")
-        write_checksums(tmp / "codec")
+        save_codec(codec, tmp / "codec")  # with its checksums
         save_audio_encoder(audio_encoder, tmp / "audio")
         write_checksums(tmp / "audio")
         save_denoiser(net, tmp / "denoiser", dtype=torch.float16 if half else None)

@@ -102,7 +102,7 @@ def test_save_load_restores_identical_outputs(tmp_path):
     codec = build_codec(TINY)
     codec.set_scaling(0.7, -0.1)
     out = save_codec(codec, tmp_path / "codec")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
     assert json.loads((out / "config.json").read_text())["_type"] == "CodecConfig"
     loaded = load_codec(out)
     x = _frames(2)
@@ -119,6 +119,19 @@ def test_save_load_restores_identical_outputs(tmp_path):
     (tmp_path / "data" / "keep.txt").write_text("x")
     with pytest.raises(LipstepError, match="refusing"):
         save_codec(codec, tmp_path / "data")
+
+
+@pytest.mark.parametrize("chain", [["a"], ["a", "b"], ["a", "b", "c"]], ids=["self", "two", "three"])
+def test_a_config_path_that_leads_back_is_refused_naming_the_file(chain, tmp_path):
+    """A lipstep codec config.json whose ``path`` points at itself, or round a cycle, is one error, not an
+    endless recursion."""
+    for name, target in zip(chain, chain[1:] + chain[:1]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"_type": "CodecConfig",
+                                                                 "path": str(tmp_path / target)}))
+    with pytest.raises(LipstepError, match=f"^{tmp_path / 'a' / 'config.json'}: its path .* leads back") as err:
+        load_codec(tmp_path / "a")
+    assert "\n" not in str(err.value)
 
 
 def test_our_tiny_kind_builds_saves_and_loads(tmp_path):
@@ -202,8 +215,8 @@ def test_train_codec_learns_and_saves_a_loadable_codec(tmp_path):
     assert len(result.losses) == 30 and all(np.isfinite(result.losses))
     assert np.mean(result.losses[-5:]) < 0.7 * np.mean(result.losses[:5])
     assert result.eval_split == "val" and np.isfinite(result.psnr) and result.psnr > 10
-    assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == ["config.json", "model.safetensors",
-                                                                      "train.json"]
+    assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == ["checksums.json", "config.json",
+                                                                      "model.safetensors", "train.json"]
     summary = json.loads((tmp_path / "codec" / "train.json").read_text())
     assert summary["latent_shape"] == [4, 8, 8] and summary["train"]["steps"] == 30
 

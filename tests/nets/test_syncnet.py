@@ -107,17 +107,31 @@ def test_wrong_files_give_one_line_errors_naming_the_file(tmp_path, how, message
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_missing_corrupt_or_pickled_module_files_are_refused(tmp_path):
+def test_missing_truncated_or_pickled_module_files_are_refused(official_file, tmp_path):
     with pytest.raises(LipstepError, match="not found"):
         load_official_syncnet(tmp_path / "nope.model")
-    junk = tmp_path / "junk.model"
-    junk.write_bytes(b"not a torch file at all")
-    with pytest.raises(LipstepError, match="cannot read SyncNet weights"):
-        load_official_syncnet(junk)
+    truncated = tmp_path / "truncated.model"
+    truncated.write_bytes(official_file.read_bytes()[:1000])
+    with pytest.raises(LipstepError, match="damaged or truncated"):
+        load_official_syncnet(truncated)
     pickled = tmp_path / "module.model"
     torch.save(torch.nn.Linear(2, 2), pickled)  # a whole pickled module: refused by weights_only
-    with pytest.raises(LipstepError, match=str(pickled)):
+    with pytest.raises(LipstepError, match=f"^{pickled}: .*holds pickled Python objects"):
         load_official_syncnet(pickled)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("text.model", b"not a torch file at all", "not a PyTorch weights file"),   # torch: a bare KeyError number
+    ("noise.model", bytes(range(256)) * 2, "not a PyTorch weights file"),
+    ("empty.model", b"", "the file is empty"),
+    ("text.safetensors", b"not weights", "not a valid safetensors file"),
+])
+def test_garbage_weight_files_say_what_is_wrong(name, content, message, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(LipstepError, match=f"^{path}: cannot read SyncNet weights: {message}") as err:
+        load_official_syncnet(path)
+    assert "\n" not in str(err.value)
 
 
 # -------------------------------------------------------------------------------------- LipSyncNet
@@ -165,7 +179,7 @@ def test_lipsyncnet_save_load_round_trip_and_errors(tmp_path):
     torch.manual_seed(1)
     model = LipSyncNet(cfg).eval()
     save_lipsync(model, tmp_path / "sync")
-    assert {p.name for p in (tmp_path / "sync").iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in (tmp_path / "sync").iterdir()} == {"checksums.json", "config.json", "model.safetensors"}
     loaded = load_lipsync(tmp_path / "sync")
     assert loaded.cfg == cfg and not loaded.training
     frames, feats = _windows(cfg)
@@ -176,6 +190,9 @@ def test_lipsyncnet_save_load_round_trip_and_errors(tmp_path):
         load_lipsync(tmp_path / "missing")
     save_lipsync(LipSyncNet(_tiny(embed_dim=8)), tmp_path / "other")
     (tmp_path / "other" / "model.safetensors").replace(tmp_path / "sync" / "model.safetensors")
+    with pytest.raises(LipstepError, match="is damaged"):   # not the weights its checksums.json lists
+        load_lipsync(tmp_path / "sync")
+    (tmp_path / "sync" / "checksums.json").unlink()
     with pytest.raises(LipstepError, match="does not match"):
         load_lipsync(tmp_path / "sync")
     (tmp_path / "sync" / "model.safetensors").unlink()

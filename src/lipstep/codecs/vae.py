@@ -39,6 +39,7 @@ Saved codec directory (`save_codec`, what checkpoints hold under ``codec/``)::
     config.json         lipstep's CodecConfig (``"_type": "CodecConfig"``) with the resolved
                         scaling_factor / shift_factor; architecture fields rebuild the model
     model.safetensors   the diffusers module's state_dict (lipstep's own codecs only)
+    checksums.json      its sha256, checked on load (directories saved before checksums load unchecked)
 
 A codec loaded from a diffusers directory is saved as ``config.json`` only, recording the
 directory's absolute ``path``: the weights stay where the user keeps them.
@@ -65,7 +66,7 @@ from lipstep.config import check, load_config, save_config, to_dict
 from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.errors import ConfigError, DataError, LipstepError
 from lipstep.fit import fit
-from lipstep.fsutil import atomic_dir
+from lipstep.fsutil import atomic_dir, verify_checksums, write_checksums
 
 WEIGHTS_NAME = "model.safetensors"
 _DIFFUSERS_KINDS = {"AutoencoderKL": "kl", "AutoencoderTiny": "tiny"}
@@ -326,7 +327,9 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _load_path(path: Path, scaling_factor: float | None, shift_factor: float | None) -> Codec:
+def _load_path(path: Path, scaling_factor: float | None, shift_factor: float | None,
+               seen: tuple[Path, ...] = ()) -> Codec:
+    """The codec in `path`; `seen` holds the lipstep config.json files whose ``path`` led here."""
     if not path.is_dir():
         raise LipstepError(f"codec directory {path} does not exist (expected {_EXPECTED})")
     if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
@@ -335,7 +338,7 @@ def _load_path(path: Path, scaling_factor: float | None, shift_factor: float | N
         raise LipstepError(f"{path} has no config.json; expected {_EXPECTED}")
     data = _read_json(path / "config.json")
     if data.get("_type") == "CodecConfig":
-        return _load_lipstep(path, scaling_factor, shift_factor)
+        return _load_lipstep(path, scaling_factor, shift_factor, seen)
     kind = _DIFFUSERS_KINDS.get(data.get("_class_name"))
     if kind is not None:
         return _load_diffusers(path, kind, data, scaling_factor, shift_factor)
@@ -376,25 +379,30 @@ def _load_diffusers(path: Path, kind: str, data: dict, scaling_factor, shift_fac
                          latents_std=std if use_stats else None)
 
 
-def _load_lipstep(path: Path, scaling_factor, shift_factor) -> Codec:
+def _load_lipstep(path: Path, scaling_factor, shift_factor, seen: tuple[Path, ...]) -> Codec:
     """A directory written by `save_codec`."""
     from safetensors.torch import load_file
 
+    config = path / "config.json"
     try:
-        cfg = load_config(CodecConfig, path / "config.json")
+        cfg = load_config(CodecConfig, config)
     except ConfigError as e:
-        raise LipstepError(f"{path / 'config.json'}: {e}") from None
+        raise LipstepError(f"{config}: {e}") from None
     if scaling_factor is not None:
         cfg.scaling_factor = scaling_factor
     if shift_factor is not None:
         cfg.shift_factor = shift_factor
     if cfg.path:
-        return _load_path(Path(cfg.path), cfg.scaling_factor, cfg.shift_factor)
+        if config.resolve() in seen:
+            raise LipstepError(f"{config}: its path {cfg.path} leads back to this file (a cycle of codec "
+                               "config.json files); point path at a diffusers VAE directory")
+        return _load_path(Path(cfg.path), cfg.scaling_factor, cfg.shift_factor, (*seen, config.resolve()))
     if cfg.kind == "pixel":
         return _from_config(cfg)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise LipstepError(f"{path} has a codec config.json but no {WEIGHTS_NAME}")
+    verify_checksums(path)
     try:
         state = load_file(str(weights))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged file
@@ -439,10 +447,12 @@ def _write_codec(codec: Codec, directory: Path) -> None:
     if not codec.cfg.path and codec.kind != "pixel":
         state = {k: v.detach().cpu().contiguous() for k, v in codec.vae.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "kind": codec.kind})
+        write_checksums(directory, [WEIGHTS_NAME])
 
 
 def save_codec(codec: Codec, directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` (+ ``model.safetensors`` for lipstep's own codecs) atomically; returns the dir."""
+    """Write ``config.json`` (+ ``model.safetensors`` and ``checksums.json`` for lipstep's own codecs) atomically;
+    returns the dir."""
     directory = Path(directory)
     with _atomic_dir(directory) as tmp:
         _write_codec(codec, tmp)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -46,7 +45,7 @@ from lipstep.data.features import frame_windows, log_mel
 from lipstep.data.latents import safe_name
 from lipstep.data.media import read_video
 from lipstep.errors import ConfigError, DataError, MediaError
-from lipstep.fsutil import atomic_path, write_jsonl_atomic
+from lipstep.fsutil import atomic_path, remove_made, write_jsonl_atomic
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 FRAME_TRACKS = ("visemes", "mouth", "head_pose", "blink")  # per-video-frame labels, length T
@@ -423,15 +422,6 @@ def build_manifest(out: str | os.PathLike, cfg: PrepareConfig) -> list[dict]:
     return rows
 
 
-def _remove(paths: list[Path]) -> None:
-    """Remove what a run made (deepest first)."""
-    for path in reversed(paths):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
 def _reasons(skipped: list[tuple[str, str]], n: int = 3) -> str:
     more = f"; and {len(skipped) - n} more" if len(skipped) > n else ""
     return "; ".join(f"{f} ({r})" for f, r in skipped[:n]) + more
@@ -482,7 +472,7 @@ def prepare_dataset(src: str | os.PathLike, out: str | os.PathLike, cfg: Prepare
             skipped.append((source, reason))
     skipped.sort()
     if prepared + reused == 0:
-        _remove(made)
+        remove_made(made)
         raise DataError(f"no clip could be prepared from {src}: {len(skipped)} skipped: {_reasons(skipped)}")
     write_jsonl_atomic(out / "skipped.jsonl", [{"file": f, "reason": r} for f, r in skipped])
     rows = build_manifest(out, cfg)

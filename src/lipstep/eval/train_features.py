@@ -25,8 +25,13 @@ from lipstep.config import check, to_dict
 from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.errors import DataError
 from lipstep.fit import fit
-from lipstep.fsutil import write_json_atomic
-from lipstep.nets.features import FeatureDecoder, FeatureEncoder, FeatureNetConfig, save_feature_net
+from lipstep.nets.features import (
+    FeatureDecoder,
+    FeatureEncoder,
+    FeatureNetConfig,
+    check_feature_out,
+    save_feature_net,
+)
 
 
 @dataclass
@@ -102,8 +107,9 @@ def train_feature_net(prepared_dir: str | os.PathLike, out_dir: str | os.PathLik
     Args:
         prepared_dir: output of ``lipstep prepare`` (manifest.jsonl with ``split``/``identity`` + shards
             with ``frames`` uint8 [T, S, S, 3]).
-        out_dir: directory to write ``config.json`` (`FeatureNetConfig`), ``model.safetensors`` (the
-            encoder only) and ``train.json`` (summary); files are written atomically.
+        out_dir: written as one atomic directory: ``config.json`` (`FeatureNetConfig`), ``model.safetensors``
+            (the encoder only), ``checksums.json`` and ``train.json`` (summary). An existing directory is
+            replaced only if it is a feature-net directory or empty.
         cfg: training settings; ``cfg.net.image_size`` and ``identities`` are taken from the data.
         steps: overrides ``cfg.steps``.
         progress: show a tqdm bar.
@@ -116,6 +122,7 @@ def train_feature_net(prepared_dir: str | os.PathLike, out_dir: str | os.PathLik
     cfg.validate()
     started = time.perf_counter()
     root, out = Path(prepared_dir), Path(out_dir)
+    check_feature_out(out)
     rows = [r for r in read_manifest(root) if int(r.get("frames", 0)) > 0]
     train_rows = [r for r in rows if r.get("split") == "train"]
     if not train_rows:
@@ -158,8 +165,7 @@ def train_feature_net(prepared_dir: str | os.PathLike, out_dir: str | os.PathLik
 
     result = FeatureTrainResult(out=out, losses=losses, eval_l1=eval_l1, eval_split=split, identities=names
                                 if use_head else [], seconds=time.perf_counter() - started)
-    save_feature_net(encoder, out)
-    write_json_atomic(out / "train.json", {
+    save_feature_net(encoder, out, train={
         "name": net_cfg.name, "dim": net_cfg.dim, "final_loss": losses[-1], "eval_l1": eval_l1,
         "eval_split": split, "identities": result.identities, "seconds": round(result.seconds, 2),
         "prepared_dir": str(root.resolve()), "train": to_dict(cfg)})

@@ -31,13 +31,14 @@ import torch.nn.functional as F
 from lipstep.codecs import load_codec
 from lipstep.config import check, to_dict
 from lipstep.data.dataset import open_shard, read_manifest
-from lipstep.errors import DataError, LipstepError
+from lipstep.errors import DataError
 from lipstep.eval.mouthreader import MouthReader, mouth_scores, reconstruct
 from lipstep.fit import fit
 from lipstep.nets.mouthreader import (
     NAME,
     MouthReaderConfig,
     MouthReaderNet,
+    check_mouth_reader_out,
     mouth_reader_input,
     save_mouth_reader,
 )
@@ -163,7 +164,8 @@ def train_mouth_reader(prepared_dir: str | os.PathLike, out_dir: str | os.PathLi
 
     Args:
         prepared_dir: output of ``lipstep prepare`` on synthetic-world data (shards with ``mouth``).
-        out_dir: directory written atomically: ``config.json``, ``model.safetensors``, ``train.json``.
+        out_dir: directory written atomically: ``config.json``, ``model.safetensors``, ``checksums.json``,
+            ``train.json``. An existing directory is replaced only if it is a mouth-reader directory or empty.
         cfg: training settings (`MouthTrainConfig`); ``cfg.net.image_size`` comes from the data.
         codec_dir: a codec (``lipstep train codec`` output or a diffusers VAE directory); when given,
             ``cfg.codec_fraction`` of the training frames are codec reconstructions and the held-out
@@ -177,8 +179,7 @@ def train_mouth_reader(prepared_dir: str | os.PathLike, out_dir: str | os.PathLi
     cfg.validate()
     started = time.perf_counter()
     root, out = Path(prepared_dir), Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LipstepError(f"{out} exists and is not a directory")
+    check_mouth_reader_out(out)
     rows = read_manifest(root)
     train = split_frames(root, rows, "train")
     if train is None:

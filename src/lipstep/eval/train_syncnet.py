@@ -22,11 +22,10 @@ import torch.nn.functional as F
 
 from lipstep.config import check, to_dict
 from lipstep.data.dataset import open_shard, read_manifest
-from lipstep.errors import DataError, LipstepError
+from lipstep.errors import DataError
 from lipstep.eval.sync import lipsync_features, lipsync_frames, score_lipsync
 from lipstep.fit import fit
-from lipstep.fsutil import write_json_atomic
-from lipstep.nets.syncnet import LipSyncConfig, LipSyncNet, save_lipsync
+from lipstep.nets.syncnet import LipSyncConfig, LipSyncNet, check_lipsync_out, save_lipsync
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,8 @@ def train_syncnet(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     Args:
         prepared_dir: output of ``lipstep prepare`` (manifest.jsonl + shards with ``frames`` and ``audio``).
-        out_dir: where ``model.safetensors``, ``config.json`` and ``train.json`` are written.
+        out_dir: written as one atomic directory: ``model.safetensors``, ``checksums.json``, ``config.json``
+            and ``train.json``. An existing directory is replaced only if it is a LipSyncNet directory or empty.
         cfg: training settings; ``cfg.net.image_size`` is set from the data.
         progress: show a tqdm bar with the loss.
         device: where to train; None = CUDA when available, else CPU.
@@ -214,8 +214,7 @@ def train_syncnet(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     cfg.validate()
     started = time.perf_counter()
     root, out = Path(prepared_dir), Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LipstepError(f"{out} exists and is not a directory")
+    check_lipsync_out(out)
     rows = read_manifest(root)
     train = _split_clips(root, rows, "train", cfg.net)
     if train is None:
@@ -262,8 +261,7 @@ def train_syncnet(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike,
     result = SyncTrainResult(out=out, losses=losses, accuracy=accuracy, rank_accuracy=rank_accuracy,
                              eval_split=split, eval_pairs=len(picks), protocol=protocol,
                              parameters=model.num_parameters(), seconds=time.perf_counter() - started)
-    save_lipsync(model, out)
-    write_json_atomic(out / "train.json", {
+    save_lipsync(model, out, train={
         "accuracy": round(accuracy, 4), "rank_accuracy": round(rank_accuracy, 4), "eval_split": split,
         "eval_pairs": len(picks), "protocol": protocol, "final_loss": losses[-1], "parameters": result.parameters,
         "seconds": round(result.seconds, 2), "prepared_dir": str(root.resolve()),

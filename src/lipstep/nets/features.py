@@ -5,7 +5,8 @@ mid-level texture part and a coarse content part). `lipstep.eval.features.OwnFea
 internal FD/KID/FVD features with a trained one (never comparable with published FID), and
 `lipstep.eval.train_features` trains it as an autoencoder (`FeatureDecoder`, training only) with an
 identity classifier. A feature-net directory holds ``config.json`` (`FeatureNetConfig`),
-``model.safetensors`` (the encoder only) and, from training, ``train.json``.
+``model.safetensors`` (the encoder only), ``checksums.json`` and, from training, ``train.json``
+(`lipstep.nets.weights`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lipstep.config import check, save_config
-from lipstep.fsutil import atomic_path
-from lipstep.nets.weights import WEIGHTS_NAME, load_net_dir
+from lipstep.config import check
+from lipstep.nets.weights import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
+
+_WHAT = "feature-net"   # names its directory in errors
 
 
 @dataclass
@@ -89,23 +91,21 @@ class FeatureDecoder(nn.Module):
 # ------------------------------------------------------------------------------------ weight directory
 
 
-def save_feature_net(encoder: FeatureEncoder, directory: str | os.PathLike) -> Path:
-    """Write the encoder's ``model.safetensors`` and ``config.json`` (each atomically) into `directory`."""
-    from safetensors.torch import save_file
+def check_feature_out(directory: str | os.PathLike) -> None:
+    """Refuse to write a feature net over anything but a feature-net directory or an empty one."""
+    check_net_out(directory, FeatureNetConfig, what=_WHAT)
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "name": encoder.cfg.name})
-    save_config(encoder.cfg, directory)
-    return directory
+
+def save_feature_net(encoder: FeatureEncoder, directory: str | os.PathLike, *, train: dict | None = None) -> Path:
+    """Write the encoder's ``config.json``, ``model.safetensors`` (and ``train.json`` if given) as one atomic
+    directory."""
+    return save_net_dir(encoder, directory, what=_WHAT, metadata={"name": encoder.cfg.name}, train=train)
 
 
 def load_feature_net(path: str | os.PathLike) -> FeatureEncoder:
     """A `FeatureEncoder` saved by `save_feature_net` (or `train_feature_net`), in eval mode and frozen."""
-    return load_net_dir(path, FeatureNetConfig, FeatureEncoder, what="feature-net")
+    return load_net_dir(path, FeatureNetConfig, FeatureEncoder, what=_WHAT)
 
 
-__all__ = ["WEIGHTS_NAME", "FeatureDecoder", "FeatureEncoder", "FeatureNetConfig", "load_feature_net",
-           "save_feature_net"]
+__all__ = ["WEIGHTS_NAME", "FeatureDecoder", "FeatureEncoder", "FeatureNetConfig", "check_feature_out",
+           "load_feature_net", "save_feature_net"]

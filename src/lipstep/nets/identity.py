@@ -10,7 +10,6 @@ directory holds ``config.json`` (`IdentityNetConfig`, ``"_type": "IdentityNetCon
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipstep.config import check
-from lipstep.errors import LipstepError
-from lipstep.nets.weights import WEIGHTS_NAME, load_net_dir, save_net_dir
+from lipstep.nets.weights import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
 
 OWN_NAME = "lipstep-identity-v1"
+_WHAT = "identity-encoder"   # names its directory in errors
 
 
 @dataclass
@@ -94,29 +93,19 @@ def identity_input(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor
 # ------------------------------------------------------------------------------------ weight directory
 
 
-def _is_identity_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("_type") == "IdentityNetConfig"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def check_identity_out(out: str | os.PathLike) -> None:
     """Refuse to write an identity encoder over anything but an identity-encoder directory or an empty one."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_identity_dir(out))):
-        raise LipstepError(f"{out} exists and is not a lipstep identity-encoder directory; refusing to overwrite it")
+    check_net_out(out, IdentityNetConfig, what=_WHAT)
 
 
 def save_identity(model: IdentityNet, directory: str | os.PathLike, *, train: dict | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` (and ``train.json`` if given) as one atomic directory."""
-    check_identity_out(directory)
-    return save_net_dir(model, directory, metadata={"name": model.cfg.name}, train=train)
+    return save_net_dir(model, directory, what=_WHAT, metadata={"name": model.cfg.name}, train=train)
 
 
 def load_identity(directory: str | os.PathLike) -> IdentityNet:
     """An `IdentityNet` saved by `save_identity` / `train_identity`, in eval mode and frozen."""
-    return load_net_dir(directory, IdentityNetConfig, IdentityNet, what="identity-encoder")
+    return load_net_dir(directory, IdentityNetConfig, IdentityNet, what=_WHAT)
 
 
 __all__ = ["OWN_NAME", "WEIGHTS_NAME", "IdentityNet", "IdentityNetConfig", "check_identity_out", "identity_input",

@@ -22,9 +22,10 @@ from torch import nn
 
 from lipstep.config import check
 from lipstep.errors import DataError
-from lipstep.nets.weights import WEIGHTS_NAME, load_net_dir, save_net_dir
+from lipstep.nets.weights import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
 
 NAME = "lipstep-mouth-reader-v1"
+_WHAT = "mouth reader"   # names its directory in errors
 CROP = (0.42, 0.98, 0.12, 0.88)  # rows (top, bottom), columns (left, right) as fractions of the crop side
 
 
@@ -99,15 +100,20 @@ def read_json(path: Path) -> dict:
         return {}
 
 
+def check_mouth_reader_out(directory: str | os.PathLike) -> None:
+    """Refuse to write a mouth reader over anything but a mouth-reader directory or an empty one."""
+    check_net_out(directory, MouthReaderConfig, what=_WHAT)
+
+
 def save_mouth_reader(net: MouthReaderNet, directory: str | os.PathLike, *, train: dict | None = None) -> Path:
     """Write ``model.safetensors``, ``config.json`` (and ``train.json`` if given) as one atomic directory."""
-    return save_net_dir(net, directory, metadata={"kind": "MouthReader"}, train=train)
+    return save_net_dir(net, directory, what=_WHAT, metadata={"kind": "MouthReader"}, train=train)
 
 
 def load_mouth_reader(path: str | os.PathLike) -> MouthReaderNet:
     """A `MouthReaderNet` saved by `save_mouth_reader` (or `train_mouth_reader`), in eval mode and frozen."""
-    return load_net_dir(path, MouthReaderConfig, MouthReaderNet, what="mouth reader")
+    return load_net_dir(path, MouthReaderConfig, MouthReaderNet, what=_WHAT)
 
 
-__all__ = ["CROP", "NAME", "WEIGHTS_NAME", "MouthReaderConfig", "MouthReaderNet", "crop_box", "load_mouth_reader",
-           "mouth_reader_input", "save_mouth_reader"]
+__all__ = ["CROP", "NAME", "WEIGHTS_NAME", "MouthReaderConfig", "MouthReaderNet", "check_mouth_reader_out", "crop_box",
+           "load_mouth_reader", "mouth_reader_input", "save_mouth_reader"]

@@ -18,8 +18,8 @@ after Wav2Lip's expert discriminator and LatentSync's StableSyncNet): the lower 
 ``frames`` (default 5) S x S crops, stacked on channels, and the matching ``frames x 4`` audio
 feature steps (80-band log-mel or 13 MFCC at 100 Hz) map to L2-normalised embeddings whose cosine
 similarity, through a learned affine map, is the logit of "in sync". It is saved as
-``model.safetensors`` + ``config.json`` (`save_lipsync`, `load_lipsync`); training lives in
-`lipstep.eval.train_syncnet`.
+``model.safetensors`` + ``config.json`` + ``checksums.json`` (`save_lipsync`, `load_lipsync`, through
+`lipstep.nets.weights`); training lives in `lipstep.eval.train_syncnet`.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipstep.config import check, save_config
+from lipstep.config import check
 from lipstep.errors import LipstepError
-from lipstep.fsutil import atomic_path
-from lipstep.nets.weights import WEIGHTS_NAME, load_net_dir
+from lipstep.nets.weights import check_net_out, load_net_dir, save_net_dir
 
+_WHAT = "LipSyncNet"   # names its directory in errors
 S_EMBED_DIM = 1024
 S_LIP_SHAPE = (3, 5, 224, 224)   # per-sample lip input of SyncNetS: C, T, H, W
 S_AUDIO_SHAPE = (1, 13, 20)      # per-sample audio input of SyncNetS: 1, MFCC, steps
@@ -119,6 +119,8 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a torch-saved plain dict or a safetensors file; LipstepError naming `path` otherwise."""
     if not path.is_file():
         raise LipstepError(f"{path}: SyncNet weights file not found")
+    if path.stat().st_size == 0:
+        raise LipstepError(f"{path}: cannot read SyncNet weights: the file is empty")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -128,12 +130,22 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
             # weights_only: the official file is a plain dict of tensors; refuse arbitrary pickles.
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch/safetensors raise many types for a bad file
-        reason = " ".join(str(e).split())[:160] or type(e).__name__
-        raise LipstepError(f"{path}: cannot read SyncNet weights ({reason})") from None
+        raise LipstepError(f"{path}: cannot read SyncNet weights: {_unreadable(path, e)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise LipstepError(f"{path}: not a SyncNet state dict (expected a plain dict of tensors, "
                            f"got {type(state).__name__})")
     return state
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why a weights file did not load, in words (torch's own errors for garbage are a bare KeyError number
+    or a long note on ``weights_only``)."""
+    if path.suffix == ".safetensors":
+        return f"not a valid safetensors file ({' '.join(str(e).split())[:120]})"
+    if "Unsupported global" in str(e):
+        return "it holds pickled Python objects, not only tensors (refused: loading them could run code)"
+    return ("not a PyTorch weights file, or a damaged or truncated one (expected the official syncnet_v2.model: "
+            "a torch-saved dict of tensors)")
 
 
 def _match_state_dict(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
@@ -271,25 +283,22 @@ class LipSyncNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def save_lipsync(model: LipSyncNet, directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (each atomically) into `directory`; returns it."""
-    from safetensors.torch import save_file
+def check_lipsync_out(directory: str | os.PathLike) -> None:
+    """Refuse to write a LipSyncNet over anything but a LipSyncNet directory or an empty one."""
+    check_net_out(directory, LipSyncConfig, what=_WHAT)
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "kind": "LipSyncNet"})
-    save_config(model.cfg, directory)
-    return directory
+
+def save_lipsync(model: LipSyncNet, directory: str | os.PathLike, *, train: dict | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (and ``train.json`` if given) as one atomic directory."""
+    return save_net_dir(model, directory, what=_WHAT, metadata={"kind": "LipSyncNet"}, train=train)
 
 
 def load_lipsync(directory: str | os.PathLike) -> LipSyncNet:
     """A `LipSyncNet` saved by `save_lipsync` (or `train_syncnet`), in eval mode, frozen."""
-    return load_net_dir(directory, LipSyncConfig, LipSyncNet, what="LipSyncNet")
+    return load_net_dir(directory, LipSyncConfig, LipSyncNet, what=_WHAT)
 
 
 __all__ = [
     "S_AUDIO_SHAPE", "S_EMBED_DIM", "S_LIP_SHAPE", "LipSyncConfig", "LipSyncNet", "SyncNetS",
-    "load_lipsync", "load_official_syncnet", "save_lipsync",
+    "check_lipsync_out", "load_lipsync", "load_official_syncnet", "save_lipsync",
 ]

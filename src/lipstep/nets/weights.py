@@ -2,7 +2,8 @@
 
 Each such directory is ``config.json`` (the network's config dataclass, with ``_type``),
 ``model.safetensors``, ``checksums.json`` (its sha256) and, from training, ``train.json``.
-`save_net_dir` writes them as one atomic directory; `load_net_dir` checks every way it can be wrong
+`save_net_dir` writes them as one atomic directory, replacing only an empty folder or a directory of the
+same network (`check_net_out`); `load_net_dir` checks every way it can be wrong
 (missing directory, missing or foreign config, missing, damaged or unreadable weights, weights of
 another shape) and says which in one line, then returns the network in eval mode and frozen.
 Directories written before checksums existed load unchecked.
@@ -28,11 +29,30 @@ def _a(what: str) -> str:
     return f"an {what}" if what[:1].lower() in "aeiou" else f"a {what}"
 
 
-def save_net_dir(net: nn.Module, directory: str | os.PathLike, *, metadata: dict[str, str],
+def _kind(directory: Path, default: str | None = None) -> str | None:
+    """The ``_type`` of ``directory/config.json`` (`default` when it names none); None when it cannot be read."""
+    try:
+        return json.loads((directory / "config.json").read_text(encoding="utf-8")).get("_type", default)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_net_out(directory: str | os.PathLike, cfg_cls: type, *, what: str) -> None:
+    """Refuse to write a network of `cfg_cls` over anything but an empty folder or a directory of the same
+    kind (`save_net_dir` replaces the whole directory); trainers call it before any work."""
+    directory = Path(directory)
+    if directory.exists() and not (directory.is_dir() and (not any(directory.iterdir())
+                                                           or _kind(directory) == cfg_cls.__name__)):
+        raise LipstepError(f"{directory} exists and is not {_a(what)} directory; refusing to overwrite it")
+
+
+def save_net_dir(net: nn.Module, directory: str | os.PathLike, *, what: str, metadata: dict[str, str],
                  train: dict | None = None) -> Path:
     """Write ``net.cfg`` as ``config.json``, the weights (with ``metadata``) and their checksum, and ``train``
-    as ``train.json`` (when given) into ``directory``, replacing it atomically; returns it."""
+    as ``train.json`` (when given) into ``directory``, replacing it atomically (`check_net_out` first: `what`
+    names the network); returns it."""
     directory = Path(directory)
+    check_net_out(directory, type(net.cfg), what=what)
     with atomic_dir(directory) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", **metadata})
@@ -51,10 +71,7 @@ def load_net_dir(directory: str | os.PathLike, cfg_cls: type, net_cls: type[nn.M
         raise LipstepError(f"{directory}: {what} directory not found")
     if not config.is_file():
         raise LipstepError(f"{directory} is not {_a(what)} directory (no config.json)")
-    try:
-        kind = json.loads(config.read_text(encoding="utf-8")).get("_type", cfg_cls.__name__)
-    except (OSError, ValueError, AttributeError):
-        kind = None
+    kind = _kind(directory, default=cfg_cls.__name__)
     if kind != cfg_cls.__name__:
         raise LipstepError(f"{directory} is not {_a(what)} directory (its config.json describes "
                            f"{kind or 'nothing readable'}, not a {cfg_cls.__name__})")
@@ -80,4 +97,4 @@ def load_net_dir(directory: str | os.PathLike, cfg_cls: type, net_cls: type[nn.M
     return net.eval().requires_grad_(False)
 
 
-__all__ = ["WEIGHTS_NAME", "load_net_dir", "save_net_dir"]
+__all__ = ["WEIGHTS_NAME", "check_net_out", "load_net_dir", "save_net_dir"]
