@@ -321,6 +321,11 @@ CASES = [
      r"cfg_audio_range\[1\] must be a guidance scale"),
     ("distill_perflow_out_file", "distill perflow -d {i}/prep -o taken",
      r"--out taken: exists and is not a directory"),
+    ("distill_dmd_data_missing", "distill dmd -d {i}/nosuch -o out", r"nosuch is not a prepared directory"),
+    ("distill_dmd_teacher_missing", "distill dmd -d {i}/prep -o out -t {i}/nosuch", r"nosuch' is neither a directory"),
+    ("distill_dmd_override_range", "distill dmd -d {i}/prep -o out fake_updates=0", r"fake_updates must be >= 1"),
+    ("distill_dmd_reg_without_pairs", "distill dmd -d {i}/prep -o out reg_weight=0.25", r"needs teacher pairs"),
+    ("distill_dmd_out_file", "distill dmd -d {i}/prep -o taken", r"--out taken: exists and is not a directory"),
     # demo
     ("demo_bench_seconds_negative", "demo -o out --bench-seconds -1", r"--bench-seconds must be >= 0"),
     ("demo_out_file", "demo -o taken", r"--out taken: exists and is not a directory"),

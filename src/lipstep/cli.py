@@ -389,6 +389,38 @@ def distill_perflow_cmd(
     run_recipe(PerflowRecipe(teacher, cfg), data, out, resume=resume)
 
 
+@distill_app.command("dmd")
+def distill_dmd_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory the student trains on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints/, logs/, val/ and the student model/."),
+    teacher: str = typer.Option("teacher", "--teacher", "-t", help="Teacher model directory or bundled name."),
+    steps: Optional[int] = typer.Option(None, help="Training steps, fake-score and generator steps together "
+                                        "(default: train.steps of the config)."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step and process (default: train.batch_size)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of DMDConfig, e.g. "
+                                                    "student_steps=4 fake_updates=5 fake_lr=4e-5 cfg_mode=tokens "
+                                                    "backward_simulation=false reg_weight=0.25 pairs=256.",
+                                                    show_default=False),
+):
+    """TurboTalk stage 1: distribution matching distillation (DMD2) to a few-step, one-pass-per-step student."""
+    _output_dir(out, keep=True)
+    from lipstep.distill.dmd import DMDConfig, DMDRecipe
+    from lipstep.train.runner import run_recipe
+
+    if resume and (out / "config.json").is_file():
+        cfg = load_config(DMDConfig, out / "config.json")  # the run's own settings
+    else:
+        cfg = DMDConfig()
+    if steps is not None:
+        set_key(cfg, "train.steps", steps, parse=False)
+    if batch_size is not None:
+        set_key(cfg, "train.batch_size", batch_size, parse=False)
+    apply_overrides(cfg, overrides or [])
+    validate(cfg)
+    run_recipe(DMDRecipe(teacher, cfg), data, out, resume=resume)
+
+
 # ---------------------------------------------------------------------------------------------
 # generation
 

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from lipstep.diffusion.schedules import make_schedule
+from lipstep.distill.dmd import DMDConfig, DMDMethod
 from lipstep.distill.losses import MixedConfig
 from lipstep.distill.method import Method, Role
-from lipstep.distill.perflow import PerflowConfig, PerflowMethod, build_student
+from lipstep.distill.perflow import PerflowConfig, PerflowMethod, build_student, guided_copy
 from lipstep.errors import LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
 from lipstep.train.loop import TrainConfig, latest_checkpoint, train
@@ -62,6 +63,13 @@ def perflow_method():
     return PerflowMethod(build_student(teacher, cfg), teacher, make_schedule("vp_x0"), cfg)
 
 
+def dmd_method():
+    teacher = _perturbed(_net()).eval().requires_grad_(False)
+    cfg = DMDConfig(student_steps=2, fake_updates=2)
+    return DMDMethod(guided_copy(teacher, "tokens", 4, 0), guided_copy(teacher, "tokens", 4, 0), teacher,
+                     make_schedule("vp_x0"), cfg)
+
+
 class TwoTimeScale(Method):
     """A toy with a fast role (3 updates per cycle), a slow one and a frozen one."""
 
@@ -81,7 +89,7 @@ class TwoTimeScale(Method):
         return (self.modules[role](x) - target).square().mean(), {}
 
 
-METHODS = {"teacher": teacher_method, "perflow": perflow_method, "two_time_scale": TwoTimeScale}
+METHODS = {"teacher": teacher_method, "perflow": perflow_method, "dmd": dmd_method, "two_time_scale": TwoTimeScale}
 
 
 def _cfg(steps, **kw):

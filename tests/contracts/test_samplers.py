@@ -30,7 +30,7 @@ class Toy(torch.nn.Module):
 
 
 def _options(name):
-    return {"ddim": {"eta": 0.5}, "euler": {}, "perflow": {"windows": 2}}[name]
+    return {"ddim": {"eta": 0.5}, "euler": {}, "fewstep": {"spacing": "trailing"}, "perflow": {"windows": 2}}[name]
 
 
 @pytest.mark.parametrize("name", NAMES)

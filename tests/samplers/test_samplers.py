@@ -9,8 +9,9 @@ from lipstep.samplers import SAMPLERS, sample_ddim
 
 SCHEDULE_KW = {"vp_eps": {}, "vp_v": {}, "flow": {"shift": 3.0}}
 # Samplers of an ordinary diffusion model. PeRFlow's sampler reads its net as a PeRFlow student (its
-# own tests: tests/samplers/test_perflow.py, including its equality with DDIM at one step per window).
-ODE_SAMPLERS = sorted(k for k in SAMPLERS if k != "perflow")
+# own tests: tests/samplers/test_perflow.py, including its equality with DDIM at one step per window);
+# the few-step sampler re-noises with fresh noise, right for a DMD student only (tests/samplers/test_fewstep.py).
+ODE_SAMPLERS = sorted(k for k in SAMPLERS if k not in ("perflow", "fewstep"))
 
 
 def _cond(b):

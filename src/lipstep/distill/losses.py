@@ -3,6 +3,8 @@
 - `sample_times`, `snr_weight` (min-SNR-γ per prediction type), `motion_weights` (moving positions
   count more), `noisy_motion`, `batch_cond` (the Cond of a latent batch, with first-chunk training):
   the pieces of the teacher's loss that students reuse so that they weigh what the teacher weighed;
+- DMD's distribution-matching gradient and the surrogate loss that applies it (`dm_gradient`,
+  `dm_surrogate_loss`);
 - FADA's adaptive mixed supervision (below).
 
 FADA's adaptive mixed supervision (algorithms.md §4.1): ``L = L_distill + W(R)·L_gt`` with the
@@ -97,6 +99,34 @@ def batch_cond(batch: dict, generator: torch.Generator | None = None, p_motion_r
 
 
 # ---------------------------------------------------------------------------------------------
+# distribution matching (DMD, Yin et al. 2024; DMD2; algorithms.md §2.1-2.3)
+
+
+def dm_gradient(x: Tensor, fake_x0: Tensor, real_x0: Tensor) -> Tensor:
+    """DMD's distribution-matching gradient on generated samples ``x`` (all [B, ...], x0 space)::
+
+        grad = (fake_x0 − real_x0) / mean_{per sample} |x − real_x0|
+
+    ``fake_x0`` / ``real_x0``: the fake and real scores' clean-sample estimates at the re-noised ``x``.
+    Descending it moves ``x`` away from what the fake score (the generator's own distribution) expects and
+    toward what the real score (the teacher) expects. The per-sample normaliser makes its size independent
+    of how far each sample is from the real score's estimate (DMD2 / Self-Forcing; FastVideo's is global).
+    A sample with a zero normaliser (x is the real estimate) gets 0, where DMD2's ``nan_to_num`` would turn
+    0/0 into 0 but x/0 into the largest float; a NaN from the scores stays NaN, so the loop stops on it.
+    """
+    norm = (x.float() - real_x0.float()).abs().flatten(1).mean(1)
+    inv = torch.where(norm > 0, 1.0 / norm.clamp_min(1e-30), torch.zeros_like(norm))
+    return (fake_x0.float() - real_x0.float()) * append_dims(inv, x.ndim)
+
+
+def dm_surrogate_loss(x: Tensor, grad: Tensor) -> Tensor:
+    """Per sample [B]: ``½·mean((x − sg(x − grad))²)``, whose gradient with respect to ``x`` is ``grad`` (over
+    the number of elements per sample): how a gradient computed without autograd reaches the generator."""
+    target = (x.float() - grad.float()).detach()
+    return 0.5 * (x.float() - target).square().flatten(1).mean(1)
+
+
+# ---------------------------------------------------------------------------------------------
 # FADA mixed supervision
 
 MIXED_MODES = ("off", "fixed", "adaptive-unlimited", "adaptive")
@@ -158,5 +188,5 @@ def mixed_weight(cfg: MixedConfig, r: Tensor) -> Tensor:
     return adaptive_weight(r, cfg.w0, cfg.s, cfg.r_p, cfg.r_d, limited=name == "adaptive")
 
 
-__all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "batch_cond", "mixed_weight", "motion_weights", "noisy_motion",
-           "parse_mixed_mode", "sample_times", "snr_weight"]
+__all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "batch_cond", "dm_gradient", "dm_surrogate_loss",
+           "mixed_weight", "motion_weights", "noisy_motion", "parse_mixed_mode", "sample_times", "snr_weight"]

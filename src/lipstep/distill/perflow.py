@@ -177,9 +177,15 @@ def perflow_targets(schedule: Schedule, z_start: Tensor, z_end: Tensor, start: T
 
 def build_student(teacher, cfg: PerflowConfig):
     """A copy of the teacher's AvatarDiT with the guidance input of ``cfg.cfg_mode`` (zero-initialised)."""
-    dit = dataclasses.replace(teacher.cfg, cfg_layer=cfg.cfg_mode, cfg_tokens=cfg.cfg_tokens)
+    return guided_copy(teacher, cfg.cfg_mode, cfg.cfg_tokens, cfg.train.seed)
+
+
+def guided_copy(teacher, cfg_layer: str, cfg_tokens: int, seed: int):
+    """A trainable copy of the teacher's AvatarDiT with the guidance input ``cfg_layer`` (`CFG_MODES`); its new
+    layers are zero-initialised, so at the start it computes exactly what the conditional teacher does."""
+    dit = dataclasses.replace(teacher.cfg, cfg_layer=cfg_layer, cfg_tokens=cfg_tokens)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(seed)
         student = AvatarDiT(dit)
     result = student.load_state_dict(teacher.state_dict(), strict=False)
     bad = [k for k in result.missing_keys if not k.startswith("cfg_embed") and ".cfg_attn." not in k]
@@ -370,6 +376,38 @@ def student_info(teacher_info: ModelInfo, cfg: PerflowConfig) -> ModelInfo:
     return dataclasses.replace(teacher_info, kind="student", recipe="perflow", sampler=sampler, trained={})
 
 
+@dataclass
+class TeacherRun:
+    """A distillation run's teacher (loaded on the GPU when there is one) and its training data."""
+
+    root: Path                      # the teacher's model directory
+    info: ModelInfo
+    codec: object
+    audio: object                   # the audio encoder
+    net: AvatarDiT
+    latents: Path                   # the latent cache of the prepared data
+    dataset: WindowDataset          # training windows (offsets from the reference for a residual teacher)
+
+
+def open_teacher(teacher: str | Path, prepared: Path, command: str, *, progress: bool) -> TeacherRun:
+    """Load a teacher for ``command`` (e.g. "distill perflow") and its windows of ``prepared``, encoded with the
+    teacher's codec (cached); one-line errors when the model is not a teacher or the data does not fit it."""
+    root, tinfo, codec, audio, net = load_model(teacher, device="cuda" if torch.cuda.is_available() else "cpu")
+    if tinfo.kind != "teacher":
+        raise LipstepError(f"{root}: is a {tinfo.kind} ({tinfo.recipe}); {command} needs a teacher")
+    if audio.cfg.kind != "mel" or (audio.window, audio.feature_dim) != (16, 80):
+        raise LipstepError(f"{command} trains on the shards' log-mel windows: the teacher's audio encoder must "
+                           "be mel with window 16 and 80 mels")
+    size = check_data_size(codec, prepared)
+    if size != tinfo.image_size:
+        raise LipstepError(f"{prepared}: {size}px frames, but the teacher works on {tinfo.image_size}px; "
+                           f"prepare the data with --size {tinfo.image_size}")
+    cache = encode_prepared(prepared, codec, progress=progress)
+    window = WindowConfig(frames=tinfo.frames, motion_frames=tinfo.motion_frames)
+    dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=tinfo.residual)
+    return TeacherRun(root, tinfo, codec, audio, net, cache, dataset)
+
+
 class PerflowRecipe:
     """`lipstep distill perflow` for `lipstep.train.runner.run_recipe`: a teacher (model directory or bundled
     name) + a `PerflowConfig`."""
@@ -382,19 +420,9 @@ class PerflowRecipe:
 
     def build(self, prepared: Path, out: Path, *, resume: bool, progress: bool):
         cfg = self.cfg
-        root, tinfo, codec, audio, teacher = load_model(self.teacher, device="cuda" if torch.cuda.is_available() else "cpu")
-        if tinfo.kind != "teacher":
-            raise LipstepError(f"{root}: is a {tinfo.kind} ({tinfo.recipe}); distill perflow needs a teacher")
-        if audio.cfg.kind != "mel" or (audio.window, audio.feature_dim) != (16, 80):
-            raise LipstepError("distill perflow trains on the shards' log-mel windows: the teacher's audio encoder must "
-                               "be mel with window 16 and 80 mels")
-        size = check_data_size(codec, prepared)
-        if size != tinfo.image_size:
-            raise LipstepError(f"{prepared}: {size}px frames, but the teacher works on {tinfo.image_size}px; "
-                               f"prepare the data with --size {tinfo.image_size}")
-        cache = encode_prepared(prepared, codec, progress=progress)
-        window = WindowConfig(frames=tinfo.frames, motion_frames=tinfo.motion_frames)
-        dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=tinfo.residual)
+        src = open_teacher(self.teacher, prepared, "distill perflow", progress=progress)
+        root, tinfo, codec, audio, teacher = src.root, src.info, src.codec, src.audio, src.net
+        cache, dataset = src.latents, src.dataset
         student = build_student(teacher, cfg).cpu()
         method = PerflowMethod(student, teacher, tinfo.make_schedule(), cfg, residual=tinfo.residual > 0)
         if cfg.pairs:
@@ -415,6 +443,6 @@ class PerflowRecipe:
                      provenance=provenance, record="distill.json", run_config=cfg)
 
 
-__all__ = ["CFG_MODES", "PairBank", "PerflowConfig", "PerflowMethod", "PerflowRecipe", "build_pair_bank",
-           "build_student", "pair_settings", "perflow_targets", "sample_scales", "sample_windows", "student_info",
-           "teacher_window_solve"]
+__all__ = ["CFG_MODES", "PairBank", "PerflowConfig", "PerflowMethod", "PerflowRecipe", "TeacherRun", "build_pair_bank",
+           "build_student", "guided_copy", "open_teacher", "pair_settings", "perflow_targets", "sample_scales",
+           "sample_windows", "student_info", "teacher_window_solve"]

@@ -10,8 +10,10 @@ and `chunks.sample_chunks` runs any of them chunk by chunk without knowing which
 from lipstep.samplers.chunks import decode_frames, sample_chunks
 from lipstep.samplers.ddim import DDIMOptions, sample_ddim
 from lipstep.samplers.euler import EulerOptions, sample_euler
+from lipstep.samplers.fewstep import FewStepOptions, sample_fewstep
 from lipstep.samplers.perflow import PerflowOptions, sample_perflow
 from lipstep.samplers.registry import SAMPLERS, SamplerInfo, SamplerKind, legacy_sampler
 
-__all__ = ["SAMPLERS", "DDIMOptions", "EulerOptions", "PerflowOptions", "SamplerInfo", "SamplerKind",
-           "decode_frames", "legacy_sampler", "sample_chunks", "sample_ddim", "sample_euler", "sample_perflow"]
+__all__ = ["SAMPLERS", "DDIMOptions", "EulerOptions", "FewStepOptions", "PerflowOptions", "SamplerInfo", "SamplerKind",
+           "decode_frames", "legacy_sampler", "sample_chunks", "sample_ddim", "sample_euler", "sample_fewstep",
+           "sample_perflow"]

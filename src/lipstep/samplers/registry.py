@@ -18,6 +18,7 @@ from lipstep.diffusion.schedules import Schedule
 from lipstep.errors import ConfigError
 from lipstep.samplers.ddim import DDIMOptions, sample_ddim
 from lipstep.samplers.euler import EulerOptions, sample_euler
+from lipstep.samplers.fewstep import FewStepOptions, sample_fewstep
 from lipstep.samplers.perflow import PerflowOptions, sample_perflow
 
 
@@ -36,6 +37,7 @@ class SamplerKind:
 SAMPLERS: dict[str, SamplerKind] = {
     "ddim": SamplerKind(sample_ddim, DDIMOptions),
     "euler": SamplerKind(sample_euler, EulerOptions),
+    "fewstep": SamplerKind(sample_fewstep, FewStepOptions),
     "perflow": SamplerKind(sample_perflow, PerflowOptions),
 }
 
