@@ -226,18 +226,27 @@ def train_teacher_cmd(
     _output_dir(out, keep=True)
     from lipstep.train.teacher import TeacherConfig, train_teacher
 
+    cfg = _run_config(TeacherConfig, out, resume, steps, batch_size, overrides, preset=preset)
+    train_teacher(data, codec, out, cfg, resume=resume)
+
+
+def _run_config(cls, out: Path, resume: bool, steps: int | None, batch_size: int | None,
+                overrides: list[str] | None, **fresh):
+    """The config of a training run: the run's own `config.json` on --resume (else `cls(**fresh)`), then
+    --steps / --batch-size and the overrides, validated."""
     if resume and (out / "config.json").is_file():
-        cfg = load_config(TeacherConfig, out / "config.json")  # the run's own settings
+        cfg = load_config(cls, out / "config.json")  # the run's own settings
     else:
-        cfg = TeacherConfig()
-        set_key(cfg, "preset", preset, parse=False)
+        cfg = cls()
+        for key, value in fresh.items():
+            set_key(cfg, key, value, parse=False)
     if steps is not None:
         set_key(cfg, "train.steps", steps, parse=False)
     if batch_size is not None:
         set_key(cfg, "train.batch_size", batch_size, parse=False)
     apply_overrides(cfg, overrides or [])
-    cfg.validate()
-    train_teacher(data, codec, out, cfg, resume=resume)
+    validate(cfg)
+    return cfg
 
 
 def _train_config(cls, steps: int | None, overrides: list[str] | None):
@@ -376,16 +385,7 @@ def distill_perflow_cmd(
     from lipstep.distill.perflow import PerflowConfig, PerflowRecipe
     from lipstep.train.runner import run_recipe
 
-    if resume and (out / "config.json").is_file():
-        cfg = load_config(PerflowConfig, out / "config.json")  # the run's own settings
-    else:
-        cfg = PerflowConfig()
-    if steps is not None:
-        set_key(cfg, "train.steps", steps, parse=False)
-    if batch_size is not None:
-        set_key(cfg, "train.batch_size", batch_size, parse=False)
-    apply_overrides(cfg, overrides or [])
-    validate(cfg)
+    cfg = _run_config(PerflowConfig, out, resume, steps, batch_size, overrides)
     run_recipe(PerflowRecipe(teacher, cfg), data, out, resume=resume)
 
 
@@ -408,16 +408,7 @@ def distill_dmd_cmd(
     from lipstep.distill.dmd import DMDConfig, DMDRecipe
     from lipstep.train.runner import run_recipe
 
-    if resume and (out / "config.json").is_file():
-        cfg = load_config(DMDConfig, out / "config.json")  # the run's own settings
-    else:
-        cfg = DMDConfig()
-    if steps is not None:
-        set_key(cfg, "train.steps", steps, parse=False)
-    if batch_size is not None:
-        set_key(cfg, "train.batch_size", batch_size, parse=False)
-    apply_overrides(cfg, overrides or [])
-    validate(cfg)
+    cfg = _run_config(DMDConfig, out, resume, steps, batch_size, overrides)
     run_recipe(DMDRecipe(teacher, cfg), data, out, resume=resume)
 
 

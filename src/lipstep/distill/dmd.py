@@ -60,16 +60,16 @@ from torch import Tensor
 from lipstep.config import check
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
-from lipstep.diffusion.guidance import check_scale, multi_cfg
+from lipstep.diffusion.guidance import multi_cfg
 from lipstep.diffusion.schedules import SPACINGS, Schedule
 from lipstep.distill.losses import batch_cond, dm_gradient, dm_surrogate_loss, motion_weights, snr_weight
 from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.distill.perflow import (
-    CFG_MODES,
     PairBank,
     PerflowConfig,
     PerflowMethod,
     build_pair_bank,
+    check_guidance_settings,
     guided_copy,
     open_teacher,
     pair_settings,
@@ -118,15 +118,7 @@ class DMDConfig:
         check(self.fake_updates >= 1, f"fake_updates must be >= 1, got {self.fake_updates}")
         check(self.fake_lr is None or self.fake_lr > 0, "fake_lr must be > 0 (or None)")
         check(0 <= self.t_min < self.t_max <= 1, f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
-        check(self.cfg_mode in CFG_MODES, f"cfg_mode must be one of {CFG_MODES}, got {self.cfg_mode!r}")
-        check(self.cfg_tokens >= 1, "cfg_tokens must be >= 1")
-        for name in ("cfg_audio_range", "cfg_ref_range"):
-            lo, hi = getattr(self, name)
-            check(0 <= lo <= hi, f"{name} must be (lo, hi) with 0 <= lo <= hi, got ({lo}, {hi})")
-            check_scale(hi, f"{name}[1]")
-        for name in ("cfg_audio", "cfg_ref"):
-            if (scale := getattr(self, name)) is not None:
-                check_scale(scale, name)
+        check_guidance_settings(self)
         check(0 <= self.p_motion_ref <= 1, "p_motion_ref must be in [0, 1]")
         check(min(self.dm_weight, self.reg_weight, self.fake_motion_weight, self.fake_min_snr_gamma) >= 0,
               "dm_weight, reg_weight, fake_motion_weight and fake_min_snr_gamma must be >= 0")

@@ -76,6 +76,20 @@ from lipstep.samplers.perflow import TARGETS, ddim_eps_coeffs, window_bounds
 CFG_MODES = ("none", "time", "plain", "tokens")
 
 
+def check_guidance_settings(cfg) -> None:
+    """The guidance fields a guided-copy student's config shares (PerflowConfig, DMDConfig): ``cfg_mode``,
+    ``cfg_tokens``, the per-sample scale ranges and the student's default scales; raises ConfigError."""
+    check(cfg.cfg_mode in CFG_MODES, f"cfg_mode must be one of {CFG_MODES}, got {cfg.cfg_mode!r}")
+    check(cfg.cfg_tokens >= 1, "cfg_tokens must be >= 1")
+    for name in ("cfg_audio_range", "cfg_ref_range"):
+        lo, hi = getattr(cfg, name)
+        check(0 <= lo <= hi, f"{name} must be (lo, hi) with 0 <= lo <= hi, got ({lo}, {hi})")
+        check_scale(hi, f"{name}[1]")
+    for name in ("cfg_audio", "cfg_ref"):
+        if (scale := getattr(cfg, name)) is not None:
+            check_scale(scale, name)
+
+
 @dataclass
 class PerflowConfig:
     """`lipstep distill perflow`: windows, teacher solve, target, guidance, mixed supervision, training."""
@@ -108,15 +122,7 @@ class PerflowConfig:
         check(self.windows >= 1, f"windows must be >= 1, got {self.windows}")
         check(self.solver_steps >= 1, f"solver_steps must be >= 1, got {self.solver_steps}")
         check(self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}")
-        check(self.cfg_mode in CFG_MODES, f"cfg_mode must be one of {CFG_MODES}, got {self.cfg_mode!r}")
-        check(self.cfg_tokens >= 1, "cfg_tokens must be >= 1")
-        for name in ("cfg_audio_range", "cfg_ref_range"):
-            lo, hi = getattr(self, name)
-            check(0 <= lo <= hi, f"{name} must be (lo, hi) with 0 <= lo <= hi, got ({lo}, {hi})")
-            check_scale(hi, f"{name}[1]")
-        for name in ("cfg_audio", "cfg_ref"):
-            if (scale := getattr(self, name)) is not None:
-                check_scale(scale, name)
+        check_guidance_settings(self)
         check(self.motion_weight >= 0 and 0 <= self.p_motion_ref <= 1,
               "motion_weight must be >= 0 and p_motion_ref in [0, 1]")
         check(self.student_steps >= self.windows,
