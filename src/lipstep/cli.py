@@ -412,6 +412,32 @@ def distill_dmd_cmd(
     run_recipe(DMDRecipe(teacher, cfg), data, out, resume=resume)
 
 
+@distill_app.command("adversarial")
+def distill_adversarial_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory the student trains on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints/, logs/, val/ and the student model/."),
+    student: str = typer.Option(..., "--student", "-s", help="The few-step student this round starts from (a "
+                                "`lipstep distill dmd` model, or an earlier round's)."),
+    teacher: str = typer.Option("teacher", "--teacher", "-t", help="The teacher the student came from (model "
+                                "directory or bundled name): the discriminator's frozen features."),
+    steps: Optional[int] = typer.Option(None, help="Training steps, discriminator and student steps together "
+                                        "(default: train.steps of the config)."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step and process (default: train.batch_size)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of AdversarialConfig, e.g. "
+                                                    "target_steps=1 reference=self_more_steps curriculum=d_noise "
+                                                    "loss=nonsaturating discriminator.conditional=false chain=3 "
+                                                    "distill_weight=0.1.", show_default=False),
+):
+    """TurboTalk stage 2: one round of progressive adversarial distillation (half the steps, self-compare)."""
+    _output_dir(out, keep=True)
+    from lipstep.distill.adversarial import AdversarialConfig, AdversarialRecipe
+    from lipstep.train.runner import run_recipe
+
+    cfg = _run_config(AdversarialConfig, out, resume, steps, batch_size, overrides)
+    run_recipe(AdversarialRecipe(student, teacher, cfg), data, out, resume=resume)
+
+
 # ---------------------------------------------------------------------------------------------
 # generation
 

@@ -1,16 +1,20 @@
 """Contracts every recipe method inherits (issue 20): declared roles, frozen roles untouched, exact
 resume, a tiny net learns. A new method joins by adding a factory to ``METHODS``."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from lipstep.diffusion.schedules import make_schedule
+from lipstep.distill.adversarial import AdversarialConfig, AdversarialMethod
 from lipstep.distill.dmd import DMDConfig, DMDMethod
 from lipstep.distill.losses import MixedConfig
 from lipstep.distill.method import Method, Role
 from lipstep.distill.perflow import PerflowConfig, PerflowMethod, build_student, guided_copy
 from lipstep.errors import LipstepError
+from lipstep.nets.discriminator import FeatureDiscriminator
 from lipstep.nets.dit import AvatarDiT, DiTConfig
 from lipstep.train.loop import TrainConfig, latest_checkpoint, train
 from lipstep.train.teacher import TeacherLossConfig, TeacherMethod
@@ -70,6 +74,16 @@ def dmd_method():
                      make_schedule("vp_x0"), cfg)
 
 
+def adversarial_method():
+    teacher = _perturbed(_net()).eval().requires_grad_(False)
+    start = _perturbed(guided_copy(teacher, "tokens", 4, 0), seed=2).eval().requires_grad_(False)
+    cfg = AdversarialConfig(distill_weight=0.1)
+    disc = FeatureDiscriminator(cfg.discriminator, net_width=teacher.cfg.width,
+                                grid=teacher.cfg.latent_size // teacher.cfg.patch, depth=teacher.cfg.depth)
+    return AdversarialMethod(copy.deepcopy(start).train().requires_grad_(True), start, teacher, disc,
+                             make_schedule("vp_x0"), cfg, steps=2, motion_frames=M)
+
+
 class TwoTimeScale(Method):
     """A toy with a fast role (3 updates per cycle), a slow one and a frozen one."""
 
@@ -89,7 +103,8 @@ class TwoTimeScale(Method):
         return (self.modules[role](x) - target).square().mean(), {}
 
 
-METHODS = {"teacher": teacher_method, "perflow": perflow_method, "dmd": dmd_method, "two_time_scale": TwoTimeScale}
+METHODS = {"teacher": teacher_method, "perflow": perflow_method, "dmd": dmd_method, "adversarial": adversarial_method,
+           "two_time_scale": TwoTimeScale}
 
 
 def _cfg(steps, **kw):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from lipstep.cli import main
-from lipstep.data.dataset import WindowConfig
 from lipstep.diffusion.schedules import make_schedule
 from lipstep.distill.dmd import DMDConfig, DMDMethod, DMDRecipe, start_index, student_info
 from lipstep.distill.losses import dm_gradient, dm_surrogate_loss
@@ -18,11 +17,8 @@ from lipstep.modeldir import ModelInfo
 from lipstep.pipeline import AvatarPipeline, read_info
 from lipstep.samplers import sample_fewstep
 from lipstep.train.loop import TrainConfig, train
-from lipstep.train.mouth_head import MouthHeadConfig
 from lipstep.train.runner import run_recipe
-from lipstep.train.teacher import TeacherConfig, train_teacher
 from tests.contracts.test_methods import LatentWindows, _cfg, _net, _perturbed
-from tests.mediafixtures import make_tiny_avatar_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -193,18 +189,6 @@ def test_config_checks_and_the_exported_sampler_record():
 
 # ---------------------------------------------------------------------------------------------
 # the whole run
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A tiny world and a tiny residual x0-predicting teacher trained for a few steps (mechanics, not quality)."""
-    root = make_tiny_avatar_data(tmp_path_factory.mktemp("dmd_world"))
-    cfg = TeacherConfig(preset="tiny", window=WindowConfig(frames=4, motion_frames=2), val_clips=0,
-                        mouth_head=MouthHeadConfig(steps=30, batch_size=32, min_corr=-1))
-    cfg.train = TrainConfig(steps=3, batch_size=2, checkpoint_every=3)
-    cfg.sampler.steps = 3
-    train_teacher(root / "prepared", root / "codec", root / "teacher", cfg, progress=False)
-    return root
 
 
 def test_distill_dmd_runs_resumes_and_writes_a_student_that_generates(world, tmp_path):

@@ -81,13 +81,19 @@ def check_guidance_settings(cfg) -> None:
     ``cfg_tokens``, the per-sample scale ranges and the student's default scales; raises ConfigError."""
     check(cfg.cfg_mode in CFG_MODES, f"cfg_mode must be one of {CFG_MODES}, got {cfg.cfg_mode!r}")
     check(cfg.cfg_tokens >= 1, "cfg_tokens must be >= 1")
+    check_scale_ranges(cfg)
+    for name in ("cfg_audio", "cfg_ref"):
+        if (scale := getattr(cfg, name)) is not None:
+            check_scale(scale, name)
+
+
+def check_scale_ranges(cfg) -> None:
+    """``cfg_audio_range`` and ``cfg_ref_range``, the per-sample guidance scales a recipe draws: (lo, hi) with
+    0 <= lo <= hi and hi a valid scale; raises ConfigError."""
     for name in ("cfg_audio_range", "cfg_ref_range"):
         lo, hi = getattr(cfg, name)
         check(0 <= lo <= hi, f"{name} must be (lo, hi) with 0 <= lo <= hi, got ({lo}, {hi})")
         check_scale(hi, f"{name}[1]")
-    for name in ("cfg_audio", "cfg_ref"):
-        if (scale := getattr(cfg, name)) is not None:
-            check_scale(scale, name)
 
 
 @dataclass
@@ -450,5 +456,6 @@ class PerflowRecipe:
 
 
 __all__ = ["CFG_MODES", "PairBank", "PerflowConfig", "PerflowMethod", "PerflowRecipe", "TeacherRun", "build_pair_bank",
-           "build_student", "guided_copy", "open_teacher", "pair_settings", "perflow_targets", "sample_scales",
-           "sample_windows", "student_info", "teacher_window_solve"]
+           "build_student", "check_guidance_settings", "check_scale_ranges", "guided_copy", "open_teacher",
+           "pair_settings", "perflow_targets", "sample_scales", "sample_windows", "student_info",
+           "teacher_window_solve"]

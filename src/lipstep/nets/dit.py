@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -622,6 +623,17 @@ class ConvOutputHead(nn.Module):
 # The network
 
 
+@dataclass
+class BlockFeatures:
+    """`AvatarDiT.features`: video tokens after some blocks and the conditioning the net read."""
+
+    tokens: list[Tensor]        # [B, T, N, W] per requested block, in block order
+    blocks: list[int]           # the block indices, ascending
+    time: Tensor                # [B, W] the time (+ guidance, cfg_layer "time") embedding
+    audio: Tensor               # [B, T, W] the audio tokens, mean over the audio window
+    context: Tensor             # [B, W] the reference (+ motion) tokens after the last block run, mean
+
+
 class AvatarDiT(nn.Module):
     """Spatio-temporal DiT over video latent patches, conditioned on reference, motion and audio."""
 
@@ -658,6 +670,34 @@ class AvatarDiT(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """x_t [B, T, C, h, w], t [B] (model time, e.g. 1000·σ), cond -> raw output [B, T, C, h, w]."""
+        x, ctx, audio, c_video, c, emb, drop_ref = self._embed(x_t, t, cond)
+        for block in self.blocks:
+            x, ctx = self._run_block(block, x, ctx, audio, c_video, c, emb)
+        y = self.unpatchify(self.final(x, c_video))                        # [B, T, C, h, w]
+        if self.out_head is not None:
+            y = y + self.out_head(y, x_t, self.aligned_context(cond.reference, cond.motion, drop_ref), c_video)
+        return y
+
+    def features(self, x_t: Tensor, t: Tensor, cond: Cond, blocks: Sequence[int]) -> BlockFeatures:
+        """The video tokens after each block in ``blocks`` (0-based) and the conditioning the net read:
+        what a discriminator built on this net's trunk looks at (LADD, DMD2; `lipstep.nets.discriminator`).
+        Stops after the deepest requested block; runs under the caller's grad mode (a frozen net still
+        passes gradients to ``x_t``)."""
+        wanted = sorted({int(b) for b in blocks})
+        if not wanted or wanted[0] < 0 or wanted[-1] >= len(self.blocks):
+            raise ConfigError(f"feature blocks must be in [0, {len(self.blocks) - 1}], got {list(blocks)}")
+        x, ctx, audio, c_video, c, emb, _ = self._embed(x_t, t, cond)
+        tokens = []
+        for i, block in enumerate(self.blocks[:wanted[-1] + 1]):
+            x, ctx = self._run_block(block, x, ctx, audio, c_video, c, emb)
+            if i in wanted:
+                tokens.append(x)
+        return BlockFeatures(tokens=tokens, blocks=wanted, time=c, audio=audio.mean(dim=2),
+                             context=ctx.mean(dim=(1, 2)))
+
+    def _embed(self, x_t: Tensor, t: Tensor, cond: Cond):
+        """Everything before the first block: video tokens, context tokens, audio tokens, the video's and the
+        context's conditioning vectors, the guidance embedding and the reference-drop mask."""
         self._check_inputs(x_t, cond)
         drop_audio, drop_ref = cond.masks()
         x = self.embed_video(x_t)                                          # [B, T, N, W]
@@ -671,12 +711,7 @@ class AvatarDiT(nn.Module):
         if self.cfg.cfg_layer == "time":
             c, emb = c + emb, None
         c_video = c if mouth is None else c[:, None] + mouth               # [B, W] or per frame [B, T, W]
-        for block in self.blocks:
-            x, ctx = self._run_block(block, x, ctx, audio, c_video, c, emb)
-        y = self.unpatchify(self.final(x, c_video))                        # [B, T, C, h, w]
-        if self.out_head is not None:
-            y = y + self.out_head(y, x_t, self.aligned_context(cond.reference, cond.motion, drop_ref), c_video)
-        return y
+        return x, ctx, audio, c_video, c, emb, drop_ref
 
     # --- tokens ------------------------------------------------------------------------------
 
@@ -822,6 +857,7 @@ def _expect(ok: bool, message: str) -> None:
 __all__ = [
     "PRESETS",
     "AvatarDiT",
+    "BlockFeatures",
     "CFGCrossAttention",
     "CFGScaleMLP",
     "CFGTokens",
