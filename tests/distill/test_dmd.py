@@ -9,11 +9,12 @@ import torch
 
 from lipstep.cli import main
 from lipstep.diffusion.schedules import make_schedule
-from lipstep.distill.dmd import DMDConfig, DMDMethod, DMDRecipe, start_index, student_info
+from lipstep.distill.dmd import DMDConfig, DMDMethod, DMDRecipe, start_index, student_info, with_gan_head
 from lipstep.distill.losses import dm_gradient, dm_surrogate_loss
 from lipstep.distill.perflow import guided_copy
 from lipstep.errors import ConfigError
 from lipstep.modeldir import ModelInfo
+from lipstep.nets.discriminator import DiscriminatorConfig, ScoreWithHeads
 from lipstep.pipeline import AvatarPipeline, read_info
 from lipstep.samplers import sample_fewstep
 from lipstep.train.loop import TrainConfig, train
@@ -96,6 +97,28 @@ def test_the_generator_step_descends_the_dm_gradient_and_trains_the_generator_on
     loss.backward()
     assert logs["l_dm"] > 0 and any(p.grad is not None for p in m.generator.parameters())
     assert all(p.grad is None for p in m.fake_score.parameters()) and all(p.grad is None for p in m.teacher.parameters())
+
+
+def test_the_optional_gan_head_judges_on_the_fake_scores_features_and_trains_with_it():
+    """DMD2's head: the fake score role becomes net + heads; its step trains both on real vs generated samples,
+    the generator's step pushes its samples toward 'real' through the (not stepped) fake score."""
+    teacher = _perturbed(_net()).eval().requires_grad_(False)
+    cfg = DMDConfig(student_steps=2, fake_updates=1, gan_weight=5e-3, gan_d_weight=1e-2)
+    fake = with_gan_head(guided_copy(teacher, "tokens", 4, 0), cfg.gan_head, 0)
+    m = DMDMethod(_perturbed(guided_copy(teacher, "tokens", 4, 0), seed=2), fake, teacher, make_schedule("vp_x0"), cfg)
+    assert isinstance(m.roles()["fake_score"].module, ScoreWithHeads)
+    loss, logs = m.loss("fake_score", _batch(), 0, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert {"l_gan_d", "d_real", "d_fake"} <= set(logs)
+    assert all(p.grad is not None for p in fake.disc.parameters())
+    assert all(p.grad is None for p in m.generator.parameters())
+    fake.zero_grad(set_to_none=True)
+    loss, logs = m.loss("generator", _batch(), 1, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert logs["l_gan_g"] > 0 and any(p.grad is not None for p in m.generator.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    with pytest.raises(ConfigError, match="conditional"):
+        DMDConfig(gan_head=DiscriminatorConfig(conditional=True)).validate()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +215,7 @@ def test_config_checks_and_the_exported_sampler_record():
 
 
 def test_distill_dmd_runs_resumes_and_writes_a_student_that_generates(world, tmp_path):
-    cfg = DMDConfig(student_steps=2, fake_updates=1, val_clips=1, val_seconds=0.4)
+    cfg = DMDConfig(student_steps=2, fake_updates=1, val_clips=1, val_seconds=0.4, gan_weight=5e-3)
     cfg.train = TrainConfig(steps=2, batch_size=2, checkpoint_every=1, log_every=1)
     teacher = world / "teacher" / "model"
     assert read_info(teacher).residual > 0 and read_info(teacher).schedule == "vp_x0"

@@ -42,8 +42,14 @@ scales (``cfg_audio``, ``cfg_ref``) into a generator without a guidance input (D
 The grid index k is the same on every process (drawn from the run's seed and the step): under FSDP /
 ZeRO-3 every process must run the same number of forward passes.
 
-Not yet here (issue 22): DMD2's GAN head on the fake score's features (``gan_weight``), the dynamic
-DM-timestep range of Self-Forcing. `DMDRecipe` builds a run for `lipstep.train.runner.run_recipe`
+**GAN head (DMD2, optional: ``gan_weight`` > 0).** Discriminator heads on the fake score's own token
+features (`lipstep.nets.discriminator.ScoreWithHeads`: the fake score role is then net + heads, one
+optimizer). Real latents and detached generator samples are both re-noised to t ~ U[t_min, t_max]
+(diffusion-GAN) and judged by the heads; the fake score's step adds
+``gan_d_weight·(softplus(D(x_gen)) + softplus(−D(x_real)))`` and the generator's step
+``gan_weight·softplus(−D(x))`` (non-saturating; DMD2: 5e-3 / 1e-2 for 4 steps).
+
+Not yet here: the dynamic DM-timestep range of Self-Forcing. `DMDRecipe` builds a run for `lipstep.train.runner.run_recipe`
 (``lipstep distill dmd``); the exported model's ``lipstep.json`` records the ``fewstep`` sampler.
 """
 
@@ -55,6 +61,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lipstep.config import check
@@ -75,6 +82,7 @@ from lipstep.distill.perflow import (
     pair_settings,
 )
 from lipstep.modeldir import ModelInfo
+from lipstep.nets.discriminator import DiscriminatorConfig, FeatureDiscriminator, ScoreWithHeads
 from lipstep.nets.dit import param_count
 from lipstep.samplers import SamplerInfo
 from lipstep.samplers.fewstep import FewStepOptions, sample_fewstep
@@ -106,6 +114,9 @@ class DMDConfig:
     pairs: int = 0                          # teacher ODE pairs solved once into a pair bank (0 = none)
     pairs_dir: str = ""                     # the pair bank's directory ("" = OUT/pairs; reused when it matches)
     solver_steps: int = 10                  # teacher DDIM steps of one ODE pair (t = 1 → 0)
+    gan_weight: float = 0.0                 # λ_G of DMD2's GAN head on the fake score (0 = no head)
+    gan_d_weight: float = 1e-2              # λ_D: the heads' loss in the fake score's step
+    gan_head: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(conditional=False))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1200, batch_size=4, lr=2e-5, betas=(0.0, 0.999), warmup_steps=0, grad_clip=10.0, ema_decay=0.99,
         checkpoint_every=120, validate_every=0, log_every=12))
@@ -125,6 +136,9 @@ class DMDConfig:
         check(self.pairs >= 0 and self.solver_steps >= 1, "pairs must be >= 0 and solver_steps >= 1")
         check(self.reg_weight == 0 or self.pairs > 0, "reg_weight > 0 needs teacher pairs: set pairs=N")
         check(self.val_clips >= 0 and self.val_seconds > 0, "val_clips >= 0 and val_seconds > 0 required")
+        check(self.gan_weight >= 0 and self.gan_d_weight >= 0, "gan_weight and gan_d_weight must be >= 0")
+        check(not self.gan_head.conditional, "gan_head.conditional must be false (the head judges a sample alone)")
+        self.gan_head.validate()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +188,7 @@ class DMDMethod(Method):
     def bind(self, modules) -> None:
         super().bind(modules)
         self.generator_fn = Denoiser(self.modules["generator"], self.schedule)
-        self.fake_fn = Denoiser(self.modules["fake_score"], self.schedule)
+        self.fake_fn = Denoiser(self.modules["fake_score"], self.schedule)  # a ScoreWithHeads predicts too
         self.real_fn = Denoiser(self.modules["real_score"].eval().requires_grad_(False), self.schedule)
 
     # --- conditions and guidance scales ---------------------------------------------------------
@@ -253,6 +267,18 @@ class DMDMethod(Method):
         pred = self.generator_fn.x0(z, one, self._with_scales(cond, scales, self.reads_scales("generator")))
         return (pred - batch["z_end"].float()).square().flatten(1).mean(1)
 
+    def judge(self, x: Tensor, cond: Cond, scales: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The GAN head's logits [B] for clean samples ``x`` re-noised to ``t`` (gradient flows to ``x``)."""
+        sch = self.schedule
+        x_t = sch.add_noise(x, noise, t).float()
+        c = self._with_scales(cond, scales, self.reads_scales("fake_score"))
+        return self.modules["fake_score"](x_t, sch.model_time(t), c, judge=True)
+
+    def gan_times(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(t [B], noise) of the GAN head's re-noising: the DM loss's noise levels (diffusion-GAN)."""
+        t = dm_times(x.shape[0], generator, self.cfg.t_min, self.cfg.t_max, self.schedule, x.device)
+        return t, _randn(x.shape, generator, x.device)
+
     def reads_scales(self, role: str) -> bool:
         """Whether ``role``'s net takes the guidance scales as an input."""
         if self.cfg.cfg_mode == "none":
@@ -269,11 +295,23 @@ class DMDMethod(Method):
             with torch.no_grad():
                 x = self.generate(x0, g_cond, k, generator)
             loss, mse = self.fake_loss(x, cond, scales, generator)
-            return loss, {"l_fake": float(mse.detach().mean()), "k": float(k)}
+            logs = {"l_fake": float(mse.detach().mean()), "k": float(k)}
+            if cfg.gan_weight > 0:
+                t, noise = self.gan_times(x, generator)
+                d_fake, d_real = self.judge(x, cond, scales, t, noise), self.judge(x0, cond, scales, t, noise)
+                l_d = (F.softplus(d_fake) + F.softplus(-d_real)).mean()
+                loss = loss + cfg.gan_d_weight * l_d
+                logs.update(l_gan_d=float(l_d.detach()), d_real=float(d_real.detach().mean()),
+                            d_fake=float(d_fake.detach().mean()))
+            return loss, logs
         x = self.generate(x0, g_cond, k, generator)
         l_dm, grad = self.dm_loss(x, cond, scales, generator)
         loss = cfg.dm_weight * l_dm.mean()
         logs = {"l_dm": float(l_dm.detach().mean()), "dm_grad": float(grad.abs().mean()), "k": float(k)}
+        if cfg.gan_weight > 0:
+            l_g = F.softplus(-self.judge(x, cond, scales, *self.gan_times(x, generator))).mean()
+            loss = loss + cfg.gan_weight * l_g
+            logs["l_gan_g"] = float(l_g.detach())
         if cfg.reg_weight > 0 and "z_end" in batch:
             l_reg = self.reg_loss(batch, cond, scales)
             loss = loss + cfg.reg_weight * l_reg.mean()
@@ -283,6 +321,13 @@ class DMDMethod(Method):
 
 # ---------------------------------------------------------------------------------------------
 # running it
+
+
+def with_gan_head(fake, head: DiscriminatorConfig, seed: int) -> ScoreWithHeads:
+    """The fake score with DMD2's GAN heads on its own features."""
+    c = fake.cfg
+    return ScoreWithHeads(fake, FeatureDiscriminator(head, net_width=c.width, grid=c.latent_size // c.patch,
+                                                     depth=c.depth, seed=seed))
 
 
 def default_scales(teacher_info: ModelInfo, cfg: DMDConfig) -> tuple[float, float]:
@@ -330,6 +375,8 @@ class DMDRecipe:
         seed = cfg.train.seed
         generator = guided_copy(src.net, cfg.cfg_mode, cfg.cfg_tokens, seed).cpu()
         fake = guided_copy(src.net, cfg.cfg_mode if cfg.fake_cfg else "none", cfg.cfg_tokens, seed).cpu()
+        if cfg.gan_weight > 0:
+            fake = with_gan_head(fake, cfg.gan_head, seed)
         scales = default_scales(src.info, cfg)
         method = DMDMethod(generator, fake, src.net, src.info.make_schedule(), cfg, residual=src.info.residual > 0,
                            fixed_scales=scales)
@@ -347,6 +394,7 @@ class DMDRecipe:
         provenance = {"teacher": str(src.root), "data": str(prepared.resolve()), "student_steps": cfg.student_steps,
                       "cfg_mode": cfg.cfg_mode, "fake_updates": cfg.fake_updates,
                       "backward_simulation": cfg.backward_simulation, "reg_weight": cfg.reg_weight,
+                      "gan_weight": cfg.gan_weight,
                       "scales": list(scales) if cfg.cfg_mode == "none" else
                       [list(cfg.cfg_audio_range), list(cfg.cfg_ref_range)]}
         return Built(method=method, dataset=dataset, train=cfg.train, info=student_info(src.info, cfg),
@@ -356,4 +404,4 @@ class DMDRecipe:
 
 
 __all__ = ["DMDConfig", "DMDMethod", "DMDRecipe", "default_scales", "dm_times", "pair_solver", "start_index",
-           "student_info"]
+           "student_info", "with_gan_head"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lipstep.config import check
-from lipstep.nets.dit import BlockFeatures
+from lipstep.nets.dit import AvatarDiT, BlockFeatures
 
 
 @dataclass
@@ -113,4 +113,28 @@ class FeatureDiscriminator(nn.Module):
         return torch.stack(logits).mean(0)
 
 
-__all__ = ["DiscriminatorConfig", "DiscriminatorHead", "FeatureDiscriminator", "default_blocks"]
+class ScoreWithHeads(nn.Module):
+    """A score net and discriminator heads on its own features, as one module (DMD2's fake score with its
+    classification head): one role, one optimizer trains both, and the loop wraps (DDP / FSDP) both.
+
+    ``module(x_t, t, cond)`` is the score net's prediction (what `lipstep.diffusion.denoiser.Denoiser`
+    calls); ``module(x_t, t, cond, judge=True)`` the heads' logits [B] on the net's features at (x_t, t).
+    """
+
+    def __init__(self, net: AvatarDiT, disc: FeatureDiscriminator):
+        super().__init__()
+        if disc.cfg.conditional:
+            raise ValueError("ScoreWithHeads: the heads judge a sample on its own (an unconditional discriminator)")
+        self.net, self.disc = net, disc
+
+    @property
+    def cfg(self):
+        return self.net.cfg
+
+    def forward(self, x_t: Tensor, t: Tensor, cond, judge: bool = False) -> Tensor:
+        if not judge:
+            return self.net(x_t, t, cond)
+        return self.disc(self.net.features(x_t, t, cond, self.disc.blocks))
+
+
+__all__ = ["DiscriminatorConfig", "DiscriminatorHead", "FeatureDiscriminator", "ScoreWithHeads", "default_blocks"]
