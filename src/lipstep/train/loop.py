@@ -8,7 +8,9 @@ scalars, periodic validation, checkpoints and resume. The only hooks it calls ar
 ``roles()``, ``bind()``, ``phase()`` and ``loss()``.
 
 Runs under accelerate: CPU (``Accelerator(cpu=True)``), one GPU, DDP, and FSDP / DeepSpeed ZeRO-3
-through the accelerate config files in ``configs/accelerate/``.
+through the accelerate config files in ``configs/accelerate/``. Under DDP each trainable role is wrapped on
+its own (frozen ones are not) without unused-parameter detection, which would cost a graph walk per step: a
+role's step must give every one of its trainable parameters a gradient, or the role's next forward fails.
 
 Checkpoint directory (written to a temporary directory, fsynced, renamed into place)::
 
