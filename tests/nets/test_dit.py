@@ -279,7 +279,7 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(attention, mouth_state
     {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"}, {"cfg_layer": "time"},
     {"channel_context": True}, {"channel_context": True, "patch": 2, "motion_frames": 0},
     {"mouth_state": 3}, {"mouth_state": 3, "attention": "factorized"}, {"out_head": 8}, {"out_head": 5, "patch": 2},
-    {"video_embed_rank": 8}, {"video_embed_rank": 3, "patch": 2, "out_head": 4},
+    {"out_head": 4, "patch": 2, "channel_context": True},
     {"mouth_state": 2, "mouth_head_width": 8, "audio_dim": 24},
     {"use_visemes": True, "patch": 2, "frames": 4, "motion_frames": 0, "audio_dim": 32, "mlp_ratio": 2.5},
 ])

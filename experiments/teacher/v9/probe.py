@@ -11,7 +11,7 @@ if src.endswith(".safetensors"):
     pipe = AvatarPipeline.from_pretrained("/work/main/src/lipstep/weights/teacher"); pipe.denoiser.float()
     import dataclasses, os
     from lipstep.nets.dit import AvatarDiT
-    pipe.denoiser = AvatarDiT(dataclasses.replace(pipe.denoiser.cfg, out_head=int(os.environ.get("HEAD", "0")), video_embed_rank=int(os.environ.get("RANK", "0"))))
+    pipe.denoiser = AvatarDiT(dataclasses.replace(pipe.denoiser.cfg, out_head=int(os.environ.get("HEAD", "0"))))
     pipe.denoiser.load_state_dict(load_file(src), strict=True)
 else:
     pipe = AvatarPipeline.from_pretrained(src); pipe.denoiser.float()

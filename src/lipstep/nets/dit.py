@@ -119,9 +119,6 @@ class DiTConfig:
     #   denoiser and then frozen, `lipstep.train.mouth_head`) whose reading of each frame's audio window conditions
     #   that frame: an embedding of it joins the frame's audio tokens and its adaLN (zero-initialised); 0 = none
     mouth_head_width: int = 128   # channels of the mouth-state head's convolutions
-    video_embed_rank: int = 0     # > 0: the noisy video patches enter through a rank-r bottleneck (C·p·p -> r -> W,
-    #   as pixel-space x0 transformers embed high-dimensional patches, Li & He 2025), so noise in directions the
-    #   data does not use is dropped at the door; the clean reference / motion patches keep the full embedding
     out_head: int = 0             # hidden channels of a convolutional output head (`ConvOutputHead`) that refines
     #   the unpatchified output at latent resolution from it, the noisy input and the aligned last-motion and
     #   reference latents, modulated by the time embedding (zero-initialised: the net is unchanged at the
@@ -147,7 +144,6 @@ class DiTConfig:
         check(self.audio_std > 0, f"DiT audio_std must be > 0, got {self.audio_std}")
         check(self.mlp_ratio > 0 and 0.0 <= self.dropout < 1.0, "DiT mlp_ratio > 0 and 0 <= dropout < 1")
         check(self.cfg_tokens > 0 and self.n_visemes > 0, "DiT cfg_tokens/n_visemes must be > 0")
-        check(self.video_embed_rank >= 0, f"DiT video_embed_rank must be >= 0 (0 = full), got {self.video_embed_rank}")
         check(self.out_head >= 0, f"DiT out_head must be >= 0 (0 = none), got {self.out_head}")
         check(self.mouth_state >= 0 and self.mouth_head_width > 0,
               f"DiT mouth_state must be >= 0 and mouth_head_width > 0, got {self.mouth_state}, {self.mouth_head_width}")
@@ -212,8 +208,6 @@ def _block_n(cfg: DiTConfig) -> int:
 def _embedding_n(cfg: DiTConfig) -> int:
     w, n_tok = cfg.width, cfg.tokens_per_frame
     n = _linear_n(cfg.patch_dim, w) + 2 * n_tok * w                   # patch embed, pos_space, null_ctx
-    r = cfg.video_embed_rank
-    n += _linear_n(cfg.patch_dim, r) + _linear_n(r, w) if r else 0     # bottleneck embedding of the video
     n += (cfg.motion_frames + cfg.frames) * w + 2 * w                 # pos_time, type_ref, type_motion
     n += _linear_n(TIME_FREQ_DIM, w) + _linear_n(w, w)                # time MLP
     n += _linear_n(cfg.audio_dim, w) + _linear_n(w, w) + 2 * cfg.audio_window * w  # audio MLP, pos, null
@@ -643,8 +637,6 @@ class AvatarDiT(nn.Module):
         self.cfg = cfg
         w, n = cfg.width, cfg.tokens_per_frame
         self.patch_embed = _linear(cfg.patch_dim, w)
-        r = cfg.video_embed_rank
-        self.video_embed = nn.Sequential(_linear(cfg.patch_dim, r), _linear(r, w)) if r else None
         self.pos_space = _embedding(n, w)                             # [N, W]
         self.pos_time = _embedding(cfg.motion_frames + cfg.frames, w)  # index = frame + motion_frames
         self.type_ref, self.type_motion = _embedding(w), _embedding(w)
@@ -730,8 +722,7 @@ class AvatarDiT(nn.Module):
         """Noisy latents [B, T, C, h, w] -> tokens [B, T, N, W] with space and time positions."""
         m, t = self.cfg.motion_frames, x_t.shape[1]
         pos = self.pos_space[None] + self.pos_time[m:m + t, None]   # [T, N, W]
-        embed = self.patch_embed if self.video_embed is None else self.video_embed
-        return embed(self.patchify(x_t)) + pos
+        return self.patch_embed(self.patchify(x_t)) + pos
 
     def aligned_context(self, reference: Tensor, motion: Tensor | None, drop_ref: Tensor) -> Tensor:
         """The last motion latent (the reference when there is none) and the reference, concatenated

@@ -118,7 +118,6 @@ class TeacherConfig:
     #   identity and colours come from the reference itself (ModelInfo.residual); 0 = diffuse the latents
     anchor_every: int = 1            # generation: every k-th chunk sees the reference as motion context again
     #   (ModelInfo.anchor_every; 1 = every chunk: no error can accumulate over long runs; 0 = always chain)
-    video_embed_rank: int = 0        # rank of the noisy video's patch embedding (DiTConfig.video_embed_rank; 0 = full)
     out_head: int = 64               # hidden channels of the convolutional output head (DiTConfig.out_head; 0 = none):
     #   per-pixel refinement from the output, the noisy input and the aligned reference; teacher v9's change
     #   (MouthErr 0.112 -> 0.095, FD 0.098 -> 0.045, dark faces no longer worse; experiments/teacher/README.md)
@@ -142,7 +141,7 @@ class TeacherConfig:
 
     def validate(self) -> None:
         check(self.patch >= 0, "patch must be >= 0")
-        check(self.out_head >= 0 and self.video_embed_rank >= 0, "out_head and video_embed_rank must be >= 0")
+        check(self.out_head >= 0, "out_head must be >= 0")
         check(self.residual >= 0, "residual must be >= 0 (0 = off)")
         check(self.anchor_every >= 0, "anchor_every must be >= 0 (0 = always chain)")
         check(self.audio.kind in ("mel", "viseme"),
@@ -238,7 +237,7 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
                            audio_mean=round(audio_norm[0], 4), audio_std=round(audio_norm[1], 4),
                            attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing,
                            channel_context=cfg.channel_context, mouth_state=3 if cfg.mouth_state else 0,
-                           out_head=cfg.out_head, video_embed_rank=cfg.video_embed_rank)
+                           out_head=cfg.out_head)
     return AvatarDiT(dit)
 
 
