@@ -100,3 +100,29 @@ def test_batch_order_is_resumable_and_sharded():
     r1 = batch_indices(12, 3, seed=1, rank=1, world=2)
     first, second = next(r0), next(r1)
     assert not set(first) & set(second)
+
+
+class FastSlow(Method):
+    """Two roles on a 5 : 1 cycle (a fake score and a generator)."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.fast, self.slow = nn.Linear(4, 1), nn.Linear(4, 1)
+
+    def roles(self):
+        return {"fast": Role(self.fast, updates=5), "slow": Role(self.slow)}
+
+    def loss(self, role, batch, step, generator):
+        return ((self.modules[role](batch["x"]).squeeze(-1) - batch["y"]) ** 2).mean(), {}
+
+
+def test_each_role_is_logged_every_log_every_of_its_own_updates(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(FastSlow(), ToyData(), TrainConfig(steps=36, **{**CFG, "log_every": 3}), tmp_path, progress=False)
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    fast = [e.step for e in events.Scalars("fast/loss")]
+    slow = [e.step for e in events.Scalars("slow/loss")]
+    assert len(slow) == 3 and slow == [6, 18, 36]   # its 1st, 3rd and 6th update (every 6th step)
+    assert len(fast) == 11 and fast[:3] == [1, 3, 7]  # its 1st, 3rd, 6th update (steps 1-5 are updates 1-5)...

@@ -50,7 +50,7 @@ class TrainConfig:
     ema_decay: float = 0.999            # 0 = no EMA
     ema_warmup: bool = True             # decay ramps up as min(decay, (1 + n) / (10 + n))
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on CUDA with bf16 support
-    log_every: int = 10
+    log_every: int = 10                 # each role's scalars every log_every of its own updates
     checkpoint_every: int = 250
     keep_checkpoints: int = 2           # older checkpoints are deleted
     validate_every: int = 0             # 0 = only at the end

@@ -477,7 +477,8 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
         state.step += 1
         seen += len(next(iter(batch.values()))) if isinstance(batch, dict) else cfg.batch_size
         logs = {"loss": float(loss.detach()), **logs}
-        _log(bar, writer, state.step, role, logs, seen / (time.perf_counter() - t0), cfg.log_every)
+        _log(bar, writer, state.step, role, logs, seen / (time.perf_counter() - t0), cfg.log_every,
+             schedulers[role].last_epoch)
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -502,9 +503,11 @@ def _tensorboard(out: Path, purge_step: int | None = None):
     return SummaryWriter(str(out / "logs"), purge_step=purge_step)
 
 
-def _log(bar, writer, step: int, role: str, logs: dict, samples_per_s: float, every: int) -> None:
+def _log(bar, writer, step: int, role: str, logs: dict, samples_per_s: float, every: int, updates: int) -> None:
+    """Every ``every``-th update *of this role* (``updates`` counts them), so that each role of a multi-role
+    method is logged at its own cadence (a 5 : 1 cycle with every=12 would otherwise only ever log one role)."""
     bar.update(1)
-    if step % every and step != 1:
+    if updates % every and updates != 1:
         return
     bar.set_postfix({"role": role, "loss": f"{logs['loss']:.4f}", "samples/s": f"{samples_per_s:.1f}"})
     if writer is not None:
