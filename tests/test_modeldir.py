@@ -63,3 +63,29 @@ def test_weights_are_checksummed_and_damage_is_one_line(tmp_path):
         load_model(tmp_path / "m")
     (tmp_path / "m" / "denoiser" / CHECKSUMS_NAME).unlink()
     load_model(tmp_path / "m")  # without a checksum list (an older directory) nothing is checked
+
+
+def test_the_default_model_is_the_fastest_not_judged_below_the_quality_bar(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from lipstep import modeldir
+    from lipstep.samplers import SamplerInfo
+
+    def model(name, steps, bar):
+        info = modeldir.ModelInfo(kind="student", sampler=SamplerInfo(name="fewstep", steps=steps, guidance="embedded"),
+                                  trained={} if bar is None else {"quality_bar": {"met": bar, "evidence": "x"}})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / modeldir.INFO_NAME).write_text(json.dumps(dataclasses.asdict(info)))
+        return tmp_path / name
+
+    models = {"fast": model("fast", 1, False), "mid": model("mid", 4, True), "slow": model("slow", 6, None)}
+    monkeypatch.setattr(modeldir, "bundled_models", lambda: models)
+    monkeypatch.setattr(modeldir, "read_info",  # the records alone (the directories hold no weights)
+                        lambda p: modeldir.info_from_dict(json.loads((p / modeldir.INFO_NAME).read_text())))
+    assert modeldir.default_model() == "mid"                  # the 1-NFE model is below the bar
+    assert modeldir.meets_quality_bar(modeldir.read_info(models["slow"])) is None
+    models.pop("mid")
+    assert modeldir.default_model() == "slow"                 # never judged counts as usable
+    models.pop("slow")
+    assert modeldir.default_model() == "fast"                 # only judged-below models: still runs

@@ -233,3 +233,12 @@ def test_a_bundled_name_wins_over_a_same_named_folder_that_is_not_a_model(tmp_pa
     (tmp_path / "teacher").rmdir()
     shutil.copytree(model, tmp_path / "teacher")  # a real model folder of that name is used as given
     assert resolve_model("teacher") == Path("teacher")
+
+
+def test_export_records_the_quality_bar_judgement(tmp_path):
+    r = _run("export", "-m", "fada", "-o", tmp_path / "m", "--half", "--quality-bar", "not-met", "--evidence",
+             "experiments/x")
+    assert r.returncode == 0, r.stderr
+    assert read_info(tmp_path / "m").trained["quality_bar"] == {"met": False, "evidence": "experiments/x"}
+    bad = _run("export", "-m", "fada", "-o", tmp_path / "n", "--quality-bar", "good")
+    assert bad.returncode == 2 and "met or not-met" in bad.stderr and "Traceback" not in bad.stderr

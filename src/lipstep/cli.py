@@ -478,17 +478,19 @@ def generate(
 @app.command()
 def models():
     """List the bundled models with their kind, default steps and network evaluations per chunk."""
-    from lipstep.pipeline import describe_models
+    from lipstep.pipeline import default_model, describe_models
 
     rows = describe_models()
     if not rows:
         typer.echo("no bundled models are installed")
         return
-    head = f"{'name':<10} {'kind':<8} {'recipe':<9} {'steps':>5} {'cfg a/r':>8} {'NFE/chunk':>9} {'params':>8} {'size':>8}"
+    head = (f"{'name':<10} {'kind':<8} {'recipe':<11} {'steps':>5} {'cfg a/r':>8} {'NFE/chunk':>9} {'params':>8} "
+            f"{'size':>8}  quality bar")
     typer.echo(head)
     for r in rows:
-        typer.echo(f"{r['name']:<10} {r['kind']:<8} {r['recipe']:<9} {r['steps']:>5} {r['cfg']:>8} "
-                   f"{r['nfe_per_chunk']:>9} {r['params_m']:>7.2f}M {r['size_mb']:>6.1f}MB")
+        typer.echo(f"{r['name']:<10} {r['kind']:<8} {r['recipe']:<11} {r['steps']:>5} {r['cfg']:>8} "
+                   f"{r['nfe_per_chunk']:>9} {r['params_m']:>7.2f}M {r['size_mb']:>6.1f}MB  {r['quality_bar']}")
+    typer.echo(f"default (the fastest not judged below the bar): {default_model()}")
 
 
 @app.command()
@@ -496,12 +498,23 @@ def export(
     model: str = typer.Option(..., "--model", "-m", help="Model directory or bundled name."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the copy (a model directory)."),
     half: bool = typer.Option(False, "--half", help="Store weights in float16 (half the size on disk)."),
+    quality_bar: Optional[str] = typer.Option(None, "--quality-bar", help="met | not-met: record whether the model "
+                                              "meets the project's quality bar (a bundled model judged not-met is "
+                                              "never the default, only used by name)."),
+    evidence: str = typer.Option("", "--evidence", help="Where the judgement comes from (e.g. "
+                                 "experiments/turbotalk/README.md); needs --quality-bar."),
 ):
     """Copy a model directory, optionally with float16 weights (how bundled models are stored)."""
+    if quality_bar not in (None, "met", "not-met"):
+        raise typer.BadParameter(f"--quality-bar must be met or not-met, got {quality_bar!r}")
+    if evidence and quality_bar is None:
+        raise typer.BadParameter("--evidence needs --quality-bar")
     _output_dir(out)
     from lipstep.pipeline import AvatarPipeline
 
     pipe = AvatarPipeline.from_pretrained(model)
+    if quality_bar is not None:
+        pipe.info.trained["quality_bar"] = {"met": quality_bar == "met", "evidence": evidence}
     path = pipe.save_pretrained(out, half=half)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     typer.echo(f"wrote {path} ({size / 2**20:.1f} MB{', float16' if half else ''})")

@@ -171,12 +171,22 @@ def bundled_models() -> dict[str, Path]:
     return {p.name: p for p in sorted(BUNDLED_ROOT.iterdir()) if (p / INFO_NAME).is_file()}
 
 
+def meets_quality_bar(info: ModelInfo) -> bool | None:
+    """Whether a model was judged to meet the project's quality bar when it was bundled (``lipstep export
+    --quality-bar``; ``trained.quality_bar.met``): True, False, or None when it was never judged."""
+    bar = info.trained.get("quality_bar")
+    return bool(bar["met"]) if isinstance(bar, dict) and "met" in bar else None
+
+
 def default_model() -> str:
-    """The fastest bundled model (fewest NFE per chunk); LipstepError when none is bundled."""
+    """The fastest bundled model (fewest NFE per chunk) that was not judged below the quality bar (a faster one
+    that was stays available by name); LipstepError when none is bundled."""
     models = bundled_models()
     if not models:
         raise LipstepError("no bundled model is installed; pass --model DIR")
-    return min(models, key=lambda n: (read_info(models[n]).nfe_per_chunk(), n))
+    infos = {n: read_info(p) for n, p in models.items()}
+    usable = [n for n in models if meets_quality_bar(infos[n]) is not False] or list(models)
+    return min(usable, key=lambda n: (infos[n].nfe_per_chunk(), n))
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:
@@ -203,6 +213,7 @@ def describe_models() -> list[dict]:
         rows.append({"name": name, "kind": info.kind, "recipe": info.recipe, "steps": info.sampler.steps,
                      "cfg": f"{info.sampler.cfg_audio:g}/{info.sampler.cfg_ref:g}",
                      "nfe_per_chunk": info.nfe_per_chunk(), "params_m": round(params / 1e6, 2),
+                     "quality_bar": {True: "met", False: "not met", None: "-"}[meets_quality_bar(info)],
                      "size_mb": round(size / 2**20, 1), "path": str(path)})
     return rows
 
@@ -323,5 +334,5 @@ def save_model(out: str | os.PathLike, info: ModelInfo, codec, audio_encoder, ne
     return out
 
 
-__all__ = ["BUNDLED_ROOT", "FORMAT", "INFO_NAME", "ModelInfo", "bundled_models", "check_data_size", "default_model", "describe_models",
+__all__ = ["BUNDLED_ROOT", "FORMAT", "INFO_NAME", "ModelInfo", "bundled_models", "check_data_size", "default_model", "describe_models", "meets_quality_bar",
            "info_from_dict", "load_denoiser", "load_model", "read_info", "resolve_model", "save_denoiser", "save_model"]
