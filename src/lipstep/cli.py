@@ -454,7 +454,9 @@ def generate(
     cfg_ref: Optional[float] = typer.Option(None, help="Reference guidance scale (default: the model's)."),
     seed: int = typer.Option(0, help="Seed of the initial noise."),
     detector: str = typer.Option("auto", help="Face detector for the portrait crop: auto, haar, dlib or none."),
-    max_seconds: float = typer.Option(600.0, help="Refuse audio longer than this."),
+    max_seconds: Optional[float] = typer.Option(None, help="Refuse audio longer than this many seconds (default: "
+                                                "no limit; the video is written frame by frame, so memory grows "
+                                                "only with the audio, 64 KB a second)."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
 ):
     """Portrait + speech -> lip-synced talking-head video with the original audio."""
@@ -463,16 +465,45 @@ def generate(
     _check_scales(cfg_audio, cfg_ref)
     if steps is not None and steps < 1:
         raise LipstepError("--steps must be at least 1")
-    if not max_seconds > 0:
+    if max_seconds is not None and not max_seconds > 0:
         raise LipstepError(f"--max-seconds must be positive, got {max_seconds:g}")
     from lipstep.pipeline import generate_file
 
     path, res, seconds = generate_file(model, image, audio, out, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
                                        seed=seed, detector=detector, max_seconds=max_seconds, device=device)
-    n = len(res.frames)
+    n = res.frames
     typer.echo(f"wrote {path}: {n} frames ({res.seconds:.2f} s) at {res.fps:g} fps; {res.chunks} chunks x "
                f"{res.steps} steps, NFE {res.nfe}; {seconds:.2f} s total, {n / seconds:.1f} frames/s "
                f"(denoise {res.timings['denoise']:.2f} s, decode {res.timings['decode']:.2f} s)")
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name, loaded once "
+                                        "at start-up (default: the fastest bundled model)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. The default answers this machine only; the "
+                             "server has no authentication, so open it (0.0.0.0) only on a network you trust."),
+    port: int = typer.Option(8000, help="TCP port."),
+    device: str = typer.Option("cpu", help="Torch device of the model, e.g. cpu or cuda."),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, show_default=False, help="Limits and settings as key=value (keys of lipstep.server.ServeConfig): "
+        "max_sessions=4 (generations at once, more get 429), max_upload_mb=20 (request body and WebSocket "
+        "message), max_audio_seconds=600 (/v1/generate), max_stream_seconds=3600 (one stream), idle_timeout_s=30 "
+        "(a stream that sends nothing for so long is closed), workers=2 (generation threads), threads=0 (torch CPU threads; 0 = "
+        "torch's default), max_portraits=64, jpeg_quality=90."),
+):
+    """Serve a talking avatar: POST /v1/generate (portrait + speech file -> mp4) and WebSocket /v1/stream (PCM
+    chunks in, frames out as they are made), with GET /health and OpenAPI docs at /docs. Logs are JSON lines on
+    stderr; Ctrl-C stops the server. The protocol is in the README (Serving)."""
+    check_device(device)
+    from lipstep.server import ServeConfig
+    from lipstep.server import serve as run_server
+
+    cfg = ServeConfig()
+    for key, value in dict(model=model, host=host, port=port, device=device).items():
+        set_key(cfg, key, value, parse=False)
+    apply_overrides(cfg, overrides or [])
+    run_server(cfg)
 
 
 @app.command()

@@ -57,10 +57,11 @@ def run_demo(out: Path, model: str | None = None, *, bench_seconds: float = 2.0)
     speech, seconds = example_speech(out)
     print(f"example portrait {portrait}; example speech {speech} ({seconds:.2f} s)")
     path, res, seconds = generate_file(model_dir, portrait, out / "speech.wav", out / "talk.mp4")
-    print(f"model {model_dir.name}: {len(res.frames)} frames ({res.seconds:.2f} s of video), {res.chunks} chunks x "
+    print(f"model {model_dir.name}: {res.frames} frames ({res.seconds:.2f} s of video), {res.chunks} chunks x "
           f"{res.steps} steps, NFE {res.nfe}, {seconds:.1f} s on this machine "
-          f"({len(res.frames) / seconds:.1f} frames/s)")
-    sheet = contact_sheet(out / "world", out / "contact_sheet.png", generated=res.frames)
+          f"({res.frames / seconds:.1f} frames/s)")
+    generated = read_video(path, audio="none").frames  # the video was written frame by frame, not kept
+    sheet = contact_sheet(out / "world", out / "contact_sheet.png", generated=generated)
     print(f"talking video: {path}")
     print(f"contact sheet: {sheet}")
     if bench_seconds > 0:

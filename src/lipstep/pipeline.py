@@ -3,14 +3,21 @@
 A model directory (design.md §3; read and written by `lipstep.modeldir`, whose public names this
 module re-exports) is what training writes and what `generate`, `eval` and `bench` take.
 
-Generation (`AvatarPipeline.__call__`): crop the portrait to the model's face size, encode it to the
-reference latent, encode the audio to per-frame feature windows, then generate the whole audio length
-chunk by chunk (`frames` latents per chunk); each chunk sees the last `motion_frames` latents of the
-previous one as motion context (the first chunk sees the reference latent repeated, as in training).
-Every chunk is one sampler run of `steps` steps with multi-condition CFG (FADA Eq. 9; three condition
-patterns batched into one forward, so 3 NFE per step unless both scales are 1). The latents are then
-decoded and, by the caller, muxed with the original audio. The chunk loop itself is
-`lipstep.samplers.sample_chunks`, which validation videos use too.
+Generation: crop the portrait to the model's face size and encode it to the reference latent once, then
+generate chunk by chunk (`frames` latents per chunk) as the audio arrives; each chunk sees
+`motion_frames` latents of motion context (the reference for the first and every re-anchored chunk,
+else the last latents of the previous one). Every chunk is one sampler run of `steps` steps with
+multi-condition CFG (FADA Eq. 9; three condition patterns batched into one forward, so 3 NFE per step
+unless both scales are 1, or one pass for a CFG-token student). Its latents are decoded at once.
+
+There is one path for all of it, `AvatarStream`: audio pieces of any size in (`push`), frames out as
+soon as a whole chunk's audio, with the audio windows' look-ahead, has arrived (`lipstep.audio.stream`),
+and at the end (`finish`) the rest, the audio padded with silence. Its memory is flat: the chunk core
+(`lipstep.samplers.ChunkSampler`) keeps only the motion context and its random generator, the features
+only the audio the next windows read, and frames leave as they are made. `stream` iterates it,
+`generate_video` writes an mp4 frame by frame with it (`lipstep generate`), `__call__` collects every
+frame of one call into a `Generation`; all three give the same frames for the same seed, however the
+audio is cut. Every frame carries a voice-activity flag (`lipstep.audio.vad`).
 """
 
 from __future__ import annotations
@@ -18,16 +25,21 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from lipstep.audio.stream import FeatureStream
+from lipstep.audio.vad import VADConfig, VoiceActivity
 from lipstep.data.faces import crop_portrait
-from lipstep.data.media import SAMPLE_RATE, read_audio, read_image, write_video
+from lipstep.data.features import frame_count
+from lipstep.data.media import SAMPLE_RATE, VideoWriter, read_audio, read_image
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.errors import LipstepError
 from lipstep.modeldir import (
@@ -43,7 +55,7 @@ from lipstep.modeldir import (
     save_denoiser,
     save_model,
 )
-from lipstep.samplers import SamplerInfo, decode_frames, sample_chunks
+from lipstep.samplers import ChunkSampler, SamplerInfo, decode_frames, sample_chunks
 
 # ---------------------------------------------------------------------------------------------
 # the pipeline
@@ -65,6 +77,126 @@ class Generation:
     @property
     def seconds(self) -> float:
         return len(self.frames) / self.fps
+
+
+@dataclass
+class StreamFrame:
+    """One frame of a stream, as soon as it is made."""
+
+    index: int                      # frame number from the start of the stream
+    time: float                     # seconds on the audio's clock at which the frame starts (index / fps)
+    image: np.ndarray               # uint8 [S, S, 3]
+    voice: bool                     # voice activity of the frame's audio (`lipstep.audio.vad`)
+    level_db: float                 # the frame's audio energy over the background floor, dB
+
+
+@dataclass
+class StreamStats:
+    """What a stream has made so far (its frames have already left)."""
+
+    frames: int
+    fps: float
+    sample_rate: int
+    nfe: int                        # network evaluations in total
+    chunks: int
+    steps: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: crop_encode, audio (features, VAD),
+    #   denoise, decode (+ mux from `generate_video`)
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.fps
+
+
+class AvatarStream:
+    """One streaming generation: `push` audio pieces, get the frames they complete; `finish` for the rest.
+
+    Made by `AvatarPipeline.open_stream` (see the module docstring). A frame leaves once its whole chunk
+    is generated, which needs the audio up to the chunk's last frame plus the audio windows' look-ahead
+    (`lookahead_seconds`); `finish` pads the missing audio with silence, as a whole file is padded. One
+    caller at a time: the chunk core carries state from chunk to chunk.
+    """
+
+    def __init__(self, pipe: AvatarPipeline, reference: Tensor, *, steps: int | None = None,
+                 cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
+                 vad: VADConfig | None = None, callback: Callable[..., None] | None = None,
+                 on_chunk: Callable[[int, Tensor], None] | None = None, timings: dict | None = None):
+        info = pipe.info
+        self.pipe, self.info, self.on_chunk = pipe, info, on_chunk
+        self.core = ChunkSampler(pipe.model_fn(), reference, sampler=info.sampler, layout=info.layout(), steps=steps,
+                                 cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, callback=callback)
+        self.features: FeatureStream = pipe.audio_encoder.stream(info.frames, info.fps, info.sample_rate)
+        self.vad = VoiceActivity(vad, info.sample_rate, info.fps)
+        self.activity: deque[tuple[bool, float]] = deque()  # voice activity of frames not yet generated
+        self.timings = {"crop_encode": 0.0, **(timings or {}), "audio": 0.0, "denoise": 0.0, "decode": 0.0}
+        self.emitted = 0
+        self.finished = False
+
+    @property
+    def lookahead_seconds(self) -> float | None:
+        """Audio past a frame's end that must arrive before it can be made (None: the whole audio)."""
+        lookahead = getattr(self.features, "lookahead", None)
+        return lookahead() / self.info.sample_rate if lookahead else None
+
+    @property
+    def buffered(self) -> dict[str, int]:
+        """What the stream holds now; none of it grows with the stream's length."""
+        return {"audio_samples": self.features.buffered, "vad_samples": len(self.vad.tail),
+                "pending_frames": len(self.activity)}
+
+    def push(self, audio: np.ndarray) -> list[StreamFrame]:
+        """Mono float32 audio at the model's sample rate, any length -> the frames it completes (maybe none)."""
+        if self.finished:
+            raise LipstepError("the stream has finished; open a new one")
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if not np.isfinite(x).all():
+            raise LipstepError("the audio contains NaN or infinite samples")
+        if x.size == 0:
+            return []
+        t0 = self.pipe.clock()
+        self.activity.extend(self.vad.push(x))
+        self.features.push(x)
+        self.timings["audio"] += self.pipe.clock() - t0
+        return self._drain()
+
+    def finish(self) -> list[StreamFrame]:
+        """The end of the audio: the remaining frames (the last chunk padded with silence)."""
+        if self.finished:
+            return []
+        self.finished = True
+        t0 = self.pipe.clock()
+        self.features.finish()
+        self.activity.extend(self.vad.finish(self.features.n_frames))
+        self.timings["audio"] += self.pipe.clock() - t0
+        return self._drain()
+
+    def stats(self) -> StreamStats:
+        return StreamStats(frames=self.emitted, fps=self.info.fps, sample_rate=self.info.sample_rate,
+                           nfe=self.core.nfe, chunks=self.core.chunks, steps=self.core.steps,
+                           timings=dict(self.timings))
+
+    def _drain(self) -> list[StreamFrame]:
+        """Generate every chunk whose audio is complete; decode and return its frames."""
+        out, T, clock = [], self.info.frames, self.pipe.clock
+        while self.features.ready():
+            t0 = clock()
+            audio = self.features.next_block()
+            t1 = clock()
+            k = self.core.chunks
+            z = self.core.step(audio)
+            t2 = clock()
+            if self.on_chunk is not None:
+                self.on_chunk(k, z)
+            n = min(T, self.features.n_frames - k * T) if self.features.finished else T
+            images = self.pipe.decode(z[:n])
+            self.timings["audio"] += t1 - t0
+            self.timings["denoise"] += t2 - t1
+            self.timings["decode"] += clock() - t2
+            for image in images:
+                voice, level = self.activity.popleft()
+                out.append(StreamFrame(self.emitted, self.emitted / self.info.fps, image, voice, level))
+                self.emitted += 1
+        return out
 
 
 class AvatarPipeline:
@@ -118,7 +250,7 @@ class AvatarPipeline:
             return self.codec.encode(x.to(self.device)).float()
 
     def n_frames(self, n_samples: int) -> int:
-        return max(1, int(round(n_samples * self.info.fps / self.info.sample_rate)))
+        return frame_count(n_samples, self.info.sample_rate, self.info.fps)
 
     @torch.no_grad()
     def generate_latents(self, reference: Tensor, audio: Tensor, *, steps: int | None = None,
@@ -140,7 +272,45 @@ class AvatarPipeline:
         """Latents [N, C, h, w] -> uint8 frames [N, S, S, 3]."""
         return decode_frames(self.codec, latents, self.device)
 
-    # --- the whole thing -------------------------------------------------------------------------
+    # --- the whole thing ------------------------------------------------------------------------
+
+    def open_stream(self, image: np.ndarray, *, steps: int | None = None, cfg_audio: float | None = None,
+                    cfg_ref: float | None = None, seed: int = 0, detector: str = "auto",
+                    source: str = "the portrait", vad: VADConfig | None = None,
+                    callback: Callable[..., None] | None = None,
+                    on_chunk: Callable[[int, Tensor], None] | None = None) -> AvatarStream:
+        """Prepare a portrait once (crop, encode the reference) and return its `AvatarStream`.
+
+        ``callback`` runs after every sampler step (progress bars); ``on_chunk(k, latents [frames, C, h, w])``
+        as soon as chunk k is sampled, before it is decoded (`lipstep bench`'s first-chunk latency).
+        """
+        t0 = self.clock()
+        reference = self.encode_image(self.crop(image, detector, source))
+        return AvatarStream(self, reference, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, vad=vad,
+                            callback=callback, on_chunk=on_chunk, timings={"crop_encode": self.clock() - t0})
+
+    def stream(self, image: np.ndarray, audio_chunks: Iterable[np.ndarray], **options) -> Iterator[StreamFrame]:
+        """Portrait + audio pieces of any size (mono float32 at the model's sample rate) -> frames as they are made.
+
+        The frames equal those of `__call__` on the concatenated audio with the same options (`open_stream`'s).
+        """
+        stream = self.open_stream(image, **options)
+        for chunk in audio_chunks:
+            yield from stream.push(chunk)
+        yield from stream.finish()
+
+    def _checked_audio(self, audio: np.ndarray) -> np.ndarray:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size == 0:
+            raise LipstepError("the audio is empty")
+        if not np.isfinite(audio).all():
+            raise LipstepError("the audio contains NaN or infinite samples")
+        return audio
+
+    def _progress(self, n_samples: int, steps: int | None, progress: bool) -> tqdm:
+        chunks = math.ceil(self.n_frames(n_samples) / self.info.frames)
+        return tqdm(total=chunks * (steps or self.info.sampler.steps), desc="generate", unit="step",
+                    disable=not progress, dynamic_ncols=True)
 
     def __call__(self, image: np.ndarray, audio: np.ndarray, *, steps: int | None = None,
                  cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
@@ -148,40 +318,65 @@ class AvatarPipeline:
                  on_chunk: Callable[[int, Tensor], None] | None = None) -> Generation:
         """Portrait uint8 [H, W, 3] + mono float32 audio at the model's sample rate -> `Generation`.
 
-        ``timings`` are seconds per stage (CUDA-synchronised); ``on_chunk`` as in `generate_latents`;
-        ``source`` names the portrait in messages (e.g. its file).
+        The stream path with all audio in one piece. ``timings`` are seconds per stage (CUDA-synchronised);
+        ``on_chunk`` as in `open_stream`; ``source`` names the portrait in messages (e.g. its file).
         """
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        if audio.size == 0:
-            raise LipstepError("the audio is empty")
-        if not np.isfinite(audio).all():
-            raise LipstepError("the audio contains NaN or infinite samples")
-        timings = {}
-        t0 = self.clock()
-        crop = self.crop(image, detector, source)
-        ref = self.encode_image(crop)
-        timings["crop_encode"] = self.clock() - t0
-        n = self.n_frames(len(audio))
-        T = self.info.frames
-        t0 = self.clock()
-        feats = self.audio_encoder.encode(audio, math.ceil(n / T) * T)
-        timings["audio"] = self.clock() - t0
-        t0 = self.clock()
-        steps = steps or self.info.sampler.steps
-        latents, nfe = self.generate_latents(ref, feats, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
-                                             seed=seed, n_frames=n, progress=progress, on_chunk=on_chunk)
-        timings["denoise"] = self.clock() - t0
-        t0 = self.clock()
-        frames = self.decode(latents)
-        timings["decode"] = self.clock() - t0
-        return Generation(frames=frames, audio=audio, fps=self.info.fps, sample_rate=self.info.sample_rate,
-                          nfe=nfe, chunks=math.ceil(n / T), steps=steps, timings=timings)
+        audio = self._checked_audio(audio)
+        with self._progress(len(audio), steps, progress) as bar:
+            stream = self.open_stream(image, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
+                                      detector=detector, source=source, callback=lambda *_: bar.update(1),
+                                      on_chunk=on_chunk)
+            frames = stream.push(audio) + stream.finish()
+        st = stream.stats()
+        return Generation(frames=np.stack([f.image for f in frames]), audio=audio, fps=st.fps,
+                          sample_rate=st.sample_rate, nfe=st.nfe, chunks=st.chunks, steps=st.steps,
+                          timings=st.timings)
+
+    def generate_video(self, image: np.ndarray, audio: np.ndarray, out_path: str | os.PathLike, *,
+                       steps: int | None = None, cfg_audio: float | None = None, cfg_ref: float | None = None,
+                       seed: int = 0, detector: str = "auto", progress: bool = False, source: str = "the portrait",
+                       piece_seconds: float = 1.0) -> StreamStats:
+        """Portrait + audio -> a video file with the audio muxed in, written frame by frame (atomically).
+
+        The audio goes through the stream in pieces of ``piece_seconds`` and every frame goes to the encoder
+        as it is made, so no video is held in memory, however long the audio (only the audio itself is).
+        The frames are those of `__call__`. ``timings`` gain ``mux``: seconds spent encoding the file.
+        """
+        audio = self._checked_audio(audio)
+        step = max(1, int(piece_seconds * self.info.sample_rate))
+        mux = 0.0
+
+        def write(writer: VideoWriter, piece: np.ndarray, frames: list[StreamFrame]) -> None:
+            nonlocal mux
+            t0 = time.perf_counter()
+            writer.write_audio(piece)
+            for frame in frames:
+                writer.write_frame(frame.image)
+            mux += time.perf_counter() - t0
+
+        with self._progress(len(audio), steps, progress) as bar:
+            stream = self.open_stream(image, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
+                                      detector=detector, source=source, callback=lambda *_: bar.update(1))
+            with VideoWriter(out_path, self.info.fps, sample_rate=self.info.sample_rate) as writer:
+                for i in range(0, len(audio), step):
+                    write(writer, audio[i:i + step], stream.push(audio[i:i + step]))
+                write(writer, audio[:0], stream.finish())
+                t0 = time.perf_counter()
+                writer.close()
+                mux += time.perf_counter() - t0
+        stats = stream.stats()
+        stats.timings["mux"] = mux
+        return stats
 
 
 def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_audio=None, cfg_ref=None,
-                  seed: int = 0, detector: str = "auto", max_seconds: float = 600.0, progress: bool = True,
-                  device: str = "cpu") -> tuple[Path, Generation, float]:
-    """`lipstep generate`: read the inputs, generate, mux the original audio, write the video atomically."""
+                  seed: int = 0, detector: str = "auto", max_seconds: float | None = None, progress: bool = True,
+                  device: str = "cpu") -> tuple[Path, StreamStats, float]:
+    """`lipstep generate`: read the inputs, generate, write the video with the original audio frame by frame.
+
+    ``max_seconds`` (None = no limit) refuses longer audio before the model loads. Memory does not grow
+    with the video's length, only with the audio's (64 KB a second at 16 kHz).
+    """
     out_path = Path(out_path)
     if out_path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
         raise LipstepError(f"--out {out_path}: use a .mp4, .mkv or .mov file name")
@@ -193,24 +388,25 @@ def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_au
     if len(audio) < pipe.info.sample_rate / pipe.info.fps:
         ms = len(audio) / pipe.info.sample_rate * 1000
         raise LipstepError(f"{audio_path}: {ms:.1f} ms of audio is shorter than one video frame")
-    if len(audio) > max_seconds * pipe.info.sample_rate:
+    if max_seconds is not None and len(audio) > max_seconds * pipe.info.sample_rate:
         raise LipstepError(f"{audio_path}: {len(audio) / pipe.info.sample_rate:.0f} s of audio is longer than "
                            f"--max-seconds {max_seconds:g}")
     t0 = time.perf_counter()
-    result = pipe(image, audio, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, detector=detector,
-                  progress=progress, source=str(image_path))
-    t1 = time.perf_counter()
-    write_video(out_path, result.frames, result.fps, audio=audio, sample_rate=result.sample_rate)
-    result.timings["mux"] = time.perf_counter() - t1
-    return out_path, result, time.perf_counter() - t0
+    stats = pipe.generate_video(image, audio, out_path, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
+                                detector=detector, progress=progress, source=str(image_path))
+    return out_path, stats, time.perf_counter() - t0
 
 
 __all__ = [
     "INFO_NAME",
     "AvatarPipeline",
+    "AvatarStream",
     "Generation",
     "ModelInfo",
     "SamplerInfo",
+    "StreamFrame",
+    "StreamStats",
+    "VADConfig",
     "bundled_models",
     "default_model",
     "describe_models",

@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from lipstep.audio.stream import FeatureStream, MelFeatureStream, WholeAudioFeatureStream
 from lipstep.config import check, load_config, save_config
 from lipstep.data.features import frame_windows, log_mel, window_starts
 from lipstep.data.prepare import mel_params
@@ -91,6 +92,14 @@ class AudioEncoder:
         """Several clips with the same frame count -> [B, T, K, D]."""
         return torch.stack([self.encode(s, n_frames) for s in sources])
 
+    def stream(self, block: int, fps: float = 25.0, sample_rate: int = SAMPLE_RATE) -> FeatureStream:
+        """Features of audio that arrives in pieces, `block` frames at a time (`lipstep.audio.stream`).
+
+        This default keeps all audio and encodes it at the end (an encoder without a bounded window
+        cannot do better); `MelEncoder` streams.
+        """
+        return WholeAudioFeatureStream(self.encode, block, sample_rate=sample_rate, fps=fps)
+
 
 class MelEncoder(AudioEncoder):
     """Log-mel windows (`features.log_mel` + `features.frame_windows` with prepare's STFT settings)."""
@@ -106,6 +115,11 @@ class MelEncoder(AudioEncoder):
         mel = log_mel(_as_wav(wav), self.sample_rate, self.feature_dim, **stft)
         rate = self.sample_rate / stft["hop_length"]
         return torch.from_numpy(frame_windows(mel, int(n_frames), self.fps, rate, self.window))
+
+    def stream(self, block: int, fps: float | None = None, sample_rate: int | None = None) -> MelFeatureStream:
+        """The same windows as `encode`, made block by block as audio arrives, in flat memory."""
+        return MelFeatureStream(block, window=self.window, n_mels=self.feature_dim, fps=fps or self.fps,
+                                sample_rate=sample_rate or self.sample_rate)
 
 
 class VisemeEncoder(AudioEncoder):

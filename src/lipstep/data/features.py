@@ -34,12 +34,17 @@ def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: flo
 
 def log_mel(wav: np.ndarray, sample_rate: int = 16000, n_mels: int = 80, n_fft: int = 512,
             win_length: int = 400, hop_length: int = 160, fmin: float = 55.0,
-            fmax: float = 7600.0) -> np.ndarray:
+            fmax: float = 7600.0, center: bool = True) -> np.ndarray:
     """Log mel power spectrogram of a mono waveform: float32 ``[1 + len(wav) // hop_length, n_mels]``.
 
     Power spectrum of a Hann-windowed centred STFT, Slaney mel filters (``librosa.filters.mel``),
     natural log of ``max(mel, 1e-5)``. Equals ``log(clamp(librosa.feature.melspectrogram(...,
     center=True, pad_mode='constant'), 1e-5)).T`` up to float rounding.
+
+    ``center=False`` (``[1 + (len(wav) - n_fft) // hop_length, n_mels]``): frame n covers samples
+    ``[n * hop_length, n * hop_length + n_fft)`` of `wav` itself, no padding. Streaming features
+    (`lipstep.audio.stream`) cut a span of the signal that starts ``n_fft // 2`` samples before a
+    frame's centre, with zeros where the signal has none, and get the centred frames of that span.
     """
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
@@ -49,15 +54,22 @@ def log_mel(wav: np.ndarray, sample_rate: int = 16000, n_mels: int = 80, n_fft: 
     with torch.no_grad():
         spec = torch.stft(torch.from_numpy(wav), n_fft=n_fft, hop_length=hop_length,
                           win_length=win_length, window=torch.hann_window(win_length),
-                          center=True, pad_mode="constant", return_complex=True)
+                          center=center, pad_mode="constant", return_complex=True)
         power = spec.real.square() + spec.imag.square()  # [n_fft // 2 + 1, N]
         mel = basis @ power  # [n_mels, N]
         return torch.log(mel.clamp_min(LOG_FLOOR)).T.contiguous().numpy()
 
 
-def window_starts(n_frames: int, fps: float = 25.0, mel_rate: float = 100.0, k: int = 16) -> np.ndarray:
-    """First mel frame of each video frame's window: ``round((t + 0.5) * mel_rate / fps) - k // 2``."""
-    centres = np.floor((np.arange(n_frames) + 0.5) * (mel_rate / fps) + 0.5).astype(np.int64)
+def frame_count(n_samples: int, sample_rate: int = 16000, fps: float = 25.0) -> int:
+    """Video frames that `n_samples` of audio drive: the nearest whole number, at least one."""
+    return max(1, round(n_samples * fps / sample_rate))
+
+
+def window_starts(n_frames: int, fps: float = 25.0, mel_rate: float = 100.0, k: int = 16,
+                  first: int = 0) -> np.ndarray:
+    """First mel frame of each video frame's window: ``round((t + 0.5) * mel_rate / fps) - k // 2``
+    for t = first, ..., first + n_frames - 1."""
+    centres = np.floor((np.arange(first, first + n_frames) + 0.5) * (mel_rate / fps) + 0.5).astype(np.int64)
     return centres - k // 2
 
 
@@ -81,4 +93,4 @@ def frame_windows(mel: np.ndarray, n_frames: int, fps: float = 25.0, mel_rate: f
     return padded[idx]  # [T, K, n_mels]
 
 
-__all__ = ["LOG_FLOOR", "frame_windows", "log_mel", "window_starts"]
+__all__ = ["LOG_FLOOR", "frame_count", "frame_windows", "log_mel", "window_starts"]

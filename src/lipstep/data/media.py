@@ -18,6 +18,7 @@ This module owns the project's media conventions:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Iterator
@@ -529,6 +530,147 @@ def _aac_rate(sample_rate: int) -> int:
     return next((r for r in _AAC_RATES if r >= sample_rate), _AAC_RATES[-1])
 
 
+class VideoWriter:
+    """An H.264/AAC video written as its frames and audio arrive, atomically (a context manager).
+
+    A long generation need not hold its video in memory: frames go to the encoder one by one
+    (`AvatarPipeline.generate_video`). Nothing appears at `path` until `close` succeeds; an error inside
+    the ``with`` block, or `abort`, removes the temporary file (an existing file at `path` is kept).
+
+    Frames are uint8 RGB [H, W, 3] of one size, set by the first (odd sizes are padded to even, as in
+    `write_video`). Audio is mono float in [-1, 1] at `sample_rate`, which must be a rate AAC allows (a
+    resampler cut into blocks would click at the cuts; `write_video` resamples whole audio first). Audio
+    sample 0 is aligned with frame 0; audio is encoded up to the end of the frames written so far
+    (interleaved, as players expect) and what is left when the video ends is encoded by `close`.
+    """
+
+    def __init__(self, path: str | Path, fps: float = FPS, *, sample_rate: int | None = None, crf: int = 18):
+        self.path = Path(path)
+        self.format = _VIDEO_FORMATS.get(self.path.suffix.lower())
+        if self.format is None:
+            raise MediaError(self.path, f"unsupported video format {self.path.suffix!r} (use .mp4, .mkv or .mov)")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        if not 0 <= int(crf) <= 51:
+            raise ValueError(f"crf must be in [0, 51], got {crf}")
+        if sample_rate is not None and int(sample_rate) not in _AAC_RATES:
+            raise ValueError(f"sample_rate must be one AAC allows ({', '.join(map(str, _AAC_RATES))}), "
+                             f"got {sample_rate}")
+        self.rate, self.crf = _fps_fraction(float(fps)), int(crf)
+        self.sample_rate = int(sample_rate) if sample_rate is not None else None
+        self.frames = 0                     # frames written
+        self.size: tuple[int, int] | None = None  # (height, width) of the frames
+        self._stack = contextlib.ExitStack()
+        self._container = self._vstream = self._astream = None
+        self._pending: list[np.ndarray] = []  # audio not yet encoded, starting at sample `_apos`
+        self._apos = 0
+        self._done = False
+
+    def __enter__(self) -> VideoWriter:  # noqa: PYI034 (Python 3.10 has no typing.Self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _open(self, height: int, width: int) -> None:
+        """Create the temporary file and its streams (both are known once the first frame gives the size)."""
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        options = {"movflags": "+faststart"} if self.format in ("mp4", "mov") else {}
+        self._container = av.open(str(tmp), "w", format=self.format, container_options=options)
+        self._vstream = self._container.add_stream("libx264", rate=self.rate, options={"crf": str(self.crf)})
+        self._vstream.width, self._vstream.height, self._vstream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+        self._vstream.codec_context.time_base = 1 / self.rate
+        if self.sample_rate is not None:
+            self._astream = _add_audio_stream(self._container, "aac", self.sample_rate, 1)
+
+    def write_frame(self, image: np.ndarray) -> None:
+        """Append one uint8 RGB frame [H, W, 3]."""
+        image = _check_frames(np.asarray(image)[None])[0]
+        if self._done:
+            raise ValueError("the video writer is closed")
+        if self.size is None:
+            self.size = image.shape[:2]
+            self._guard(self._open, *self.size)
+        elif image.shape[:2] != self.size:
+            raise ValueError(f"frames must all be {self.size[0]}x{self.size[1]}, got {image.shape[0]}x{image.shape[1]}")
+        vframe = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(image)), format="rgb24")
+        vframe.pts, vframe.time_base = self.frames, 1 / self.rate
+        self._guard(lambda: self._container.mux(self._vstream.encode(vframe)))
+        self.frames += 1
+        self._flush_audio(round(self.frames / float(self.rate) * (self.sample_rate or 0)))
+
+    def write_audio(self, wav: np.ndarray) -> None:
+        """Append mono audio [N] at `sample_rate`."""
+        if self.sample_rate is None:
+            raise ValueError("this video writer has no audio stream (give sample_rate)")
+        if self._done:
+            raise ValueError("the video writer is closed")
+        wav = np.asarray(wav)
+        if wav.size == 0:
+            return
+        self._pending.append(_check_wav(wav))
+        if self.frames:
+            self._flush_audio(round(self.frames / float(self.rate) * self.sample_rate))
+
+    def _flush_audio(self, until: int, *, final: bool = False) -> None:
+        """Encode pending audio in whole AAC frames up to sample `until` (`final`: all of it)."""
+        if self._astream is None or not self._pending:
+            return
+        wav = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        end = self._apos + len(wav) if final else min(self._apos + len(wav), until)
+        used = 0
+        while end - (self._apos + used) >= _AAC_FRAME or (final and end > self._apos + used):
+            piece = wav[used:used + _AAC_FRAME]
+            self._guard(_encode_audio_chunk, self._container, self._astream, piece[None], self._apos + used,
+                        self.sample_rate)
+            used += len(piece)
+        self._apos += used
+        self._pending = [wav[used:]] if used < len(wav) else []
+
+    def close(self) -> Path:
+        """Flush the encoders and move the file into place; returns `path`."""
+        if self._done:
+            return self.path
+        try:
+            if self.frames == 0:
+                raise ValueError("a video needs at least one frame")
+            self._guard(lambda: self._container.mux(self._vstream.encode(None)))
+            if self._astream is not None:
+                self._flush_audio(0, final=True)
+                self._guard(lambda: self._container.mux(self._astream.encode(None)))
+            self._guard(self._container.close)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._stack.close()  # the rename
+        return self.path
+
+    def abort(self) -> None:
+        """Stop without output: the temporary file is removed, `path` is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        if self._container is not None:
+            with contextlib.suppress(*_DECODE_ERRORS):
+                self._container.close()
+        self._stack.__exit__(_Aborted, _Aborted(), None)  # atomic_path removes its temporary on an error
+
+    def _guard(self, fn, *args):
+        """Run an encoder call; FFmpeg and file-system failures become a one-line `MediaError`."""
+        try:
+            return fn(*args)
+        except (av.FFmpegError, OSError) as exc:
+            raise MediaError(self.path, f"cannot write ({_reason(exc)})") from None
+
+
+class _Aborted(Exception):
+    """Thrown into `atomic_path` so that it removes its temporary file."""
+
+
 def write_video(
     path: str | Path,
     frames: np.ndarray,
@@ -542,56 +684,24 @@ def write_video(
 
     Odd heights/widths are padded to even by repeating the last row/column (yuv420p needs even sizes),
     so such a file reads back one pixel taller/wider. Audio sample 0 is aligned with frame 0.
+    `VideoWriter` does the writing (frame by frame, for callers that have no whole video).
     """
     path = Path(path)
     frames = _check_frames(frames)
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    if not 0 <= int(crf) <= 51:
-        raise ValueError(f"crf must be in [0, 51], got {crf}")
-    wav = None
+    wav, aac_rate = None, None
     if audio is not None:
         if not int(sample_rate) > 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         wav = _check_wav(audio)
         aac_rate = _aac_rate(int(sample_rate))
-        wav = resample_audio(wav, int(sample_rate), aac_rate)[None, :]
-    fmt = _VIDEO_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise MediaError(path, f"unsupported video format {path.suffix!r} (use .mp4, .mkv or .mov)")
-    rate = _fps_fraction(float(fps))
-    height, width = frames.shape[1] + frames.shape[1] % 2, frames.shape[2] + frames.shape[2] % 2
-    options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
-    try:
-        with (
-            atomic_path(path) as tmp,
-            av.open(str(tmp), "w", format=fmt, container_options=options) as container,
-        ):
-            vstream = container.add_stream("libx264", rate=rate, options={"crf": str(int(crf))})
-            vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-            vstream.codec_context.time_base = 1 / rate
-            astream = _add_audio_stream(container, "aac", aac_rate, 1) if wav is not None else None
-            apos = 0
-            for i, image in enumerate(frames):
-                vframe = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(image)), format="rgb24")
-                vframe.pts, vframe.time_base = i, 1 / rate
-                container.mux(vstream.encode(vframe))
-                if astream is not None:  # interleave: audio up to the end of this frame
-                    until = min(wav.shape[1], round((i + 1) / float(rate) * aac_rate))
-                    while until - apos >= _AAC_FRAME:
-                        _encode_audio_chunk(
-                            container, astream, wav[:, apos : apos + _AAC_FRAME], apos, aac_rate
-                        )
-                        apos += _AAC_FRAME
-            container.mux(vstream.encode(None))
-            if astream is not None:
-                for start in range(apos, wav.shape[1], _AAC_FRAME):
-                    _encode_audio_chunk(
-                        container, astream, wav[:, start : start + _AAC_FRAME], start, aac_rate
-                    )
-                container.mux(astream.encode(None))
-    except (av.FFmpegError, OSError) as exc:
-        raise MediaError(path, f"cannot write ({_reason(exc)})") from None
+        wav = resample_audio(wav, int(sample_rate), aac_rate)
+    with VideoWriter(path, fps, sample_rate=aac_rate, crf=crf) as writer:
+        if wav is not None:
+            writer.write_audio(wav)  # encoded frame by frame as the video reaches it
+        for image in frames:
+            writer.write_frame(image)
     return path
 
 

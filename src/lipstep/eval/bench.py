@@ -18,8 +18,9 @@ Protocol:
 * First-chunk latency: a separate run per repeat that makes the same pipeline call with an ``on_chunk``
   hook. When chunk 0 is sampled, the hook decodes its frames and stops the run. The latency is the time
   from the call (portrait and whole audio given) to those frames, so it includes cropping and encoding
-  the portrait and encoding the *whole* audio, as the pipeline does now. A live audio stream would also
-  have to wait for the first chunk's audio (``chunk_seconds``) plus the audio encoder's look-ahead.
+  the portrait and the first chunk's audio features (the pipeline streams: features are made chunk by
+  chunk). A live audio stream would also have to wait for the first chunk's audio (``chunk_seconds``)
+  plus the audio windows' look-ahead (66 ms for log-mel; `AvatarStream.lookahead_seconds`).
 * Peak memory (``peak_mem_mb``): on CUDA, ``torch.cuda.max_memory_allocated`` minus the allocation at
   the start of the run (the peak statistics are reset before each run). On CPU, the peak resident set
   size minus the RSS at the start of the run. On Linux the kernel's own peak (VmHWM, reset per run) is

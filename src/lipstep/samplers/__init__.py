@@ -4,16 +4,16 @@
 denoiser.Denoiser`, possibly wrapped in guidance). No sampler keeps step state or touches torch's
 global RNG. Each sampler owns its options and its time grid (`registry.SamplerKind`); a model
 directory records ``sampler: {name, options, steps, cfg_audio, cfg_ref, guidance}`` (`SamplerInfo`),
-and `chunks.sample_chunks` runs any of them chunk by chunk without knowing which one it is.
+and `chunks.ChunkSampler` runs any of them chunk by chunk without knowing which one it is.
 """
 
-from lipstep.samplers.chunks import decode_frames, sample_chunks
+from lipstep.samplers.chunks import ChunkLayout, ChunkSampler, decode_frames, sample_chunks
 from lipstep.samplers.ddim import DDIMOptions, sample_ddim
 from lipstep.samplers.euler import EulerOptions, sample_euler
 from lipstep.samplers.fewstep import FewStepOptions, sample_fewstep
 from lipstep.samplers.perflow import PerflowOptions, sample_perflow
 from lipstep.samplers.registry import SAMPLERS, SamplerInfo, SamplerKind, legacy_sampler
 
-__all__ = ["SAMPLERS", "DDIMOptions", "EulerOptions", "FewStepOptions", "PerflowOptions", "SamplerInfo", "SamplerKind",
+__all__ = ["SAMPLERS", "ChunkLayout", "ChunkSampler", "DDIMOptions", "EulerOptions", "FewStepOptions", "PerflowOptions", "SamplerInfo", "SamplerKind",
            "decode_frames", "legacy_sampler", "sample_chunks", "sample_ddim", "sample_euler", "sample_fewstep",
            "sample_perflow"]

@@ -1,7 +1,9 @@
 """Chunked generation: a whole audio track sampled chunk by chunk with any sampler.
 
-`sample_chunks` is what the pipeline, validation videos and evaluation run: ``frames`` latents per
-chunk, each chunk one sampler run of ``steps`` steps. Each chunk sees ``motion_frames`` latents of
+`ChunkSampler` is the one chunk-stepping core: each `step` samples the next chunk of ``frames``
+latents, one sampler run of ``steps`` steps. `sample_chunks` runs it over a whole audio track
+(validation videos, evaluation); the pipeline's streaming generation runs it chunk by chunk as audio
+arrives, so the two give the same latents for the same seed. Each chunk sees ``motion_frames`` latents of
 motion context: the reference (the first chunk, and every ``anchor_every``-th chunk when re-anchoring)
 or the last latents of the previous chunk. A residual model (``residual > 0``) samples offsets from the
 reference, ``(z − z_ref)·residual``; what comes back is always latents.
@@ -38,6 +40,69 @@ class ChunkLayout:
     anchor_every: int = 0           # > 0: every k-th chunk sees the reference as motion context again
 
 
+class ChunkSampler:
+    """The chunk-stepping core: one call of `step` samples the next chunk, carrying what chunks share.
+
+    What carries from chunk to chunk is the motion context (the last ``motion_frames`` latents of the
+    previous chunk, in the model's own space) and the random generator (each chunk's noise, and any noise
+    the sampler draws, come from one generator seeded once), so chunks sampled one by one as their audio
+    arrives equal the chunks of `sample_chunks` over the whole audio, bit for bit. It keeps nothing else:
+    its memory does not grow with the number of chunks.
+    """
+
+    def __init__(self, denoiser: Denoiser, reference: Tensor, *, sampler: SamplerInfo, layout: ChunkLayout,
+                 steps: int | None = None, cfg_audio: float | None = None, cfg_ref: float | None = None,
+                 seed: int = 0, callback: Callable[..., None] | None = None):
+        self.steps = steps or sampler.steps
+        cfg_audio = sampler.cfg_audio if cfg_audio is None else cfg_audio
+        cfg_ref = sampler.cfg_ref if cfg_ref is None else cfg_ref
+        check_scale(float(cfg_audio), "cfg_audio")
+        check_scale(float(cfg_ref), "cfg_ref")
+        self.sampler, self.layout, self.schedule, self.callback = sampler, layout, denoiser.schedule, callback
+        self.options = sampler.sampler_options()
+        self.timesteps = self.options.timesteps(denoiser.schedule, self.steps)
+        self.device = next(denoiser.net.parameters()).device
+        self.reference = reference.to(self.device, torch.float32)
+        embedded = sampler.guidance == "embedded"
+        self.fn = denoiser if embedded else multi_cfg(denoiser, cfg_audio, cfg_ref)
+        self.scales = torch.tensor([[float(cfg_audio), float(cfg_ref)]], device=self.device) if embedded else None
+        self.nfe_per_chunk = self.steps * (1 if embedded else nfe_per_step(cfg_audio, cfg_ref))
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        # the reference in model space: the motion context of the first (and every re-anchored) chunk
+        self.first = torch.zeros_like(self.reference) if layout.residual > 0 else self.reference
+        self.motion: Tensor | None = None
+        self.chunks = 0  # chunks sampled so far (the index of the next one)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations so far."""
+        return self.chunks * self.nfe_per_chunk
+
+    @torch.no_grad()
+    def step(self, audio: Tensor, visemes: Tensor | None = None) -> Tensor:
+        """Audio windows of one chunk [frames, K, D] (visemes [frames]) -> its latents [frames, C, h, w]."""
+        T, M = self.layout.frames, self.layout.motion_frames
+        if len(audio) != T:
+            raise ValueError(f"a chunk needs audio windows for {T} frames, got {len(audio)}")
+        C, h, w = self.reference.shape[1:]
+        k = self.chunks
+        if M and (k == 0 or (self.layout.anchor_every and k % self.layout.anchor_every == 0)):
+            self.motion = self.first[:, None].expand(1, M, C, h, w)  # the first chunk, or a re-anchored one
+        a = audio[None].to(self.device, torch.float32)
+        v = visemes[None].to(self.device) if visemes is not None else None
+        cond = Cond(reference=self.reference, audio=a, motion=self.motion, visemes=v, cfg_scales=self.scales)
+        noise = torch.randn((1, T, C, h, w), generator=self.generator).to(self.device)
+        callback = self.callback or (lambda *_: None)
+        z = self.sampler.kind(self.fn, noise, self.timesteps, cond, schedule=self.schedule,
+                              generator=self.generator, callback=callback, **self.options.kwargs())
+        if M:
+            self.motion = z[:, -M:]
+        if self.layout.residual > 0:
+            z = self.reference[:, None] + z / self.layout.residual
+        self.chunks += 1
+        return z[0]
+
+
 @torch.no_grad()
 def sample_chunks(denoiser: Denoiser, reference: Tensor, audio: Tensor, *, sampler: SamplerInfo, layout: ChunkLayout,
                   steps: int | None = None, cfg_audio: float | None = None, cfg_ref: float | None = None,
@@ -47,50 +112,26 @@ def sample_chunks(denoiser: Denoiser, reference: Tensor, audio: Tensor, *, sampl
 
     ``audio`` is padded with its last window to whole chunks; ``n_frames`` (default N') latents are
     returned. ``steps`` / ``cfg_audio`` / ``cfg_ref`` default to the sampler record's. ``on_chunk(k,
-    latents [frames, C, h, w])`` is called as soon as chunk k is sampled.
+    latents [frames, C, h, w])`` is called as soon as chunk k is sampled. Each chunk is one
+    `ChunkSampler.step`, as in streaming generation.
     """
-    steps = steps or sampler.steps
-    cfg_audio = sampler.cfg_audio if cfg_audio is None else cfg_audio
-    cfg_ref = sampler.cfg_ref if cfg_ref is None else cfg_ref
-    check_scale(float(cfg_audio), "cfg_audio")
-    check_scale(float(cfg_ref), "cfg_ref")
-    options = sampler.sampler_options()
-    timesteps = options.timesteps(denoiser.schedule, steps)
-    T, M = layout.frames, layout.motion_frames
+    T = layout.frames
     n = int(n_frames or len(audio))
     chunks = math.ceil(n / T)
     if len(audio) < chunks * T:
         audio = torch.cat([audio, audio[-1:].expand(chunks * T - len(audio), *audio.shape[1:])])
-    dev = next(denoiser.net.parameters()).device
-    reference = reference.to(dev, torch.float32)
-    C, h, w = reference.shape[1:]
-    embedded = sampler.guidance == "embedded"
-    fn = denoiser if embedded else multi_cfg(denoiser, cfg_audio, cfg_ref)
-    scales = torch.tensor([[float(cfg_audio), float(cfg_ref)]], device=dev) if embedded else None
-    per_step = 1 if embedded else nfe_per_step(cfg_audio, cfg_ref)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    first = torch.zeros_like(reference) if layout.residual > 0 else reference  # the reference, in model space
-    motion, out, nfe = None, [], 0
+    steps = steps or sampler.steps
     bar = tqdm(total=chunks * steps, desc="generate", unit="step", disable=not progress, dynamic_ncols=True)
+    core = ChunkSampler(denoiser, reference, sampler=sampler, layout=layout, steps=steps, cfg_audio=cfg_audio,
+                        cfg_ref=cfg_ref, seed=seed, callback=lambda *_: bar.update(1))
+    out = []
     for k in range(chunks):
-        if M and (k == 0 or (layout.anchor_every and k % layout.anchor_every == 0)):
-            motion = first[:, None].expand(1, M, C, h, w)  # the first chunk, or a re-anchored one
-        a = audio[k * T:(k + 1) * T][None].to(dev, torch.float32)
-        v = visemes[k * T:(k + 1) * T][None].to(dev) if visemes is not None else None
-        cond = Cond(reference=reference, audio=a, motion=motion, visemes=v, cfg_scales=scales)
-        noise = torch.randn((1, T, C, h, w), generator=gen).to(dev)
-        z = sampler.kind(fn, noise, timesteps, cond, schedule=denoiser.schedule, generator=gen,
-                         callback=lambda *_: bar.update(1), **options.kwargs())
-        nfe += steps * per_step
-        if M:
-            motion = z[:, -M:]
-        if layout.residual > 0:
-            z = reference[:, None] + z / layout.residual
-        out.append(z[0])
+        v = visemes[k * T:(k + 1) * T] if visemes is not None else None
+        out.append(core.step(audio[k * T:(k + 1) * T], v))
         if on_chunk is not None:
-            on_chunk(k, z[0])
+            on_chunk(k, out[-1])
     bar.close()
-    return torch.cat(out)[:n], nfe
+    return torch.cat(out)[:n], core.nfe
 
 
 @torch.no_grad()
@@ -100,4 +141,4 @@ def decode_frames(codec, latents: Tensor, device: torch.device | str = "cpu") ->
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-__all__ = ["ChunkLayout", "decode_frames", "sample_chunks"]
+__all__ = ["ChunkLayout", "ChunkSampler", "decode_frames", "sample_chunks"]
