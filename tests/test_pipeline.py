@@ -235,10 +235,12 @@ def test_a_bundled_name_wins_over_a_same_named_folder_that_is_not_a_model(tmp_pa
     assert resolve_model("teacher") == Path("teacher")
 
 
-def test_export_records_the_quality_bar_judgement(tmp_path):
+def test_export_records_the_quality_bar_judgement_and_default_steps(tmp_path):
     r = _run("export", "-m", "fada", "-o", tmp_path / "m", "--half", "--quality-bar", "not-met", "--evidence",
-             "experiments/x")
+             "experiments/x", "--steps", "8")
     assert r.returncode == 0, r.stderr
-    assert read_info(tmp_path / "m").trained["quality_bar"] == {"met": False, "evidence": "experiments/x"}
+    info = read_info(tmp_path / "m")
+    assert info.trained["quality_bar"] == {"met": False, "evidence": "experiments/x"}
+    assert info.sampler.steps == 8 and info.nfe_per_chunk() == 8
     bad = _run("export", "-m", "fada", "-o", tmp_path / "n", "--quality-bar", "good")
     assert bad.returncode == 2 and "met or not-met" in bad.stderr and "Traceback" not in bad.stderr

@@ -534,6 +534,8 @@ def export(
                                               "never the default, only used by name)."),
     evidence: str = typer.Option("", "--evidence", help="Where the judgement comes from (e.g. "
                                  "experiments/turbotalk/README.md); needs --quality-bar."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Record this default number of sampler steps (e.g. a "
+                                        "DMD generator measured at 1 step exported as a 1-step model)."),
 ):
     """Copy a model directory, optionally with float16 weights (how bundled models are stored)."""
     if quality_bar not in (None, "met", "not-met"):
@@ -543,7 +545,12 @@ def export(
     _output_dir(out)
     from lipstep.pipeline import AvatarPipeline
 
+    if steps is not None and steps < 1:
+        raise typer.BadParameter(f"--steps must be >= 1, got {steps}")
     pipe = AvatarPipeline.from_pretrained(model)
+    if steps is not None:
+        pipe.info.sampler.steps = steps
+        pipe.info.validate()
     if quality_bar is not None:
         pipe.info.trained["quality_bar"] = {"met": quality_bar == "met", "evidence": evidence}
     path = pipe.save_pretrained(out, half=half)
