@@ -48,15 +48,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_cpu_ddp_step(tmp_path):
-    script = tmp_path / "ddp_run.py"
-    script.write_text(SCRIPT)
+def run_two_processes(tmp_path, source: str) -> list[dict]:
+    """Run ``source`` as a 2-process gloo job (its argument: an output directory); its RESULT lines, parsed."""
+    script = tmp_path / "ddp_script.py"
+    script.write_text(source)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(script), str(tmp_path / "out")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = [json.loads(line.split("RESULT ", 1)[1]) for line in result.stdout.splitlines() if "RESULT " in line]
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line.split("RESULT ", 1)[1]) for line in result.stdout.splitlines() if "RESULT " in line]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_step(tmp_path):
+    rows = run_two_processes(tmp_path, SCRIPT)
     assert sorted(r["rank"] for r in rows) == [0, 1] and all(r["world"] == 2 for r in rows)
     assert rows[0]["weight"] == rows[1]["weight"]  # DDP kept the replicas identical
     assert (tmp_path / "out" / "checkpoints" / "step_000004" / "model" / "model.safetensors").is_file()
@@ -133,13 +138,7 @@ def test_two_process_cpu_ddp_multi_role_methods(tmp_path):
     trainable role (one optimizer each) steps on both ranks and stays in sync; frozen roles are neither wrapped
     nor touched. Four steps give each role a second forward, where DDP fails on a gradient the first step left
     unreduced (an unused parameter, or a partial forward of another role with gradient)."""
-    script = tmp_path / "ddp_methods.py"
-    script.write_text(METHODS_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(script), str(tmp_path / "out")]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line.split("RESULT ", 1)[1]) for line in result.stdout.splitlines() if "RESULT " in line]
+    rows = run_two_processes(tmp_path, METHODS_SCRIPT)
     trained = {"dmd": ["fake_score", "generator"], "dmd_gan": ["fake_score", "generator"],
                "adversarial": ["discriminator", "student"]}
     frozen = {"dmd": ["real_score"], "dmd_gan": ["real_score"], "adversarial": ["feature_net", "reference"]}
