@@ -7,15 +7,20 @@ import pytest
 import torch
 from torch import nn
 
+from lipstep.codecs.vae import CodecConfig, build_codec
 from lipstep.diffusion.schedules import make_schedule
 from lipstep.distill.adversarial import AdversarialConfig, AdversarialMethod
 from lipstep.distill.dmd import DMDConfig, DMDMethod
+from lipstep.distill.lite import LiteConfig, LiteMethod, build_lite
 from lipstep.distill.losses import MixedConfig
 from lipstep.distill.method import Method, Role
 from lipstep.distill.perflow import PerflowConfig, PerflowMethod, build_student, guided_copy
 from lipstep.errors import LipstepError
+from lipstep.modeldir import ModelInfo
 from lipstep.nets.discriminator import FeatureDiscriminator
 from lipstep.nets.dit import AvatarDiT, DiTConfig
+from lipstep.nets.identity import IdentityNet, IdentityNetConfig
+from lipstep.samplers import SamplerInfo
 from lipstep.train.loop import TrainConfig, latest_checkpoint, train
 from lipstep.train.teacher import TeacherLossConfig, TeacherMethod
 
@@ -84,6 +89,18 @@ def adversarial_method():
                              make_schedule("vp_x0"), cfg, steps=2, motion_frames=M)
 
 
+def lite_method():
+    source = _perturbed(guided_copy(_net(), "tokens", 4, 0)).eval().requires_grad_(False)
+    cfg = LiteConfig(student_steps=2, id_weight=0.1, identity_net="anchor")
+    torch.manual_seed(0)
+    codec = build_codec(CodecConfig(image_size=16, latent_channels=C, block_out_channels=(8, 8), norm_num_groups=4))
+    anchor = IdentityNet(IdentityNetConfig(image_size=16, width=4, levels=2, embed_dim=8))
+    info = ModelInfo(kind="student", recipe="dmd", schedule="vp_x0",
+                     sampler=SamplerInfo(name="fewstep", steps=2, cfg_audio=3.0, cfg_ref=1.5, guidance="embedded"))
+    return LiteMethod(build_lite(source, cfg, 0), source, info, make_schedule("vp_x0"), cfg, codec=codec,
+                      anchor=anchor, scales=(3.0, 1.5))
+
+
 class TwoTimeScale(Method):
     """A toy with a fast role (3 updates per cycle), a slow one and a frozen one."""
 
@@ -104,7 +121,7 @@ class TwoTimeScale(Method):
 
 
 METHODS = {"teacher": teacher_method, "perflow": perflow_method, "dmd": dmd_method, "adversarial": adversarial_method,
-           "two_time_scale": TwoTimeScale}
+           "lite": lite_method, "two_time_scale": TwoTimeScale}
 
 
 def _cfg(steps, **kw):

@@ -56,7 +56,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
 
 from lipstep.config import check, from_dict
 from lipstep.errors import ConfigError
@@ -237,6 +239,14 @@ def param_count(cfg: DiTConfig) -> int:
     """Exact number of parameters of `AvatarDiT(cfg)`."""
     final = _linear_n(cfg.width, 2 * cfg.width) + _linear_n(cfg.width, cfg.patch_dim) + _out_head_n(cfg)
     return _embedding_n(cfg) + _cfg_embedding_n(cfg) + cfg.depth * _block_n(cfg) + final
+
+
+def forward_flops(net: nn.Module, *args, **kwargs) -> int:
+    """Floating-point operations of one call ``net(*args, **kwargs)``, counted by torch's FLOP counter
+    (matmuls, convolutions; attention through the math kernel, whose FLOPs the fused CPU kernels hide)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(*args, **kwargs)
+    return int(counter.get_total_flops())
 
 
 def describe_presets(**overrides) -> str:
@@ -859,6 +869,7 @@ __all__ = [
     "MouthStateHead",
     "SelfAttention",
     "describe_presets",
+    "forward_flops",
     "mouth_features",
     "param_count",
     "timestep_embedding",
