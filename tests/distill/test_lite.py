@@ -20,6 +20,7 @@ from lipstep.distill.lite import (
     draw_index,
     flops_ratio,
     identity_loss,
+    kept_blocks,
     lite_dit,
     temporal_loss,
 )
@@ -92,6 +93,19 @@ def test_the_student_is_a_fraction_of_the_source_in_flops_with_its_layout():
 
 def _cond(batch):
     return batch_cond(batch)
+
+
+def test_a_shallower_student_can_start_from_the_source_layers():
+    assert kept_blocks(6, 3) == [0, 2, 5] and kept_blocks(6, 1) == [5] and kept_blocks(2, 4) == [0, 1]
+    source = _perturbed(_net())
+    cfg = LiteConfig(width_factor=1, depth_factor=0.5, init="source")
+    student = build_lite(source, cfg, 0)
+    assert student.cfg.depth == 1
+    for name, value in student.state_dict().items():
+        key = name.replace("blocks.0.", "blocks.1.")
+        assert torch.equal(value, source.state_dict()[key]), name
+    with pytest.raises(ConfigError, match="width_factor=1"):
+        LiteConfig(init="source").validate()
 
 
 def test_the_mouth_head_is_copied_and_frozen():

@@ -77,6 +77,8 @@ class LiteConfig:
     depth_factor: float = 0.5               # student depth = round(source depth · factor), at least 1
     out_head_factor: float = 0.5            # channels of the convolutional output head (if the source has one)
     max_flops_ratio: float = 0.25           # refuse a student above this share of the source's FLOPs per evaluation
+    init: Literal["scratch", "source"] = "scratch"  # "source" (width_factor 1): start from the source's weights,
+    #   its blocks evenly spaced over the depth (the last kept), every other layer whose shape matches
     student_steps: int = 4                  # K: the grid trained on (sampling at fewer steps uses its start)
     spacing: str = "trailing"               # the grid (`Schedule.timesteps`)
     first_step_share: float = 0.5           # P(k = 0): the one-step start from pure noise
@@ -105,6 +107,9 @@ class LiteConfig:
         check(self.spacing in SPACINGS, f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
         check(0 <= self.first_step_share <= 1, "first_step_share must be in [0, 1]")
         check(self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}")
+        check(self.init in ("scratch", "source"), f"init must be 'scratch' or 'source', got {self.init!r}")
+        check(self.init == "scratch" or self.width_factor == 1,
+              "init=source copies the source's layers: it needs width_factor=1 (shrink the depth instead)")
         check(min(self.match_motion_weight, self.id_weight, self.temp_weight, self.temp_mouth_weight) >= 0,
               "match_motion_weight, id_weight, temp_weight and temp_mouth_weight must be >= 0")
         check(0 <= self.id_t_max <= 1, f"id_t_max must be in [0, 1], got {self.id_t_max}")
@@ -138,10 +143,39 @@ def build_lite(source: AvatarDiT, cfg: LiteConfig, seed: int) -> AvatarDiT:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student = AvatarDiT(lite_dit(source.cfg, cfg))
+    if cfg.init == "source":
+        copy_source_layers(student, source)
     if student.mouth_head is not None:
         student.mouth_head.load_state_dict(source.mouth_head.state_dict())
         student.mouth_head.requires_grad_(False)
     return student.train()
+
+
+def kept_blocks(source_depth: int, depth: int) -> list[int]:
+    """The source blocks a ``depth``-block student starts from: evenly spaced, the last one always kept."""
+    if depth >= source_depth:
+        return list(range(source_depth))
+    if depth == 1:
+        return [source_depth - 1]
+    return [round(i * (source_depth - 1) / (depth - 1)) for i in range(depth)]
+
+
+def copy_source_layers(student: AvatarDiT, source: AvatarDiT) -> int:
+    """Copy into ``student`` every source tensor of the same name and shape, block i from source block
+    ``kept_blocks(...)[i]``; returns how many tensors were copied."""
+    src = source.state_dict()
+    blocks = kept_blocks(source.cfg.depth, student.cfg.depth)
+    own = student.state_dict()
+    copied = {}
+    for name, value in own.items():
+        key = name
+        if name.startswith("blocks."):
+            i, rest = name.split(".", 2)[1:]
+            key = f"blocks.{blocks[int(i)]}.{rest}"
+        if key in src and src[key].shape == value.shape:
+            copied[name] = src[key].to(value.dtype)
+    student.load_state_dict(copied, strict=False)
+    return len(copied)
 
 
 def flops_ratio(student: AvatarDiT, source: AvatarDiT) -> tuple[float, float]:
@@ -367,5 +401,20 @@ class LiteRecipe:
                      provenance=provenance, record="distill.json", run_config=cfg)
 
 
-__all__ = ["TARGETS", "LiteConfig", "LiteMethod", "LiteRecipe", "build_lite", "decode_chunk", "draw_index",
-           "flops_ratio", "identity_loss", "lite_dit", "lite_info", "source_scales", "temporal_loss"]
+__all__ = [
+    "TARGETS",
+    "LiteConfig",
+    "LiteMethod",
+    "LiteRecipe",
+    "build_lite",
+    "copy_source_layers",
+    "decode_chunk",
+    "draw_index",
+    "flops_ratio",
+    "identity_loss",
+    "kept_blocks",
+    "lite_dit",
+    "lite_info",
+    "source_scales",
+    "temporal_loss",
+]
