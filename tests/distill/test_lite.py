@@ -13,6 +13,7 @@ from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import multi_cfg
 from lipstep.diffusion.schedules import make_schedule
 from lipstep.distill.lite import (
+    ANCHOR_IDENTITY,
     LiteConfig,
     LiteMethod,
     build_lite,
@@ -27,9 +28,9 @@ from lipstep.distill.lite import (
 from lipstep.distill.losses import batch_cond
 from lipstep.distill.perflow import guided_copy
 from lipstep.errors import ConfigError, LipstepError
-from lipstep.modeldir import ModelInfo
+from lipstep.modeldir import BUNDLED_ROOT, ModelInfo
 from lipstep.nets.dit import AvatarDiT, DiTConfig, forward_flops
-from lipstep.nets.identity import IdentityNet, IdentityNetConfig
+from lipstep.nets.identity import IdentityNet, IdentityNetConfig, load_identity
 from lipstep.pipeline import AvatarPipeline, read_info
 from lipstep.samplers import SamplerInfo
 from tests.contracts.test_methods import LatentWindows, _net, _perturbed
@@ -221,7 +222,7 @@ def test_without_distillation_the_target_is_the_data_and_no_source_is_needed():
 
 def test_config_and_construction_errors():
     for bad in ({"width_factor": 0}, {"depth_factor": 1.5}, {"target": "teacher"}, {"first_step_share": 2},
-                {"id_weight": 0.1, "identity_net": ""}, {"mouth_rows": 0}, {"max_flops_ratio": 0}):
+                {"mouth_rows": 0}, {"max_flops_ratio": 0}):
         with pytest.raises(ConfigError):
             LiteConfig(**{"identity_net": "x", **bad}).validate()
     cfg = LiteConfig(student_steps=2, id_weight=0)
@@ -261,3 +262,12 @@ def test_a_lite_run_through_the_cli_and_the_pipeline(world, tmp_path, capsys):
               "--teacher", teacher, "--steps", "1", "id_weight=0", "width_factor=1", "depth_factor=1"])
     err = capsys.readouterr().err
     assert bad.value.code != 0 and "FLOPs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_default_anchor_is_bundled_and_is_not_the_evaluators_encoder():
+    anchor = load_identity(ANCHOR_IDENTITY)
+    evaluator = BUNDLED_ROOT / "evaluators" / "identity"
+    assert anchor.cfg.name != load_identity(evaluator).cfg.name
+    assert (ANCHOR_IDENTITY / "model.safetensors").read_bytes() != (evaluator / "model.safetensors").read_bytes()
+    with pytest.raises(LipstepError):
+        load_identity(BUNDLED_ROOT / "no-such-encoder")

@@ -24,7 +24,8 @@ On the *decoded* x0 prediction (the codec in the loop, frozen) two regularisers 
 - **identity anchoring** for grid times t_k ≤ ``id_t_max``: ``L_id = 1 − mean_frames cos(E(D(x̂0)), E(D(ref)))``
   with E a frozen identity encoder. It must not be the evaluator's (`weights/evaluators/identity`):
   the metric would then grade its own training signal, so ``identity_net`` names a separately trained
-  encoder (`lipstep train identity` with another seed, loss and width; experiments/temposyncdiff).
+  encoder (by default the bundled anchor, `lipstep train identity` with another seed, loss and width;
+  experiments/temposyncdiff).
   Every grid step of a distilled student outputs a clean sample, so the default threshold (1.0) keeps
   all of them; the threshold matters for students trained on noisy estimates.
 - **temporal regularisation** against the ground truth's motion, so real lip motion is not suppressed:
@@ -60,13 +61,14 @@ from lipstep.distill.losses import batch_cond, motion_weights
 from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.distill.perflow import open_teacher
 from lipstep.errors import LipstepError
-from lipstep.modeldir import ModelInfo, load_model
+from lipstep.modeldir import BUNDLED_ROOT, ModelInfo, load_model
 from lipstep.nets.dit import AvatarDiT, DiTConfig, forward_flops, param_count
 from lipstep.nets.identity import IdentityNet, load_identity
 from lipstep.samplers import SamplerInfo
 from lipstep.samplers.fewstep import FewStepOptions, sample_fewstep
 
 TARGETS = ("source", "data")
+ANCHOR_IDENTITY = BUNDLED_ROOT / "anchors" / "identity"  # the default identity-anchoring encoder
 
 
 @dataclass
@@ -84,9 +86,11 @@ class LiteConfig:
     first_step_share: float = 0.5           # P(k = 0): the one-step start from pure noise
     target: Literal["source", "data"] = "source"  # "data": no distillation (the same net on ground truth)
     match_motion_weight: float = 2.0        # `losses.motion_weights` strength on the matching loss (0 = plain MSE)
-    id_weight: float = 0.1                  # λ_id (needs identity_net)
+    id_weight: float = 0.1                  # λ_id
     id_t_max: float = 1.0                   # identity anchoring at grid times t_k <= id_t_max
-    identity_net: str = ""                  # a frozen identity encoder directory (not the evaluator's)
+    identity_net: str = ""                  # a frozen identity encoder directory, not the evaluator's ("" = the
+    #   bundled anchor encoder, lipstep/weights/anchors/identity: `lipstep train identity` with another seed, loss
+    #   and width than the evaluator's)
     temp_weight: float = 0.1                # λ_temp
     temp_mouth_weight: float = 0.5          # λ_mouth inside L_temp
     mouth_rows: float = 0.45                # the lower share of the frame that M_mouth covers
@@ -114,9 +118,6 @@ class LiteConfig:
               "match_motion_weight, id_weight, temp_weight and temp_mouth_weight must be >= 0")
         check(0 <= self.id_t_max <= 1, f"id_t_max must be in [0, 1], got {self.id_t_max}")
         check(0 < self.mouth_rows <= 1, f"mouth_rows must be in (0, 1], got {self.mouth_rows}")
-        check(self.id_weight == 0 or self.identity_net,
-              "id_weight > 0 needs identity_net=DIR (an identity encoder trained apart from the evaluator's); "
-              "or set id_weight=0")
         check(0 <= self.p_motion_ref <= 1, "p_motion_ref must be in [0, 1]")
         check(self.val_clips >= 0 and self.val_seconds > 0, "val_clips >= 0 and val_seconds > 0 required")
 
@@ -376,7 +377,8 @@ class LiteRecipe:
         if ratio > cfg.max_flops_ratio:
             raise LipstepError(f"the lite student needs {ratio:.2f} of the source's FLOPs per evaluation (max_flops_ratio "
                                f"{cfg.max_flops_ratio}); lower width_factor / depth_factor")
-        anchor = load_identity(cfg.identity_net) if cfg.id_weight > 0 else None
+        anchor_dir = Path(cfg.identity_net) if cfg.identity_net else ANCHOR_IDENTITY
+        anchor = load_identity(anchor_dir) if cfg.id_weight > 0 else None
         src = open_teacher(self.teacher, prepared, "distill lite", progress=progress)
         check_same_layout(root, info, src.root, src.info)
         scales = source_scales(info, cfg)
@@ -388,12 +390,13 @@ class LiteRecipe:
         print(f"lite: student AvatarDiT {student.cfg.width}x{student.cfg.depth} ({param_count(student.cfg) / 1e6:.2f} M "
               f"parameters, {g_student:.2f} GFLOPs per evaluation = {ratio:.2f} of the source's {g_source:.2f}) "
               f"from {root} ({info.kind}, {info.sampler.name}), {mode}, {cfg.student_steps}-step grid; identity "
-              f"{cfg.id_weight} ({cfg.identity_net or 'off'}), temporal {cfg.temp_weight}; "
+              f"{cfg.id_weight} ({anchor_dir if anchor is not None else 'off'}), temporal {cfg.temp_weight}; "
               f"{len(src.dataset)} training windows", flush=True)
         provenance = {"source": str(root), "teacher": str(src.root), "data": str(prepared.resolve()),
                       "target": cfg.target, "student_steps": cfg.student_steps, "width": student.cfg.width,
                       "depth": student.cfg.depth, "gflops": round(g_student, 3), "source_gflops": round(g_source, 3),
-                      "id_weight": cfg.id_weight, "identity_net": cfg.identity_net, "temp_weight": cfg.temp_weight,
+                      "id_weight": cfg.id_weight, "identity_net": str(anchor_dir) if anchor is not None else "",
+                      "temp_weight": cfg.temp_weight,
                       "scales": list(scales)}
         return Built(method=method, dataset=src.dataset, train=cfg.train, info=lite_info(info, cfg),
                      codec=src.codec, audio=src.audio, export_role="student", latents=src.latents,
@@ -402,6 +405,7 @@ class LiteRecipe:
 
 
 __all__ = [
+    "ANCHOR_IDENTITY",
     "TARGETS",
     "LiteConfig",
     "LiteMethod",
