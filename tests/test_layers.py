@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Earlier layers may be imported by later ones, never the reverse. The key is a module's first
 # name under the package ("" is the package `__init__` itself).
 LAYERS = [
-    ("base", ["", "errors", "config", "fsutil", "fit", "checks"]),
+    ("base", ["", "errors", "config", "fsutil", "fit", "checks", "netdir"]),
     ("data", ["data"]),
     ("codecs/audio", ["codecs", "audio"]),
     ("nets", ["nets"]),

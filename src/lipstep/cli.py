@@ -180,7 +180,8 @@ def demo(
 # ---------------------------------------------------------------------------------------------
 # training verbs
 
-train_app = typer.Typer(help="Train a component: the latent codec, the diffusion teacher, or an evaluator.",
+train_app = typer.Typer(help="Train a component: the latent codec, the diffusion teacher, an evaluator, or the "
+                        "audio -> viseme classifier.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -358,6 +359,27 @@ def train_evaluators_cmd(
             train_features_cmd(data, out / "features", None, None)
         else:
             train_identity_cmd(data, out / "identity", None, None)
+
+
+@train_app.command("visemes")
+def train_visemes_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared synthetic-world directory (speech + viseme labels)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Viseme classifier directory to write."),
+    world: Optional[Path] = typer.Option(None, "--world", "-w", help="The synthetic world DATA was prepared from "
+                                         "(names each clip's voice where DATA's manifest does not)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: 1500)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of VisemeTrainConfig, e.g. "
+                                                    "holdout_by=variant synth_clips=400.", show_default=False),
+):
+    """Train the audio -> viseme classifier (audio kind viseme-audio); reports frame accuracy on held-out voices."""
+    _output_dir(out)
+    from lipstep.audio.train_visemes import VisemeTrainConfig, train_viseme_classifier
+
+    r = train_viseme_classifier(data, out, _train_config(VisemeTrainConfig, steps, overrides), world=world)
+    typer.echo(f"wrote viseme classifier {r.out} ({r.parameters / 1e3:.0f} k parameters) in {r.seconds:.0f} s; "
+               f"frame accuracy (majority-class baseline): " + "; ".join(
+                   f"{name.replace('_', ' ')} {v['accuracy']:.3f} ({v['majority_baseline']:.3f}, {v['frames']} frames)"
+                   for name, v in r.results.items()) + f"; held out: {', '.join(r.holdout)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def make_world(root: Path, identities=("id000", "id001"), splits=("train", "test
                  identity=rng.random(8, dtype=np.float32), text=np.array("hello"))
         rows.append({"id": clip, "identity": idn, "split": split, "video": f"clips/{clip}/clip.mp4",
                      "labels": f"clips/{clip}/labels.npz", "seconds": n_frames / 25, "text": f"hello {k}",
-                     "fps": 25.0, "size": size})
+                     "fps": 25.0, "size": size, **({"voice": "en-us+m3"} if k == 0 else {})})
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -170,6 +170,7 @@ def test_prepare_synthetic_world_carries_labels_and_splits(tmp_path):
     assert [(r["id"], r["identity"], r["split"], r["text"]) for r in rows] == [
         ("id000_c00", "id000", "train", "hello 0"), ("id001_c00", "id001", "test", "hello 1")]
     assert all(r["has_labels"] and r["frames"] == 30 for r in rows)
+    assert rows[0]["voice"] == "en-us+m3" and "voice" not in rows[1]  # the speaker's voice, where named
     assert rows[0]["source"] == src_rows[0]["video"]
     with np.load(world / src_rows[1]["labels"]) as lab, np.load(out / rows[1]["shard"]) as z:
         for key in ("visemes", "mouth", "head_pose", "blink", "phoneme_start", "phoneme_end"):

@@ -1,10 +1,12 @@
-"""Audio encoders: speech or viseme labels -> per-video-frame windows [T, K, D]; see `lipstep.audio.encoders`."""
+"""Audio encoders: speech or viseme labels -> per-video-frame windows [T, K, D]; see `lipstep.audio.encoders`
+(and `lipstep.audio.visemes` for the audio -> viseme classifier)."""
 
 from lipstep.audio.encoders import (
     AudioConfig,
     AudioEncoder,
     HFAudioEncoder,
     MelEncoder,
+    VisemeAudioEncoder,
     VisemeEncoder,
     build_audio_encoder,
     load_audio_encoder,
@@ -12,6 +14,6 @@ from lipstep.audio.encoders import (
 )
 
 __all__ = [
-    "AudioConfig", "AudioEncoder", "HFAudioEncoder", "MelEncoder", "VisemeEncoder", "build_audio_encoder",
-    "load_audio_encoder", "save_audio_encoder",
+    "AudioConfig", "AudioEncoder", "HFAudioEncoder", "MelEncoder", "VisemeAudioEncoder", "VisemeEncoder",
+    "build_audio_encoder", "load_audio_encoder", "save_audio_encoder",
 ]

@@ -16,10 +16,14 @@ window t holds feature frames ``round((t + 0.5) * r / fps) - K//2 + arange(K)``,
   repeat the edge vector. Long audio is cut into chunks (Whisper: its fixed 30 s window; others:
   `chunk_seconds`) whose frame times are stitched before interpolation.
 - `VisemeEncoder`: per-frame viseme labels -> one-hot windows of K frames around each frame
-  (TempoSyncDiff's "viseme tokens"); edges repeat the first / last label.
+  (TempoSyncDiff's "viseme tokens"); edges repeat the first / last label (`lipstep.audio.visemes.viseme_windows`).
+- `VisemeAudioEncoder` (kind ``viseme-audio``): speech -> log-mel windows -> the viseme classifier of
+  ``lipstep train visemes`` -> argmax labels (optionally smoothed) -> the same one-hot windows, so a
+  viseme-conditioned denoiser trained on labels runs on raw audio; it streams (`VisemeFeatureStream`).
 
 `AudioConfig` + `build_audio_encoder` select one; `save_audio_encoder` / `load_audio_encoder` keep
-the config in ``DIR/config.json`` (an HF model's weights stay at the recorded absolute path).
+the config in ``DIR/config.json`` (an HF model's weights stay at the recorded absolute path; a viseme
+classifier is copied into ``DIR/classifier`` and recorded by that relative path).
 """
 
 from __future__ import annotations
@@ -28,28 +32,42 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from lipstep.audio.stream import FeatureStream, MelFeatureStream, WholeAudioFeatureStream
+from lipstep.audio.stream import FeatureStream, MelFeatureStream, VisemeFeatureStream, WholeAudioFeatureStream
+from lipstep.audio.visemes import (
+    N_VISEMES,
+    VisemeNet,
+    frame_labels,
+    load_viseme_classifier,
+    save_viseme_classifier,
+    silence_windows,
+    viseme_windows,
+)
 from lipstep.config import check, load_config, save_config
 from lipstep.data.features import frame_windows, log_mel, window_starts
 from lipstep.data.prepare import mel_params
 from lipstep.errors import ConfigError, LipstepError
 
 SAMPLE_RATE = 16000
-DEFAULT_WINDOW = {"mel": 16, "hf": 10, "viseme": 5}  # mel 160 ms at 100 Hz; hf 200 ms at 50 Hz; ±2 frames
-N_VISEMES = 15
+# mel 160 ms at 100 Hz; hf 200 ms at 50 Hz; visemes ±2 frames
+DEFAULT_WINDOW = {"mel": 16, "hf": 10, "viseme": 5, "viseme-audio": 5}
+CLASSIFIER_DIR = "classifier"  # a viseme-audio encoder's classifier, inside its saved directory
 
 
 @dataclass
 class AudioConfig:
-    kind: Literal["mel", "hf", "viseme"] = "mel"  # log-mel; transformers model from `path`; viseme labels
+    # log-mel; a transformers model from `path`; viseme labels; speech -> viseme labels by `classifier`
+    kind: Literal["mel", "hf", "viseme", "viseme-audio"] = "mel"
     path: str | None = None             # "hf": local transformers directory (weights stay there)
-    window: int | None = None           # K; None = the kind's default (mel 16, hf 10, viseme 5)
+    classifier: str | None = None       # "viseme-audio": viseme classifier directory (`lipstep train visemes`)
+    smooth: int = 0                     # "viseme-audio": average class probabilities over 2·smooth + 1 frames
+    window: int | None = None           # K; None = the kind's default (mel 16, hf 10, viseme(-audio) 5)
     layers: str | tuple[int, ...] = "all"  # "hf": hidden-state indices averaged (0 = embeddings); "all"
     n_mels: int = 80                    # "mel": mel bands
     n_visemes: int = N_VISEMES          # "viseme": classes of the one-hot
@@ -59,6 +77,9 @@ class AudioConfig:
     def validate(self) -> None:
         check(self.window is None or self.window >= 1, f"window must be >= 1, got {self.window}")
         check(self.kind != "hf" or bool(self.path), "audio kind 'hf' needs path (a local transformers directory)")
+        check(self.kind != "viseme-audio" or bool(self.classifier),
+              "audio kind 'viseme-audio' needs classifier (a directory written by `lipstep train visemes`)")
+        check(0 <= self.smooth <= 8, f"smooth must be in 0..8 frames, got {self.smooth}")
         check(not isinstance(self.layers, str) or self.layers == "all",
               f"layers must be 'all' or a list of hidden-state indices, got '{self.layers}'")
         check(isinstance(self.layers, str) or len(self.layers) >= 1, "layers must not be empty")
@@ -135,13 +156,53 @@ class VisemeEncoder(AudioEncoder):
         labels = torch.as_tensor(np.asarray(visemes), dtype=torch.int64).reshape(-1)
         if len(labels) == 0:
             raise ValueError("VisemeEncoder needs at least one label")
-        if labels.min() < 0 or labels.max() >= self.feature_dim:
-            raise ValueError(f"viseme labels must be in 0..{self.feature_dim - 1}, "
-                             f"got {int(labels.min())}..{int(labels.max())}")
         T = len(labels) if n_frames is None else int(n_frames)
-        t = torch.arange(T)[:, None] - self.window // 2 + torch.arange(self.window)[None, :]  # [T, K]
-        idx = t.clamp(0, min(T, len(labels)) - 1)
-        return torch.nn.functional.one_hot(labels[idx], self.feature_dim).float()  # [T, K, n_visemes]
+        fitted = labels[torch.arange(T).clamp(max=len(labels) - 1)]  # [T]
+        return viseme_windows(fitted[None], self.window, self.feature_dim)[0]  # [T, K, n_visemes]
+
+
+class VisemeAudioEncoder(AudioEncoder):
+    """Speech [N] at 16 kHz -> classifier viseme labels -> one-hot windows float32 [T, K, n_visemes] (CPU).
+
+    The frame conventions (silence before the audio, labels before frame 0 repeat frame 0's) are those of
+    `lipstep.audio.visemes`; the tokens of frame t read the audio up to K//2 + context + smooth frames past
+    it. `classifier` is the directory the net came from (recorded in `cfg`; None for a net built in memory).
+    """
+
+    def __init__(self, net: VisemeNet, window: int = 5, smooth: int = 0, *, classifier: str | None = None,
+                 sample_rate: int = SAMPLE_RATE):
+        self.net = net.eval().requires_grad_(False)
+        self.window, self.smooth, self.feature_dim = int(window), int(smooth), net.cfg.n_visemes
+        self.fps, self.sample_rate = net.cfg.fps, sample_rate
+        self.mel = MelEncoder(net.cfg.mel_window, net.cfg.n_mels, self.fps, sample_rate)
+        self.context = net.cfg.context + self.smooth  # windows read on each side of a labelled frame
+        self.name = f"viseme{self.feature_dim}-audio"
+        self.cfg = AudioConfig(kind="viseme-audio", classifier=classifier, window=self.window, smooth=self.smooth,
+                               n_visemes=self.feature_dim, fps=self.fps)
+
+    def _labels(self, wav, n_frames: int) -> torch.Tensor:
+        """Labels of frames 0 .. n_frames - 1 (int64)."""
+        mel = self.mel.encode(wav, n_frames + self.context)             # frames [0, n_frames + context)
+        x = torch.cat([silence_windows(self.context, self.net.cfg), mel])  # frames [-context, ..)
+        return frame_labels(self.net, x, self.smooth)
+
+    def predict(self, wav, n_frames: int) -> torch.Tensor:
+        """The classifier's viseme label of each of `n_frames` frames: int64 [n_frames]."""
+        return self._labels(wav, int(n_frames))
+
+    def encode(self, wav, n_frames: int) -> torch.Tensor:
+        """Waveform [N] at 16 kHz -> float32 [n_frames, K, n_visemes]."""
+        T = int(n_frames)
+        labels = self._labels(wav, T + self.window // 2)                 # the windows read K//2 frames past T
+        return viseme_windows(labels[None], self.window, self.feature_dim)[0, :T]
+
+    def stream(self, block: int, fps: float | None = None, sample_rate: int | None = None) -> VisemeFeatureStream:
+        """The same windows as `encode`, made block by block as audio arrives, in flat memory."""
+        if fps is not None and fps != self.fps:
+            raise LipstepError(f"the viseme classifier labels {self.fps:g} fps frames; the model asks for {fps:g} fps")
+        return VisemeFeatureStream(block, partial(frame_labels, self.net, smooth=self.smooth), self.net.cfg,
+                                   context=self.context, window=self.window, fps=self.fps,
+                                   sample_rate=sample_rate or self.sample_rate)
 
 
 # ------------------------------------------------------------------------------- transformers models
@@ -322,13 +383,24 @@ def build_audio_encoder(cfg: AudioConfig | None = None, *, device: str | torch.d
         return MelEncoder(window, cfg.n_mels, cfg.fps)
     if cfg.kind == "viseme":
         return VisemeEncoder(window, cfg.n_visemes)
+    if cfg.kind == "viseme-audio":
+        net = load_viseme_classifier(cfg.classifier)
+        if (net.cfg.n_visemes, net.cfg.fps) != (cfg.n_visemes, cfg.fps):
+            raise ConfigError(f"the viseme classifier {cfg.classifier} labels {net.cfg.n_visemes} classes at "
+                              f"{net.cfg.fps:g} fps; the audio config asks for {cfg.n_visemes} at {cfg.fps:g}")
+        return VisemeAudioEncoder(net, window, cfg.smooth, classifier=cfg.classifier)
     return HFAudioEncoder(cfg.path, cfg.layers if isinstance(cfg.layers, str) else list(cfg.layers), window,
                           fps=cfg.fps, chunk_seconds=cfg.chunk_seconds, device=device)
 
 
 def save_audio_encoder(encoder: AudioEncoder, directory: str | os.PathLike) -> Path:
-    """Write the encoder's resolved config to ``directory/config.json`` (HF weights stay at their path)."""
-    return save_config(dataclasses.replace(encoder.cfg), directory)
+    """Write the encoder's resolved config to ``directory/config.json`` (HF weights stay at their path; a
+    viseme classifier is written to ``directory/classifier``)."""
+    cfg = dataclasses.replace(encoder.cfg)
+    if isinstance(encoder, VisemeAudioEncoder):
+        save_viseme_classifier(encoder.net, Path(directory) / CLASSIFIER_DIR)
+        cfg.classifier = CLASSIFIER_DIR
+    return save_config(cfg, directory)
 
 
 def load_audio_encoder(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> AudioEncoder:
@@ -343,16 +415,21 @@ def load_audio_encoder(directory: str | os.PathLike, *, device: str | torch.devi
         kind = None
     if kind not in (None, "AudioConfig"):
         raise LipstepError(f"{path} holds a {kind}, not an AudioConfig")
-    return build_audio_encoder(load_config(AudioConfig, path), device=device)
+    cfg = load_config(AudioConfig, path)
+    if cfg.classifier is not None and not Path(cfg.classifier).is_absolute():
+        cfg.classifier = str(Path(directory) / cfg.classifier)  # saved beside the config
+    return build_audio_encoder(cfg, device=device)
 
 
 __all__ = [
+    "CLASSIFIER_DIR",
     "DEFAULT_WINDOW",
     "N_VISEMES",
     "AudioConfig",
     "AudioEncoder",
     "HFAudioEncoder",
     "MelEncoder",
+    "VisemeAudioEncoder",
     "VisemeEncoder",
     "build_audio_encoder",
     "load_audio_encoder",

@@ -13,7 +13,10 @@ the windows do not depend on how the audio was cut into pieces: one sample at a 
 whole file at once give the same numbers, bit for bit. Only the span the next block needs is kept, so
 memory stays flat however long the stream runs.
 
-`MelFeatureStream` is the streaming form of `MelEncoder`. An encoder without a bounded window (a
+`MelFeatureStream` is the streaming form of `MelEncoder`. `VisemeFeatureStream`, that of
+`VisemeAudioEncoder`, reads the mel windows frame by frame and labels a block once the windows its one-hot
+windows and its classifier read have arrived: its look-ahead is the mel look-ahead plus K//2 + context +
+smooth frames (`lipstep.audio.visemes`). An encoder without a bounded window (a
 transformers model attends over whole 30-s pieces) gets `WholeAudioFeatureStream`: it keeps all audio
 and makes every block at the end, which is what a whole file needs anyway but is not streaming.
 """
@@ -26,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from lipstep.audio.visemes import VisemeNetConfig, silence_windows, viseme_windows
 from lipstep.data.features import LOG_FLOOR, frame_count, log_mel, window_starts
 from lipstep.data.prepare import mel_params
 
@@ -175,6 +179,65 @@ class MelFeatureStream(FeatureStream):
         return torch.from_numpy(np.ascontiguousarray(mel[idx - idx.min()]))  # [B, K, n_mels]
 
 
+class VisemeFeatureStream(FeatureStream):
+    """`VisemeAudioEncoder`'s one-hot windows, block by block (see the module docstring).
+
+    ``labels_of(windows)`` maps the mel windows of frames [a - context, b + context) to the labels of frames
+    [a, b) (`lipstep.audio.visemes.frame_labels` with the encoder's net and smoothing); `net_cfg` gives the
+    mel window size and bands. Mel windows come from a `MelFeatureStream` of one frame per block, so a block
+    waits for exactly the audio it reads, and only the windows the next block reads are kept.
+    """
+
+    def __init__(self, block: int, labels_of: Callable[[torch.Tensor], torch.Tensor], net_cfg: VisemeNetConfig, *,
+                 context: int, window: int = 5, fps: float = 25.0, sample_rate: int = 16000):
+        super().__init__(block, sample_rate, fps)
+        self.mel = MelFeatureStream(1, window=net_cfg.mel_window, n_mels=net_cfg.n_mels, fps=fps,
+                                    sample_rate=sample_rate)
+        self.labels_of, self.net_cfg = labels_of, net_cfg
+        self.context, self.window, self.n_visemes = int(context), int(window), net_cfg.n_visemes
+        self.first = -self.context                              # frame of self.windows[0]
+        self.windows = list(silence_windows(self.context, net_cfg))  # [K, n_mels] each, frames first, first + 1, ..
+
+    @property
+    def buffered(self) -> int:
+        return self.mel.buffered
+
+    def lookahead(self) -> int:
+        """Samples past a frame's end its tokens read: the mel look-ahead and K//2 + context frames more."""
+        t = 1000  # any frame away from the start
+        return self._needs_frame(t) - round((t + 1) * self.sample_rate / self.fps)
+
+    def finish(self) -> None:
+        super().finish()
+        self.mel.finish()
+
+    def _reach(self, k: int) -> int:
+        """One past the last frame whose mel window block k reads."""
+        return (k + 1) * self.block + self.window // 2 + self.context
+
+    def _needs_frame(self, t: int) -> int:
+        return self.mel._needs(t + self.window // 2 + self.context)
+
+    def _needs(self, k: int) -> int:
+        return self.mel._needs(self._reach(k) - 1)
+
+    def _add(self, wav: np.ndarray) -> None:
+        self.mel.push(wav)
+
+    def _make(self, k: int) -> torch.Tensor:
+        a, half = k * self.block, self.window // 2
+        lo = max(0, a - half)  # the first label the block's one-hot windows read (before frame 0: frame 0's)
+        while self.first + len(self.windows) < self._reach(k):
+            self.windows.append(self.mel._make(self.first + len(self.windows))[0])  # frames in order
+        x = torch.stack(self.windows[lo - self.context - self.first:self._reach(k) - self.first])
+        labels = self.labels_of(x)                              # frames lo .. (k + 1) * block + half - 1
+        out = viseme_windows(labels[None], self.window, self.n_visemes)[0, a - lo:a - lo + self.block]
+        keep = max(0, a + self.block - half) - self.context     # the first window the next block reads
+        del self.windows[:max(0, keep - self.first)]
+        self.first = max(self.first, keep)
+        return out                                              # [block, K, n_visemes]
+
+
 class WholeAudioFeatureStream(FeatureStream):
     """Any encoder ``encode(wav, n_frames) -> [n_frames, K, D]``: all audio is kept, blocks come at the end."""
 
@@ -202,4 +265,4 @@ class WholeAudioFeatureStream(FeatureStream):
         return self.features[k * self.block:(k + 1) * self.block]
 
 
-__all__ = ["FeatureStream", "MelFeatureStream", "WholeAudioFeatureStream"]
+__all__ = ["FeatureStream", "MelFeatureStream", "VisemeFeatureStream", "WholeAudioFeatureStream"]

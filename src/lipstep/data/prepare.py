@@ -4,8 +4,8 @@ SRC is one of:
 
 - a **synthetic world** (``lipstep synth``): ``SRC/manifest.jsonl`` rows with ``video`` and
   ``labels``. The face fills the frame, so frames are only resized (centre square, no detection);
-  the labels (visemes, mouth, head_pose, blink, phonemes), ``identity``, ``split`` and ``text``
-  are carried over. A manifest without ``labels`` is used the same way, with face detection.
+  the labels (visemes, mouth, head_pose, blink, phonemes), ``identity``, ``split``, ``text`` and
+  ``voice`` (the speaker's espeak voice, which `lipstep train visemes` holds out by) are carried over. A manifest without ``labels`` is used the same way, with face detection.
 - a **folder of real videos** (``*.mp4 *.mov *.mkv *.avi *.webm``, any case), flat
   (identity = file stem) or nested like LRS3 ``speaker/clip.mp4`` (identity = first folder).
   A ``<stem>.txt`` beside a video gives its ``text`` (LRS3's ``Text:`` line, else the first line).
@@ -104,6 +104,7 @@ class Job:
     text: str | None = None
     labels: str | None = None   # absolute path of a labels .npz
     detector: str = "auto"      # "none" for the synthetic world
+    voice: str | None = None    # the speaker's voice, when the world manifest names it (espeak voice+variant)
 
 
 @dataclass
@@ -175,7 +176,7 @@ def _world_jobs(src: Path, manifest: Path, detector: str) -> list[Job]:
             identity=str(row.get("identity") or row.get("id") or video.stem),
             split=row.get("split") if row.get("split") in SPLITS else None,
             text=row.get("text"), labels=str(src / labels) if labels else None,
-            detector="none" if labels else detector))
+            detector="none" if labels else detector, voice=row.get("voice")))
     return _unique_ids(jobs)
 
 
@@ -292,7 +293,7 @@ def build_shard(job: Job, cfg: PrepareConfig) -> dict[str, np.ndarray]:
     ``mel`` float16 [T, K, n_mels] (`features.frame_windows` of `features.log_mel`); ``fps``
     float32; ``sample_rate`` int64; ``crop_box`` int64 [4] = x, y, w, h in source pixels (the
     centred square for detector "none"); ``meta`` a JSON string (id, source, identity, split,
-    text, frames, seconds, size, fps, sample_rate, mel_window, detector, has_labels); and, when
+    text, frames, seconds, size, fps, sample_rate, mel_window, detector, has_labels[, voice]); and, when
     the source has labels, ``visemes`` int64 [T], ``mouth`` float32 [T, 3], ``head_pose`` float32
     [T, 3], ``blink`` float32 [T], ``phoneme_symbols`` str [P], ``phoneme_start`` /
     ``phoneme_end`` float32 [P] seconds. Raises `MediaError` / `DataError` for unusable clips.
@@ -319,6 +320,8 @@ def build_shard(job: Job, cfg: PrepareConfig) -> dict[str, np.ndarray]:
             "text": job.text, "frames": n_frames, "seconds": round(seconds, 6), "size": cfg.size,
             "fps": cfg.fps, "sample_rate": cfg.sample_rate, "mel_window": cfg.mel_window,
             "detector": job.detector, "has_labels": bool(labels)}
+    if job.voice is not None:
+        meta["voice"] = job.voice
     return {"frames": frames, "audio": audio, "mel": windows.astype(np.float16),
             "fps": np.float32(cfg.fps), "sample_rate": np.int64(cfg.sample_rate),
             "crop_box": np.array(box, dtype=np.int64), "meta": np.array(json.dumps(meta)), **labels}
@@ -415,8 +418,9 @@ def build_manifest(out: str | os.PathLike, cfg: PrepareConfig) -> list[dict]:
                "split": m["split"] if m.get("split") in SPLITS else hashed[m["identity"]],
                "frames": m["frames"], "seconds": m["seconds"], "size": m["size"], "fps": m["fps"],
                "has_labels": m["has_labels"]}
-        if m.get("text") is not None:
-            row["text"] = m["text"]
+        for key in ("text", "voice"):
+            if m.get(key) is not None:
+                row[key] = m[key]
         rows.append(row)
     write_jsonl_atomic(out / "manifest.jsonl", rows)
     return rows

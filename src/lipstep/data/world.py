@@ -149,7 +149,7 @@ def make_identity(cfg: WorldConfig, index: int):
 # one clip
 
 
-def _speech_for(rng, cfg: WorldConfig, voice: dict, available: float):
+def speech_for(rng, cfg: WorldConfig, voice: dict, available: float):
     """Synthesize a sentence that fits in `available` seconds (fewer words until it does)."""
     rate = int(rng.integers(cfg.rate_range[0], cfg.rate_range[1] + 1))
     n_words = max(1, int(available * rate / 60.0 * 0.8))
@@ -277,7 +277,7 @@ def render_clip(cfg: WorldConfig, out: Path, index: int, clip: int, split: str) 
     n_frames = int(round(cfg.seconds * FPS))
     n_samples = n_frames * SAMPLES_PER_FRAME
     lead = float(rng.uniform(*cfg.lead_silence))
-    speech, rate = _speech_for(rng, cfg, voice, cfg.seconds - lead - 0.25)
+    speech, rate = speech_for(rng, cfg, voice, cfg.seconds - lead - 0.25)
     wav, phonemes = place_speech(speech, n_samples, lead, cfg.noise_floor, rng)
     visemes = viseme_track(phonemes, n_frames, FPS)
     mouth = mouth_track(phonemes, n_frames, FPS)
@@ -293,7 +293,7 @@ def render_clip(cfg: WorldConfig, out: Path, index: int, clip: int, split: str) 
             frames[i] = frames[i - 1]
         deg["dropped_frames"] = int((drops > 0).sum())
     if deg.get("wrong_audio"):
-        other, _ = _speech_for(rng, cfg, voice, cfg.seconds - lead - 0.25)
+        other, _ = speech_for(rng, cfg, voice, cfg.seconds - lead - 0.25)
         audio, _ = place_speech(other, n_samples, lead, cfg.noise_floor, rng)
         deg["audio_text"] = other.text
     if "av_offset_frames" in deg:

@@ -6,7 +6,7 @@ internal FD/KID/FVD features with a trained one (never comparable with published
 `lipstep.eval.train_features` trains it as an autoencoder (`FeatureDecoder`, training only) with an
 identity classifier. A feature-net directory holds ``config.json`` (`FeatureNetConfig`),
 ``model.safetensors`` (the encoder only), ``checksums.json`` and, from training, ``train.json``
-(`lipstep.nets.weights`).
+(`lipstep.netdir`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lipstep.config import check
-from lipstep.nets.weights import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
+from lipstep.netdir import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
 
 _WHAT = "feature-net"   # names its directory in errors
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipstep.config import check
-from lipstep.nets.weights import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
+from lipstep.netdir import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
 
 OWN_NAME = "lipstep-identity-v1"
 _WHAT = "identity-encoder"   # names its directory in errors

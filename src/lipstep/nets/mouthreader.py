@@ -22,7 +22,7 @@ from torch import nn
 
 from lipstep.config import check
 from lipstep.errors import DataError
-from lipstep.nets.weights import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
+from lipstep.netdir import WEIGHTS_NAME, check_net_out, load_net_dir, save_net_dir
 
 NAME = "lipstep-mouth-reader-v1"
 _WHAT = "mouth reader"   # names its directory in errors

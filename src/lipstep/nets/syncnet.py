@@ -19,7 +19,7 @@ after Wav2Lip's expert discriminator and LatentSync's StableSyncNet): the lower 
 feature steps (80-band log-mel or 13 MFCC at 100 Hz) map to L2-normalised embeddings whose cosine
 similarity, through a learned affine map, is the logit of "in sync". It is saved as
 ``model.safetensors`` + ``config.json`` + ``checksums.json`` (`save_lipsync`, `load_lipsync`, through
-`lipstep.nets.weights`); training lives in `lipstep.eval.train_syncnet`.
+`lipstep.netdir`); training lives in `lipstep.eval.train_syncnet`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from lipstep.config import check
 from lipstep.errors import LipstepError
-from lipstep.nets.weights import check_net_out, load_net_dir, save_net_dir
+from lipstep.netdir import check_net_out, load_net_dir, save_net_dir
 
 _WHAT = "LipSyncNet"   # names its directory in errors
 S_EMBED_DIM = 1024

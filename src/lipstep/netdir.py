@@ -1,4 +1,5 @@
-"""Directories of the small networks lipstep trains (evaluators and readers): one writer, one loader.
+"""Directories of the small networks lipstep trains (evaluators, readers, the viseme classifier): one
+writer, one loader. (A base-layer module, so that `lipstep.audio` can keep its classifier in one too.)
 
 Each such directory is ``config.json`` (the network's config dataclass, with ``_type``),
 ``model.safetensors``, ``checksums.json`` (its sha256) and, from training, ``train.json``.
