@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lipstep.audio.visemes import save_viseme_classifier
 from lipstep.cli import main
 from lipstep.codecs.vae import CodecConfig, build_codec
 from lipstep.diffusion.denoiser import Denoiser
@@ -33,6 +34,7 @@ from lipstep.nets.dit import AvatarDiT, DiTConfig, forward_flops
 from lipstep.nets.identity import IdentityNet, IdentityNetConfig, load_identity
 from lipstep.pipeline import AvatarPipeline, read_info
 from lipstep.samplers import SamplerInfo
+from tests.audio.test_visemes import tiny_net
 from tests.contracts.test_methods import LatentWindows, _net, _perturbed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -256,6 +258,14 @@ def test_a_lite_run_through_the_cli_and_the_pipeline(world, tmp_path, capsys):
     res = AvatarPipeline.from_pretrained(tmp_path / "lite" / "model")(np.zeros((32, 32, 3), np.uint8),
                                                                         np.zeros(8000, np.float32), steps=1)
     assert res.frames.shape == (12, 32, 32, 3) and res.nfe == 3
+    save_viseme_classifier(tiny_net(), tmp_path / "vis")  # untrained: the mechanics of a viseme student
+    run(["distill", "lite", "--data", prepared, "--out", str(tmp_path / "lite_vis"), "--source", source, "--teacher",
+         teacher, "--steps", "2", "--batch-size", "2", "id_weight=0", "student_steps=2", "val_clips=0",
+         "max_flops_ratio=1", "audio=viseme", f"viseme_classifier={tmp_path / 'vis'}"])
+    vis = AvatarPipeline.from_pretrained(tmp_path / "lite_vis" / "model")
+    assert (vis.denoiser.cfg.audio_dim, vis.denoiser.cfg.audio_window, vis.audio_encoder.cfg.kind) == (15, 5, "viseme-audio")
+    res = vis(np.zeros((32, 32, 3), np.uint8), np.zeros(8000, np.float32), steps=1)
+    assert res.frames.shape == (12, 32, 32, 3)
     capsys.readouterr()
     with pytest.raises(SystemExit) as bad:  # too many FLOPs for the bar
         main(["distill", "lite", "--data", prepared, "--out", str(tmp_path / "x"), "--source", source,

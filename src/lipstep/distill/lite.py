@@ -33,6 +33,12 @@ On the *decoded* x0 prediction (the codec in the loop, frozen) two regularisers 
   decoded chunk (ŷ the student's, y the codec's reconstruction of the real frames), M_mouth the lower
   ``mouth_rows`` of the frame (the repo's mouth-flicker proxy).
 
+**Viseme conditioning** (``audio="viseme"``): the student reads one-hot windows of the per-frame viseme
+labels (``viseme_window`` frames, ±2 for coarticulation; `lipstep.audio.visemes.viseme_windows`) in place of
+log-mel, while the source keeps its own audio; training uses the world's labels, and the exported model's
+audio front end is the ``viseme-audio`` encoder (speech -> log-mel -> the classifier of ``lipstep train
+visemes`` -> labels -> the same windows), so it runs on raw speech.
+
 The student reads no guidance input: the source's default scales are baked in (one conditional pass per
 step). Its sampler is ``fewstep`` on the source's grid; ``lipstep export --steps 1`` makes it one-step.
 Roles: ``student`` (trained, exported), ``source`` (frozen), ``codec`` and ``anchor`` (frozen, only when
@@ -51,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipstep.audio.encoders import AudioConfig, build_audio_encoder
+from lipstep.audio.visemes import N_VISEMES, viseme_windows
 from lipstep.config import check
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
@@ -85,6 +93,11 @@ class LiteConfig:
     spacing: str = "trailing"               # the grid (`Schedule.timesteps`)
     first_step_share: float = 0.5           # P(k = 0): the one-step start from pure noise
     target: Literal["source", "data"] = "source"  # "data": no distillation (the same net on ground truth)
+    audio: Literal["mel", "viseme"] = "mel"  # the student's audio condition: the source's log-mel windows, or viseme
+    #   tokens (one-hot windows of the per-frame labels; at inference the labels of `viseme_classifier`)
+    viseme_classifier: str = ""             # audio="viseme": `lipstep train visemes` directory (the exported model's
+    #   audio front end: speech -> labels -> tokens)
+    viseme_window: int = 5                  # audio="viseme": frames per token window (±2, coarticulation)
     match_motion_weight: float = 2.0        # `losses.motion_weights` strength on the matching loss (0 = plain MSE)
     id_weight: float = 0.1                  # λ_id
     id_t_max: float = 1.0                   # identity anchoring at grid times t_k <= id_t_max
@@ -112,6 +125,10 @@ class LiteConfig:
         check(0 <= self.first_step_share <= 1, "first_step_share must be in [0, 1]")
         check(self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}")
         check(self.init in ("scratch", "source"), f"init must be 'scratch' or 'source', got {self.init!r}")
+        check(self.audio in ("mel", "viseme"), f"audio must be 'mel' or 'viseme', got {self.audio!r}")
+        check(self.audio == "mel" or bool(self.viseme_classifier),
+              "audio=viseme needs viseme_classifier=DIR (lipstep train visemes): the student's raw-audio front end")
+        check(self.viseme_window >= 1, f"viseme_window must be >= 1, got {self.viseme_window}")
         check(self.init == "scratch" or self.width_factor == 1,
               "init=source copies the source's layers: it needs width_factor=1 (shrink the depth instead)")
         check(min(self.match_motion_weight, self.id_weight, self.temp_weight, self.temp_mouth_weight) >= 0,
@@ -134,6 +151,9 @@ def lite_dit(source: DiTConfig, cfg: LiteConfig) -> DiTConfig:
     lite = dataclasses.replace(source, width=heads * (source.width // source.heads), heads=heads,
                                depth=max(1, round(source.depth * cfg.depth_factor)), out_head=out_head,
                                cfg_layer="none", grad_checkpointing=False, dropout=0.0)
+    if cfg.audio == "viseme":  # one-hot viseme windows in place of log-mel; the mouth-state head reads log-mel
+        lite = dataclasses.replace(lite, audio_dim=N_VISEMES, audio_window=cfg.viseme_window, audio_mean=0.0,
+                                   audio_std=1.0, mouth_state=0)
     lite.validate()
     return lite
 
@@ -146,7 +166,7 @@ def build_lite(source: AvatarDiT, cfg: LiteConfig, seed: int) -> AvatarDiT:
         student = AvatarDiT(lite_dit(source.cfg, cfg))
     if cfg.init == "source":
         copy_source_layers(student, source)
-    if student.mouth_head is not None:
+    if student.mouth_head is not None and source.mouth_head is not None:
         student.mouth_head.load_state_dict(source.mouth_head.state_dict())
         student.mouth_head.requires_grad_(False)
     return student.train()
@@ -186,8 +206,10 @@ def flops_ratio(student: AvatarDiT, source: AvatarDiT) -> tuple[float, float]:
     cond = Cond(reference=torch.zeros(lat), audio=torch.zeros(1, c.frames, c.audio_window, c.audio_dim),
                 motion=torch.zeros(1, c.motion_frames, *lat[1:]) if c.motion_frames else None)
     x, t = torch.zeros(1, c.frames, *lat[1:]), torch.ones(1)
+    s = student.cfg
+    own = dataclasses.replace(cond, audio=torch.zeros(1, c.frames, s.audio_window, s.audio_dim))
     src_cond = dataclasses.replace(cond, cfg_scales=torch.ones(1, 2)) if c.cfg_layer != "none" else cond
-    return forward_flops(student.cpu(), x, t, cond) / 1e9, forward_flops(source.cpu(), x, t, src_cond) / 1e9
+    return forward_flops(student.cpu(), x, t, own) / 1e9, forward_flops(source.cpu(), x, t, src_cond) / 1e9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +329,15 @@ class LiteMethod(Method):
         target = x0 if self.cfg.target == "data" else self.schedule.to_x0(self.source_pred(x_k, t, cond), x_k, t)
         return x_k, target.float()
 
+    def student_cond(self, cond: Cond, batch: dict) -> Cond:
+        """The student's Cond: the source's, with viseme tokens as the audio for a viseme student."""
+        if self.cfg.audio == "mel":
+            return cond
+        if "visemes" not in batch:
+            raise LipstepError("audio=viseme trains on per-frame viseme labels, but the batches have none (prepare "
+                               "the data from the synthetic world, whose shards carry them)")
+        return dataclasses.replace(cond, audio=viseme_windows(batch["visemes"], self.cfg.viseme_window, N_VISEMES))
+
     def loss(self, role: str, batch: dict, step: int, generator: torch.Generator):
         cfg = self.cfg
         x0 = batch["latents"].float()
@@ -314,7 +345,7 @@ class LiteMethod(Method):
         k = draw_index(cfg.train.seed, step, cfg.student_steps, cfg.first_step_share)
         x_k, target = self.state_and_target(x0, cond, k, generator)
         t = self.grid[k].to(x0.device).expand(x0.shape[0])
-        pred = self.student_fn.x0(x_k, t, cond).float()
+        pred = self.student_fn.x0(x_k, t, self.student_cond(cond, batch)).float()
         match = ((pred - target).square() * motion_weights(target, cfg.match_motion_weight)).flatten(1).mean(1)
         loss = match.mean()
         logs = {"l_match": float(match.detach().mean()), "k": float(k)}
@@ -377,6 +408,10 @@ class LiteRecipe:
         if ratio > cfg.max_flops_ratio:
             raise LipstepError(f"the lite student needs {ratio:.2f} of the source's FLOPs per evaluation (max_flops_ratio "
                                f"{cfg.max_flops_ratio}); lower width_factor / depth_factor")
+        viseme_audio = None  # the viseme student's raw-audio front end (loaded first: a bad directory fails fast)
+        if cfg.audio == "viseme":
+            viseme_audio = build_audio_encoder(AudioConfig(kind="viseme-audio", classifier=cfg.viseme_classifier,
+                                                           window=cfg.viseme_window))
         anchor_dir = Path(cfg.identity_net) if cfg.identity_net else ANCHOR_IDENTITY
         anchor = load_identity(anchor_dir) if cfg.id_weight > 0 else None
         src = open_teacher(self.teacher, prepared, "distill lite", progress=progress)
@@ -389,17 +424,19 @@ class LiteRecipe:
                 "step distillation on its grid" if method.fewstep_source else "output matching")
         print(f"lite: student AvatarDiT {student.cfg.width}x{student.cfg.depth} ({param_count(student.cfg) / 1e6:.2f} M "
               f"parameters, {g_student:.2f} GFLOPs per evaluation = {ratio:.2f} of the source's {g_source:.2f}) "
-              f"from {root} ({info.kind}, {info.sampler.name}), {mode}, {cfg.student_steps}-step grid; identity "
+              f"from {root} ({info.kind}, {info.sampler.name}), {mode}, {cfg.student_steps}-step grid, {cfg.audio} "
+              f"audio; identity "
               f"{cfg.id_weight} ({anchor_dir if anchor is not None else 'off'}), temporal {cfg.temp_weight}; "
               f"{len(src.dataset)} training windows", flush=True)
         provenance = {"source": str(root), "teacher": str(src.root), "data": str(prepared.resolve()),
                       "target": cfg.target, "student_steps": cfg.student_steps, "width": student.cfg.width,
                       "depth": student.cfg.depth, "gflops": round(g_student, 3), "source_gflops": round(g_source, 3),
-                      "id_weight": cfg.id_weight, "identity_net": str(anchor_dir) if anchor is not None else "",
+                      "id_weight": cfg.id_weight, "identity_net": str(anchor_dir) if anchor is not None else "", "audio": cfg.audio,
                       "temp_weight": cfg.temp_weight,
                       "scales": list(scales)}
+        audio = src.audio if viseme_audio is None else viseme_audio
         return Built(method=method, dataset=src.dataset, train=cfg.train, info=lite_info(info, cfg),
-                     codec=src.codec, audio=src.audio, export_role="student", latents=src.latents,
+                     codec=src.codec, audio=audio, export_role="student", latents=src.latents,
                      validation=Validation(cfg.val_clips, cfg.student_steps, cfg.val_seconds),
                      provenance=provenance, record="distill.json", run_config=cfg)
 
