@@ -173,18 +173,19 @@ def test_bundled_models_are_listed_small_and_loadable():
     from lipstep.modeldir import BUNDLED_ROOT, default_model
 
     bundled = bundled_models()
-    assert {"teacher", "fada", "turbo1"} <= set(bundled)
-    total = sum(f.stat().st_size for f in BUNDLED_ROOT.rglob("*") if f.is_file())  # models and evaluators
-    assert total <= 56 * 2**20  # three 6-7 M-parameter models in float16 and the evaluators
+    assert {"teacher", "fada", "turbo1", "lite"} <= set(bundled)
+    total = sum(f.stat().st_size for f in BUNDLED_ROOT.rglob("*") if f.is_file())  # models, evaluators, anchor
+    assert total <= 60 * 2**20  # three 6-7 M-parameter models and a 1.5 M one in float16, the evaluators
     rows = {r["name"]: r for r in describe_models()}
     assert rows["teacher"]["kind"] == "teacher" and rows["teacher"]["nfe_per_chunk"] == 75
     assert (rows["fada"]["kind"], rows["fada"]["recipe"], rows["fada"]["nfe_per_chunk"]) == ("student", "perflow", 6)
     assert (rows["turbo1"]["recipe"], rows["turbo1"]["nfe_per_chunk"], rows["turbo1"]["quality_bar"]) == (
         "dmd", 1, "met")
-    assert resolve_model("teacher") == bundled["teacher"] and default_model() == "turbo1"
+    assert (rows["lite"]["recipe"], rows["lite"]["nfe_per_chunk"], rows["lite"]["quality_bar"]) == ("lite", 1, "met")
+    assert resolve_model("teacher") == bundled["teacher"] and default_model() == "lite"
     r = _run("models")
     assert r.returncode == 0 and "teacher" in r.stdout and "75" in r.stdout and "fada" in r.stdout
-    assert "default (the fastest not judged below the bar): turbo1" in r.stdout
+    assert "default (the fastest not judged below the bar): lite" in r.stdout
 
 
 def test_generate_with_the_default_bundled_model(inputs, tmp_path):
@@ -192,7 +193,7 @@ def test_generate_with_the_default_bundled_model(inputs, tmp_path):
     r = _run("generate", "--image", inputs / "astronaut.png", "--audio", inputs / "speech.wav", "--out", out)
     assert r.returncode == 0, r.stderr
     assert probe(out)["frames"] == round(1.1 * 25)
-    assert "4 chunks x 1 steps, NFE 4" in r.stdout  # the default bundled model, turbo1: 1 NFE per chunk
+    assert "4 chunks x 1 steps, NFE 4" in r.stdout  # the default bundled model, lite: 1 NFE per chunk
 
 
 def test_demo_generates_a_talking_video(model, tmp_path):
