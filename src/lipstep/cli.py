@@ -475,7 +475,7 @@ def distill_lite_cmd(
                                                     "width_factor=0.5 depth_factor=0.5 identity_net=DIR id_weight=0.1 "
                                                     "temp_weight=0.1 target=data.", show_default=False),
 ):
-    """TempoSyncDiff: a lightweight few-step student (about a fifth of the FLOPs) with identity anchoring and
+    """TempoSyncDiff: a lightweight few-step student (a fifth of the FLOPs per evaluation) with identity anchoring and
     temporal regularisation."""
     _output_dir(out, keep=True)
     from lipstep.distill.lite import LiteConfig, LiteRecipe

@@ -80,7 +80,9 @@ def _batch(n=2):
 def test_the_student_is_a_fraction_of_the_source_in_flops_with_its_layout():
     src = DiTConfig(latent_channels=12, latent_size=32, patch=4, width=192, depth=6, heads=6, out_head=64,
                     cfg_layer="tokens", mouth_state=3)
-    lite = lite_dit(src, LiteConfig())
+    default = lite_dit(src, LiteConfig())
+    assert (default.width, default.heads, default.depth, default.out_head) == (192, 6, 1, 32)
+    lite = lite_dit(src, LiteConfig(width_factor=0.5, depth_factor=0.5, init="scratch"))
     assert (lite.width, lite.heads, lite.depth, lite.out_head, lite.cfg_layer) == (96, 3, 3, 32, "none")
     assert lite.width // lite.heads == src.width // src.heads  # the same head width
     assert (lite.latent_channels, lite.patch, lite.mouth_state, lite.audio_window) == (12, 4, 3, 16)
@@ -108,7 +110,7 @@ def test_a_shallower_student_can_start_from_the_source_layers():
         key = name.replace("blocks.0.", "blocks.1.")
         assert torch.equal(value, source.state_dict()[key]), name
     with pytest.raises(ConfigError, match="width_factor=1"):
-        LiteConfig(init="source").validate()
+        LiteConfig(init="source", width_factor=0.5).validate()
 
 
 def test_the_mouth_head_is_copied_and_frozen():
