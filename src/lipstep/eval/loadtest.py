@@ -99,7 +99,8 @@ class SessionRecord:
     error: str | None = None
     close_code: int | None = None
     ready: dict | None = None
-    send_lag_s: float = 0.0                      # the client's own lateness sending a piece (its CPU share)
+    send_lag_s: float = 0.0                      # how late a piece went out: TCP backpressure or the client's CPU
+    closed_at_s: float | None = None             # when the stream ended, since t0
 
 
 async def _receive_frames(ws, rec: SessionRecord, t0: list) -> None:
@@ -120,6 +121,7 @@ async def _receive_frames(ws, rec: SessionRecord, t0: list) -> None:
 async def stream_session(ws_url: str, rec: SessionRecord, pcm: np.ndarray, cfg: LoadConfig, sample_rate: int) -> None:
     """One live-paced stream; fills `rec` (frames with arrival times, the end message, errors)."""
     piece = round(cfg.piece_ms / 1000 * sample_rate)
+    t0 = [None]  # when audio time 0 was spoken (perf_counter), set once the server is ready
     try:
         async with connect(ws_url, max_size=None, ping_interval=None, open_timeout=60, close_timeout=10) as ws:
             await ws.send(json.dumps({"type": "start", "portrait_id": cfg.portrait_id, "pcm": "f32le",
@@ -129,7 +131,7 @@ async def stream_session(ws_url: str, rec: SessionRecord, pcm: np.ndarray, cfg: 
                 rec.error = f"{ready.get('status')}: {ready.get('message')}"
                 return
             rec.ready = ready
-            t0 = [time.perf_counter()]
+            t0[0] = time.perf_counter()
             receiver = asyncio.create_task(_receive_frames(ws, rec, t0))
             for i, start in enumerate(range(0, len(pcm), piece)):
                 chunk = pcm[start:start + piece]
@@ -147,13 +149,17 @@ async def stream_session(ws_url: str, rec: SessionRecord, pcm: np.ndarray, cfg: 
     except (ConnectionClosed, WebSocketException, OSError, asyncio.TimeoutError) as e:
         rec.error = rec.error or f"{type(e).__name__}: {e}"
         rec.close_code = getattr(getattr(e, "rcvd", None), "code", rec.close_code)
+    finally:
+        if t0[0] is not None:
+            rec.closed_at_s = time.perf_counter() - t0[0]
 
 
 def session_summary(rec: SessionRecord) -> dict:
     """Latency percentiles, the floor chunking imposes, the excess's growth and whether it kept real time."""
     out = {"session": rec.index, "audio_s": round(rec.audio_s, 2), "frames": len(rec.frames),
            "server_frames": rec.end.get("frames") if rec.end else None, "error": rec.error,
-           "close_code": rec.close_code, "client_send_lag_s": round(rec.send_lag_s, 3)}
+           "close_code": rec.close_code, "client_send_lag_s": round(rec.send_lag_s, 3),
+           "closed_at_s": None if rec.closed_at_s is None else round(rec.closed_at_s, 1)}
     if not rec.frames or rec.ready is None:
         return {**out, "kept_real_time": False}
     index, times, arrival = (np.array(v, float) for v in zip(*rec.frames))
@@ -229,13 +235,17 @@ class Malformed:
             ws.transport.abort()  # no close frame, no end message: the TCP connection just drops
 
     async def _oversized_upload(self) -> int:
-        body = b"x" * (self.max_bytes + 1)
+        """A body declared over the limit; the server must answer 413 before reading it (so only 1 KB is sent:
+        writing the whole body would race the server closing the connection after its answer)."""
+        host, port = self.url.split("//", 1)[1].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
         try:
-            r = await self.http.post(self.url + "/v1/generate", content=body,
-                                     headers={"content-type": "multipart/form-data; boundary=x"})
-        except httpx.TransportError:  # the server answered 413 and closed before the body was sent
-            return -1
-        return r.status_code
+            writer.write(f"POST /v1/generate HTTP/1.1\r\nhost: {host}\r\ncontent-type: multipart/form-data; "
+                         f"boundary=x\r\ncontent-length: {self.max_bytes + 1}\r\n\r\n".encode() + b"x" * 1024)
+            await writer.drain()
+            return int((await reader.readline()).split()[1])
+        finally:
+            writer.close()
 
     async def _post(self, path: str, files: dict, data: dict | None = None) -> int:
         return (await self.http.post(self.url + path, files=files, data=data or {})).status_code
@@ -266,21 +276,30 @@ async def _malformed_loop(m: Malformed, deadline: float, pause: float, results: 
 # the server's health and memory
 
 
+async def _get_health(http: httpx.AsyncClient, url: str) -> httpx.Response:
+    """GET /health, tried twice: a kept-alive connection the server closed while idle is not an outage."""
+    try:
+        return await http.get(url + "/health", timeout=10)
+    except httpx.TransportError:
+        return await http.get(url + "/health", timeout=10)
+
+
 async def _monitor(http: httpx.AsyncClient, url: str, pid: int | None, every: float, stop: asyncio.Event,
                    health: list, rss: list, t_start: float) -> None:
     process = psutil.Process(pid) if pid else None
     while not stop.is_set():
         t = round(time.perf_counter() - t_start, 2)
         try:
-            r = await http.get(url + "/health", timeout=10)
+            r = await _get_health(http, url)
             health.append((t, r.status_code, r.json().get("sessions") if r.status_code == 200 else None))
         except httpx.HTTPError as e:
             health.append((t, None, type(e).__name__))
         if process is not None:
             try:
-                rss.append((t, round(process.memory_info().rss / 2**20, 1)))
+                cpu = process.cpu_times()
+                rss.append((t, round(process.memory_info().rss / 2**20, 1), round(cpu.user + cpu.system, 2)))
             except psutil.Error:
-                rss.append((t, None))
+                rss.append((t, None, None))
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
         except asyncio.TimeoutError:
@@ -323,7 +342,7 @@ async def _run(url: str, cfg: LoadConfig, pid: int | None) -> dict:
 
 async def _final_health(http: httpx.AsyncClient, url: str) -> dict:
     try:
-        r = await http.get(url + "/health", timeout=10)
+        r = await _get_health(http, url)
         return {"status": r.status_code, "sessions": r.json().get("sessions")}
     except httpx.HTTPError as e:
         return {"status": None, "error": type(e).__name__}
@@ -360,7 +379,10 @@ def build_report(url, cfg, info, pid, records, malformed, health, rss, final, wa
         c["as_expected"] += row["status"] == row["expected"] and row["problem"] is None
         key = str(row["status"]) if row["problem"] is None else row["problem"]
         c["statuses"][key] = c["statuses"].get(key, 0) + 1
-    rss_values = [v for _, v in rss if v is not None]
+    rss_values = [v for _, v, _ in rss if v is not None]
+    cpu = [(t, c) for t, _, c in rss if c is not None]
+    cpu_s = round(cpu[-1][1] - cpu[0][1], 2) if len(cpu) > 1 else None
+    frames = sum(s["frames"] for s in sessions)
     ok_health = [s for _, s, _ in health if s == 200]
     done = [s for s in sessions if "latency_p50_s" in s]
     malformed_ok = all((r["status"] == r["expected"]) and r["problem"] is None for r in malformed)
@@ -371,6 +393,10 @@ def build_report(url, cfg, info, pid, records, malformed, health, rss, final, wa
         "sessions_complete": sum(bool(s.get("complete")) for s in sessions),
         "sessions_real_time": sum(s["kept_real_time"] for s in sessions),
         "session_close_codes": _counts(str(s["close_code"]) for s in sessions),
+        "frames_received": frames, "frames_per_s_all_sessions": round(frames / wall, 1),
+        "server_cpu_s": cpu_s, "server_cores_used": round(cpu_s / (cpu[-1][0] - cpu[0][0]), 2) if cpu_s else None,
+        "frames_per_server_cpu_s": round(frames / cpu_s, 1) if cpu_s else None,
+        "streams_closed_at_s_median": _median(s["closed_at_s"] for s in sessions),
         "latency_p50_s_median": _median(s["latency_p50_s"] for s in done),
         "latency_p95_s_worst": max((s["latency_p95_s"] for s in done), default=None),
         "excess_p95_s_worst": max((s["excess_p95_s"] for s in done), default=None),
@@ -415,7 +441,10 @@ def format_markdown(report: dict, notes: list[str] = ()) -> str:
         (f"- server {report['url']}, {srv['image_size']} px at {srv['fps']} fps, chunks of {srv['chunk_frames']} "
          f"frames, limits {srv['limits']}"),
         (f"- sessions complete {s['sessions_complete']}/{s['sessions']}, kept real time "
-         f"{s['sessions_real_time']}/{s['sessions']}; close codes {s['session_close_codes']}; wall {s['wall_s']} s"),
+         f"{s['sessions_real_time']}/{s['sessions']}; close codes {s['session_close_codes']}, streams ended after "
+         f"{s['streams_closed_at_s_median']} s (median); wall {s['wall_s']} s"),
+        (f"- frames received {s['frames_received']} ({s['frames_per_s_all_sessions']} per second of wall time, all "
+         f"sessions together; live pace would be {srv['fps'] * s['sessions']:g})"),
         (f"- latency (arrival - when the frame's audio began): median of p50 {s['latency_p50_s_median']} s, "
          f"worst p95 {s['latency_p95_s_worst']} s; first frame (median) {s['first_frame_s_median']} s"),
         (f"- excess over the chunking floor: worst p95 {s['excess_p95_s_worst']} s, median growth "
@@ -425,14 +454,17 @@ def format_markdown(report: dict, notes: list[str] = ()) -> str:
         (f"- server up: {s['health_checks'] - s['health_failures']}/{s['health_checks']} health checks answered 200; "
          f"at the end {'up' if s['server_up_at_end'] else 'DOWN'}, {s['sessions_in_use_at_end']} sessions in use"),
         f"- server RSS (MB): start {s['rss_mb_start']}, peak {s['rss_mb_peak']}, end {s['rss_mb_end']}",
-        f"- client's worst lateness sending a piece: {s['client_send_lag_s_worst']} s", "",
-        "| session | audio s | frames | p50 s | p95 s | max s | excess p95 s | growth s/s | real time | error |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        (f"- server CPU: {s['server_cpu_s']} s over the run, {s['server_cores_used']} cores on average; "
+         f"{s['frames_per_server_cpu_s']} frames per CPU second"),
+        (f"- worst lateness of a piece the client sent: {s['client_send_lag_s_worst']} s (the server stops "
+         f"reading a stream while it generates: TCP backpressure)"), "",
+        ("| session | audio s | frames | p50 s | p95 s | max s | excess p95 s | growth s/s | real time | ended s "
+         "| error |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["sessions"]:
         lines.append(f"| {r['session']} | {r['audio_s']} | {r['frames']} | {r.get('latency_p50_s', '–')} | "
                      f"{r.get('latency_p95_s', '–')} | {r.get('latency_max_s', '–')} | {r.get('excess_p95_s', '–')} | "
                      f"{r.get('excess_growth_s_per_s', '–')} | {'yes' if r['kept_real_time'] else 'no'} | "
-                     f"{r['error'] or ''} |")
+                     f"{r['closed_at_s']} | {r['error'] or ''} |")
     lines += ["", "| malformed request | expected | sent | as expected | statuses |", "|---|---|---|---|---|"]
     for name, c in report["malformed"].items():
         lines.append(f"| {name} | {c['expected'] if c['expected'] is not None else '(none)'} | {c['sent']} | "
