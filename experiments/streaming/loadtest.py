@@ -66,6 +66,7 @@ def main() -> int:
              f"command: `{report['machine']['command']}`", *args.note]
     if proc is not None:
         notes.append(f"server process alive at the end: {report['server_process_alive_at_end']}")
+    report["notes"] = notes
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(format_markdown(report, notes))
     print(format_markdown(report, notes))

@@ -129,6 +129,8 @@ async def stream_session(ws_url: str, rec: SessionRecord, pcm: np.ndarray, cfg: 
             ready = json.loads(await ws.recv())
             if ready.get("type") != "ready":
                 rec.error = f"{ready.get('status')}: {ready.get('message')}"
+                await ws.wait_closed()
+                rec.close_code = ws.close_code
                 return
             rec.ready = ready
             t0[0] = time.perf_counter()
@@ -146,12 +148,21 @@ async def stream_session(ws_url: str, rec: SessionRecord, pcm: np.ndarray, cfg: 
                 await ws.send(json.dumps({"type": "end"}))
             await asyncio.wait_for(receiver, timeout=cfg.drain_s)
             rec.close_code = ws.close_code
-    except (ConnectionClosed, WebSocketException, OSError, asyncio.TimeoutError) as e:
+    except ConnectionClosed as e:
+        rec.close_code = e.rcvd.code if e.rcvd else None
+        status = _refusal(e)
+        rec.error = rec.error or (f"{status}: {e.rcvd.reason}" if status else f"{type(e).__name__}: {e}")
+    except (WebSocketException, OSError, asyncio.TimeoutError) as e:
         rec.error = rec.error or f"{type(e).__name__}: {e}"
-        rec.close_code = getattr(getattr(e, "rcvd", None), "code", rec.close_code)
     finally:
         if t0[0] is not None:
             rec.closed_at_s = time.perf_counter() - t0[0]
+
+
+def _refusal(e: ConnectionClosed) -> int | None:
+    """The HTTP status of a refusal the server closed with (close code 4000 + status), else None."""
+    code = e.rcvd.code if e.rcvd else None
+    return code - 4000 if code is not None and 4400 <= code < 4600 else None
 
 
 def session_summary(rec: SessionRecord) -> dict:
@@ -216,23 +227,30 @@ class Malformed:
         ]
 
     async def _ws(self, messages: list) -> int | None:
-        async with connect(self.ws_url, max_size=None, ping_interval=None, open_timeout=60) as ws:
-            for m in messages:
-                await ws.send(m)
-            try:
+        """Send `messages`; the status of the error the server answers (or of the close code it refuses with)."""
+        try:
+            async with connect(self.ws_url, max_size=None, ping_interval=None, open_timeout=60) as ws:
+                for m in messages:
+                    await ws.send(m)
                 async for reply in ws:
                     if isinstance(reply, str) and json.loads(reply).get("type") == "error":
                         return int(json.loads(reply)["status"])
-            except ConnectionClosed:
-                pass
-            return ws.close_code
+                return ws.close_code
+        except ConnectionClosed as e:  # refused before our messages were all sent (e.g. 429, server busy)
+            return _refusal(e) or (e.rcvd.code if e.rcvd else None)
 
-    async def _abort(self) -> None:
-        async with connect(self.ws_url, max_size=None, ping_interval=None, open_timeout=60, close_timeout=1) as ws:
-            await ws.send(self.start)
-            await ws.recv()
-            await ws.send(np.zeros(self.sample_rate // 4, "<f4").tobytes())
-            ws.transport.abort()  # no close frame, no end message: the TCP connection just drops
+    async def _abort(self) -> int | None:
+        """Start a stream, send 0.25 s, drop the TCP connection; None, or the status if the server refused first."""
+        try:
+            async with connect(self.ws_url, max_size=None, ping_interval=None, open_timeout=60,
+                               close_timeout=1) as ws:
+                await ws.send(self.start)
+                await ws.recv()
+                await ws.send(np.zeros(self.sample_rate // 4, "<f4").tobytes())
+                ws.transport.abort()  # no close frame, no end message: the TCP connection just drops
+        except ConnectionClosed as e:
+            return _refusal(e)
+        return None
 
     async def _oversized_upload(self) -> int:
         """A body declared over the limit; the server must answer 413 before reading it (so only 1 KB is sent:
@@ -364,7 +382,7 @@ def _status_counts(records, malformed, health) -> dict:
     for _, status, _sessions in health:
         add(f"GET /health {status}")
     for rec in records:
-        add(f"WS /v1/stream session close {rec.close_code}" + (f" ({rec.error})" if rec.error else ""))
+        add(f"WS /v1/stream session close {rec.close_code}" + (f" ({rec.error[:70]})" if rec.error else ""))
     for row in malformed:
         add(f"{row['case']}: {row['status']}")
     return dict(sorted(counts.items()))
@@ -464,7 +482,7 @@ def format_markdown(report: dict, notes: list[str] = ()) -> str:
         lines.append(f"| {r['session']} | {r['audio_s']} | {r['frames']} | {r.get('latency_p50_s', '–')} | "
                      f"{r.get('latency_p95_s', '–')} | {r.get('latency_max_s', '–')} | {r.get('excess_p95_s', '–')} | "
                      f"{r.get('excess_growth_s_per_s', '–')} | {'yes' if r['kept_real_time'] else 'no'} | "
-                     f"{r['closed_at_s']} | {r['error'] or ''} |")
+                     f"{r['closed_at_s']} | {(r['error'] or '')[:90]} |")
     lines += ["", "| malformed request | expected | sent | as expected | statuses |", "|---|---|---|---|---|"]
     for name, c in report["malformed"].items():
         lines.append(f"| {name} | {c['expected'] if c['expected'] is not None else '(none)'} | {c['sent']} | "
