@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import re
 import struct
 
 import numpy as np
@@ -134,6 +135,36 @@ def test_a_body_over_the_limit_without_a_length_is_refused_while_read(client):
 
     r = client.post("/v1/generate", content=body(), headers={"content-type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413 and "over the limit" in r.json()["error"]
+
+
+def test_the_page_and_its_files_are_served_from_here(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    links = re.findall(r'(?:src|href)="([^"]*)"', r.text)
+    assert "/static/app.js" in links and "/static/style.css" in links
+    assert all(link.startswith(("/", "data:")) for link in links)  # nothing from another origin
+    for name in ("app.js", "style.css", "pcm-worklet.js"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert client.get("/static/nope.js").json() == {"error": "Not Found"}
+
+
+def test_example_portraits_are_listed_served_and_streamable(client):
+    listed = client.get("/v1/portraits").json()["portraits"]
+    assert [p["id"] for p in listed] == ["example-1", "example-2", "example-3", "example-4"]
+    r = client.get("/v1/portraits/example-2")
+    assert r.headers["content-type"] == "image/png"
+    assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (16, 16, 3)
+    assert client.get("/v1/portraits/nope").status_code == 404
+    uploaded = client.post("/v1/portraits", files={"image": ("me.png", _png())}).json()["id"]
+    assert client.get(f"/v1/portraits/{uploaded}").status_code == 200
+    assert uploaded not in {p["id"] for p in client.get("/v1/portraits").json()["portraits"]}
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_text(json.dumps({"type": "start", "portrait_id": "example-1"}))
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_text(json.dumps({"type": "end"}))
+        while ws.receive()["type"] != "websocket.close":
+            pass
 
 
 def test_unknown_routes_and_methods_are_one_line_json(client):

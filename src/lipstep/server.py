@@ -4,9 +4,13 @@ The model is loaded once, when the app is made (`create_app`). Every generation 
 (``workers`` of them), so the event loop keeps answering /health, uploads and the other sessions while a
 chunk is generated. Endpoints (OpenAPI and a try-it page at /docs):
 
+- ``GET /``: the web page (``lipstep/web/``: one HTML page, its script and style, no build step, nothing fetched
+  from elsewhere), a client of the endpoints below.
 - ``GET /health``: the model, the limits and the sessions in use.
+- ``GET /v1/portraits``: the server's example portraits (unseen synthetic identities), ``{"portraits": [{"id",
+  "size", "kind"}]}``; uploaded portraits are not listed (the server has no users to list them for).
 - ``POST /v1/portraits``: multipart ``image`` -> ``{"id", "size"}``, a portrait decoded and cropped once,
-  for streams to name instead of sending the image again.
+  for streams to name instead of sending the image again. ``GET /v1/portraits/{id}``: that crop as PNG.
 - ``POST /v1/generate``: multipart ``image`` + ``audio`` (+ form fields ``steps``, ``cfg_audio``,
   ``cfg_ref``, ``seed``, ``detector``) -> the mp4 (video/mp4), made through the streaming path.
 - ``WS /v1/stream``: a JSON start message, then binary PCM chunks, then ``{"type": "end"}``; the server
@@ -23,7 +27,6 @@ code 4000 + status. A bug gets 500 with a one-line message; its traceback goes t
 
 Logs are one JSON object per line on stderr (``event``: request, session, server). The server binds
 127.0.0.1 by default: it has no authentication, so exposing it (``--host 0.0.0.0``) is the operator's call.
-A web page can be added as one more route of `create_app` (static files at /), speaking the same protocol.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ import torch
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lipstep import __version__
 from lipstep.config import check, from_dict
+from lipstep.data.examples import example_faces
 from lipstep.data.faces import DETECTORS
 from lipstep.data.media import read_audio, read_image
 from lipstep.diffusion.guidance import check_scale
@@ -66,6 +71,7 @@ from lipstep.errors import LipstepError, MediaError
 from lipstep.pipeline import AvatarPipeline, AvatarStream, StreamFrame
 
 log = logging.getLogger("lipstep.serve")
+WEB = Path(__file__).resolve().parent / "web"  # the page's files (package data)
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -85,6 +91,7 @@ class ServeConfig:
     max_stream_seconds: float = 3600.0  # longest audio of one stream (413 beyond; the stream's memory is flat)
     idle_timeout_s: float = 30.0        # a stream that sends nothing for this long is closed (408)
     max_portraits: int = 64             # uploaded portraits kept; the oldest is forgotten first
+    example_portraits: int = 4          # example portraits (unseen synthetic identities) at GET /v1/portraits
     jpeg_quality: int = 90              # frames sent as JPEG
     max_steps: int = 100                # most sampler steps a request may ask for (the teacher's default is 25)
 
@@ -98,6 +105,7 @@ class ServeConfig:
         check(self.max_stream_seconds > 0, f"max_stream_seconds must be > 0, got {self.max_stream_seconds}")
         check(self.idle_timeout_s > 0, f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
         check(self.max_portraits >= 1, f"max_portraits must be >= 1, got {self.max_portraits}")
+        check(0 <= self.example_portraits <= 16, f"example_portraits must be in 0..16, got {self.example_portraits}")
         check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -221,10 +229,11 @@ class Session:
 
 
 class Portraits:
-    """Uploaded portraits (cropped uint8 [S, S, 3]) by id, the oldest forgotten first."""
+    """Portraits (cropped uint8 [S, S, 3]) by id: the examples, kept, and the uploads, the oldest forgotten first."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, examples: list[np.ndarray] = ()):
         self.limit, self.items = limit, OrderedDict()
+        self.examples = {f"example-{i + 1}": image for i, image in enumerate(examples)}
 
     def add(self, image: np.ndarray) -> str:
         pid = uuid.uuid4().hex[:16]
@@ -234,6 +243,8 @@ class Portraits:
         return pid
 
     def get(self, pid: str) -> np.ndarray:
+        if pid in self.examples:
+            return self.examples[pid]
         if pid not in self.items:
             raise ClientError(404, f"unknown portrait_id '{pid[:40]}'; upload the portrait with POST /v1/portraits")
         self.items.move_to_end(pid)
@@ -251,7 +262,7 @@ class AvatarServer:
         self.cfg, self.pipe = cfg, pipe
         self.pool: ThreadPoolExecutor | None = None
         self.active: set[str] = set()       # ids of running generations (streams and requests)
-        self.portraits = Portraits(cfg.max_portraits)
+        self.portraits = Portraits(cfg.max_portraits, example_faces(cfg.example_portraits, pipe.info.image_size))
 
     async def run(self, fn, *args, **kwargs):
         """`fn` in a worker thread; a `LipstepError` there is the client's (400)."""
@@ -324,6 +335,14 @@ class AvatarServer:
         check_settings(self.cfg, None, None, None, 0, detector)
         crop = await self.run(self._crop, await image.read(), image.filename, detector)
         return {"id": self.portraits.add(crop), "size": int(crop.shape[0])}
+
+    def list_portraits(self) -> dict:
+        return {"portraits": [{"id": pid, "size": int(image.shape[0]), "kind": "example"}
+                              for pid, image in self.portraits.examples.items()]}
+
+    def portrait_png(self, pid: str) -> Response:
+        return Response(encode_image(self.portraits.get(pid), "png"), media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
 
     # --- WebSocket ------------------------------------------------------------------------------
 
@@ -563,9 +582,24 @@ def create_app(cfg: ServeConfig | None = None, pipe: AvatarPipeline | None = Non
     app.add_middleware(_RequestGate, max_mb=cfg.max_upload_mb)
     _add_error_handlers(app)
 
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(WEB / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+
     @app.get("/health", summary="Model, limits and sessions in use")
     async def health() -> dict:
         return server.health()
+
+    @app.get("/v1/portraits", summary="The server's example portraits")
+    async def list_portraits() -> dict:
+        return server.list_portraits()
+
+    @app.get("/v1/portraits/{pid}", summary="A portrait's crop as PNG", response_class=Response,
+             responses={200: {"content": {"image/png": {}}, "description": "The crop streams use"}})
+    async def portrait_png(pid: str) -> Response:
+        return server.portrait_png(pid)
 
     @app.post("/v1/portraits", summary="Upload a portrait once; streams name it by id")
     async def portraits(image: UploadFile = File(..., description="Portrait image (any format PIL reads)"),
@@ -588,6 +622,11 @@ def create_app(cfg: ServeConfig | None = None, pipe: AvatarPipeline | None = Non
         await server.stream(ws)
 
     return app
+
+
+# The page loads nothing from elsewhere: scripts, styles, images and the WebSocket all come from this server.
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; "
+               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

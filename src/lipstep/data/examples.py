@@ -10,7 +10,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from lipstep.data.media import write_audio
+from lipstep.data.render import Pose, render_frame, sample_identity
 from lipstep.data.speech import synthesize
 from lipstep.data.world import WorldConfig, synthesize_world
 from lipstep.fsutil import write_json_atomic
@@ -29,6 +32,13 @@ def example_portrait(out: Path, *, workers: int = 0, progress: bool = True) -> P
     portrait = out / "portrait.png"
     shutil.copyfile(out / "world" / "identities" / f"{rows[0]['identity']}.png", portrait)
     return portrait
+
+
+def example_faces(n: int, size: int, seed: int = 2026) -> list[np.ndarray]:
+    """Neutral portraits (uint8 [size, size, 3]) of the first `n` identities of `example_portrait`'s world: the
+    same identities (``make_identity`` draws them from this generator first) without rendering any clip."""
+    return [render_frame(sample_identity(np.random.default_rng([seed, i, 1])), (0.0, 0.5, 0.2), Pose(), 0.0, size)
+            for i in range(n)]
 
 
 def example_speech(out: Path) -> tuple[Path, float]:
@@ -52,4 +62,4 @@ def example_inputs(directory: Path, *, portrait: bool = True, speech: bool = Tru
     return paths
 
 
-__all__ = ["EXAMPLE_TEXT", "example_inputs", "example_portrait", "example_speech"]
+__all__ = ["EXAMPLE_TEXT", "example_faces", "example_inputs", "example_portrait", "example_speech"]
