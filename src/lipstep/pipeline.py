@@ -18,6 +18,11 @@ only the audio the next windows read, and frames leave as they are made. `stream
 `generate_video` writes an mp4 frame by frame with it (`lipstep generate`), `__call__` collects every
 frame of one call into a `Generation`; all three give the same frames for the same seed, however the
 audio is cut. Every frame carries a voice-activity flag (`lipstep.audio.vad`).
+
+Runtimes: ``from_pretrained(..., runtime="onnx" | "onnx-int8")`` loads ONNX Runtime sessions in place of
+the denoiser net, the codec's decoder and the log-mel spectrogram (`lipstep.runtime`), behind the same
+calls, so all of the above is unchanged. Hybrid mode: `AvatarStream.push_latents` / `emit_latents` stop
+before decoding and hand out the latents full mode would decode (`lipstep.hybrid` writes and renders them).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.mediafixtures import speech_like
+from tests.tinypipe import portrait, tiny_pipeline
 
 from lipstep.audio import MelEncoder
 from lipstep.cli import main
@@ -20,8 +22,6 @@ from lipstep.pipeline import AvatarPipeline, ModelInfo, SamplerInfo
 from lipstep.runtime import export_onnx, load_onnx_model
 from lipstep.runtime.export import DecoderGraph
 from lipstep.runtime.onnx import make_session
-from tests.mediafixtures import speech_like
-from tests.tinypipe import portrait, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,9 +159,10 @@ def test_generated_frames_match_torch(model):
 
 
 def test_bench_rows_per_runtime_threads_and_emit(model, tmp_path):
-    from lipstep.eval.bench import run_bench
     from tests.mediafixtures import SR
+
     from lipstep.data.media import write_audio, write_image
+    from lipstep.eval.bench import run_bench
 
     write_image(tmp_path / "face.png", portrait())
     write_audio(tmp_path / "speech.wav", speech_like(0.3), SR)
