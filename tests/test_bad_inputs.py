@@ -115,7 +115,24 @@ def inputs(tmp_path_factory) -> Path:
     (d / "text.model").write_text("not weights\n")   # torch.load: a bare KeyError
     (d / "empty.model").write_bytes(b"")
     _prepared(d / "world_prep", _row("c1", split="train"))
+    _latents_files(d)
     return d
+
+
+def _latents_files(d: Path) -> None:
+    """Latents files (hybrid mode) that decode must refuse: another codec, a model that is gone, no header."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lipstep.hybrid import LatentsMeta, write_latents
+
+    meta = LatentsMeta(frames=2, fps=25.0, sample_rate=SR, chunk_frames=8, latent_shape=[12, 32, 32], image_size=64,
+                       codec_sha256="0" * 64, model=str(TEACHER))
+    latents, audio = torch.zeros(2, 12, 32, 32), np.zeros(1280, np.float32)
+    write_latents(d / "other_codec.safetensors", latents, audio, meta)
+    meta.model = str(d / "gone_model")
+    write_latents(d / "gone_model.safetensors", latents, audio, meta)
+    save_file({"latents": latents}, str(d / "plain.safetensors"))
 
 
 def gen(image: str = "face.png", audio: str = "ok.wav", out: str = "out.mp4") -> str:
@@ -358,6 +375,30 @@ CASES = [
     ("generate_image_name_too_long", gen(image="a" * 300 + ".png"), r"a{300}\.png: File name too long"),
     ("eval_data_name_too_long", f"eval -d {'a' * 300} -o out", r"a{300}: File name too long"),
     ("export_model_name_too_long", f"export -m {{i}}/{'a' * 300} -o out", r"a{300}: File name too long"),
+    # ONNX runtimes, hybrid mode (issue 23)
+    ("generate_runtime_without_export", G + " -m teacher --runtime onnx",
+     r"teacher has no ONNX export .*run lipstep export .* --onnx"),
+    ("generate_runtime_bogus", G + " --runtime tensorrt", r"--runtime must be one of torch, onnx, onnx-int8"),
+    ("generate_threads_zero", G + " --threads 0", r"--threads must be at least 1"),
+    ("generate_emit_bogus", G + " --emit pixels", r"--emit must be frames or latents"),
+    ("generate_emit_latents_suffix", G + " --emit latents", r"--emit latents writes a \.safetensors file"),
+    ("decode_latents_missing", "decode {i}/nosuch.safetensors out.mp4", r"nosuch\.safetensors: file not found"),
+    ("decode_latents_corrupt", "decode {i}/text.safetensors out.mp4",
+     r"text\.safetensors: not a readable latents file"),
+    ("decode_latents_not_lipstep", "decode {i}/plain.safetensors out.mp4",
+     r"plain\.safetensors: not a lipstep latents file"),
+    ("decode_other_codec", "decode {i}/other_codec.safetensors out.mp4",
+     r"other_codec\.safetensors was made with codec 000000000000, but .*codec is"),
+    ("decode_model_gone", "decode {i}/gone_model.safetensors out.mp4", r"gone_model, which is not here; give the model"),
+    ("decode_out_suffix", "decode {i}/other_codec.safetensors out.txt", r"out\.txt: use a \.mp4"),
+    ("decode_out_is_folder", "decode {i}/other_codec.safetensors existing", r"OUT existing: is a directory"),
+    ("export_int8_without_onnx", "export teacher out --int8", r"--int8 needs --onnx"),
+    ("export_model_twice", "export teacher out -m teacher", r"give MODEL or --model, not both"),
+    ("bench_runtime_without_export", B + " --runtime torch onnx", r"teacher has no ONNX export"),
+    ("bench_runtime_bogus", B + " --runtime tflite", r"--runtime must be one of"),
+    ("bench_emit_bogus", B + " --emit pixels", r"--emit must be frames or latents"),
+    ("bench_threads_twice", B + " --threads 1 1", r"names a thread count twice"),
+    ("bench_device_gflops_bad", B + " --device-gflops rpi5", r"--device-gflops rpi5: expected NAME=GFLOPS"),
 ]
 
 # --out under an existing file, for every verb (a file output: its folder is the file)

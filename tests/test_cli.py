@@ -85,3 +85,14 @@ def test_synth_cli_saves_resolved_config(tmp_path):
     assert result.returncode == 0, result.stderr
     cfg = json.loads((tmp_path / "w" / "config.json").read_text())
     assert cfg["head_motion"] == 0.5 and cfg["size"] == 32
+
+
+def test_list_options_take_several_values():
+    """`bench --threads 1 2` and friends: each value gets its flag (click options take one value each)."""
+    from lipstep.cli import expand_list_options
+
+    argv = ["bench", "-m", "a", "b@2", "--threads", "1", "2", "-o", "out", "--runtime=torch", "onnx", "--seconds", "2"]
+    assert expand_list_options(argv) == ["bench", "-m", "a", "-m", "b@2", "--threads", "1", "--threads", "2", "-o",
+                                         "out", "--runtime=torch", "--runtime", "onnx", "--seconds", "2"]
+    other = ["generate", "-i", "x.png", "extra", "values"]
+    assert expand_list_options(other) == other  # only the verbs that declare list options

@@ -26,7 +26,8 @@ LAYERS = [
     ("modeldir", ["modeldir"]),
     ("distill", ["distill"]),
     ("train", ["train"]),
-    ("pipeline", ["pipeline"]),
+    ("runtime", ["runtime"]),
+    ("pipeline", ["pipeline", "hybrid"]),
     ("eval/demo", ["eval", "demo"]),
     ("entry points", ["cli", "server", "__main__"]),
 ]

@@ -505,8 +505,15 @@ def generate(
                                                 "no limit; the video is written frame by frame, so memory grows "
                                                 "only with the audio, 64 KB a second)."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
+    runtime: str = typer.Option("torch", help="What runs the networks: torch, onnx or onnx-int8 (ONNX Runtime on "
+                                "the CPU; needs the model's export from lipstep export MODEL OUT --onnx [--int8])."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: torch's)."),
+    emit: str = typer.Option("frames", help="frames: write the video; latents: write the latents and the audio to "
+                             "a .safetensors file instead, nothing decoded (hybrid mode; render it later with "
+                             "lipstep decode)."),
 ):
-    """Portrait + speech -> lip-synced talking-head video with the original audio."""
+    """Portrait + speech -> lip-synced talking-head video with the original audio (or, with --emit latents, the
+    latents to render it from elsewhere)."""
     check_output(out, file=True)
     check_device(device)
     _check_scales(cfg_audio, cfg_ref)
@@ -514,14 +521,57 @@ def generate(
         raise LipstepError("--steps must be at least 1")
     if max_seconds is not None and not max_seconds > 0:
         raise LipstepError(f"--max-seconds must be positive, got {max_seconds:g}")
+    if emit not in ("frames", "latents"):
+        raise LipstepError(f"--emit must be frames or latents, got {emit!r}")
+    _set_threads(threads)
+    from lipstep.hybrid import generate_latents_file
     from lipstep.pipeline import generate_file
+    from lipstep.runtime import check_runtime
 
-    path, res, seconds = generate_file(model, image, audio, out, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
-                                       seed=seed, detector=detector, max_seconds=max_seconds, device=device)
+    check_runtime(runtime)
+    options = {"steps": steps, "cfg_audio": cfg_audio, "cfg_ref": cfg_ref, "seed": seed, "detector": detector,
+               "max_seconds": max_seconds, "device": device, "runtime": runtime, "threads": threads}
+    if emit == "latents":
+        path, res, seconds, meta = generate_latents_file(model, image, audio, out, **options)
+        shape = "x".join(map(str, meta.latent_shape))
+        typer.echo(f"wrote {path}: {res.frames} latents [{shape}] float32 ({res.seconds:.2f} s of video at "
+                   f"{res.fps:g} fps), {meta.bytes_per_second / 1024:.1f} KB per second of video (+ the audio); "
+                   f"{res.chunks} chunks x {res.steps} steps, NFE {res.nfe}; {seconds:.2f} s total "
+                   f"(denoise {res.timings['denoise']:.2f} s); render it with lipstep decode {path} OUT.mp4")
+        return
+    path, res, seconds = generate_file(model, image, audio, out, **options)
     n = res.frames
     typer.echo(f"wrote {path}: {n} frames ({res.seconds:.2f} s) at {res.fps:g} fps; {res.chunks} chunks x "
                f"{res.steps} steps, NFE {res.nfe}; {seconds:.2f} s total, {n / seconds:.1f} frames/s "
-               f"(denoise {res.timings['denoise']:.2f} s, decode {res.timings['decode']:.2f} s)")
+               f"(denoise {res.timings['denoise']:.2f} s, decode {res.timings['decode']:.2f} s; {runtime})")
+
+
+@app.command()
+def decode(
+    latents: Path = typer.Argument(..., help="Latents file from lipstep generate --emit latents."),
+    out: Path = typer.Argument(..., help="Output video (.mp4, .mkv or .mov), written atomically."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name whose codec "
+                                        "renders the latents (default: the model recorded in the file); a codec "
+                                        "other than the one that made them is refused."),
+):
+    """Render latents (hybrid mode) to the video lipstep generate writes: the same frames, bit for bit."""
+    check_output(out, option="OUT", file=True)
+    from lipstep.hybrid import decode_file
+
+    path, meta, seconds = decode_file(latents, out, model=model)
+    typer.echo(f"wrote {path}: {meta.frames} frames ({meta.frames / meta.fps:.2f} s) at {meta.fps:g} fps, "
+               f"decoded in {seconds:.2f} s")
+
+
+def _set_threads(threads: int | None) -> None:
+    """--threads: torch's CPU threads (ONNX Runtime sessions take the same count)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise LipstepError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 @app.command()
@@ -573,8 +623,16 @@ def models():
 
 @app.command()
 def export(
-    model: str = typer.Option(..., "--model", "-m", help="Model directory or bundled name."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the copy (a model directory)."),
+    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Model directory or bundled name "
+                                              "(or --model)."),
+    out_arg: Optional[Path] = typer.Argument(None, metavar="[OUT]", help="Where to write the copy (or --out)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the copy (a model directory)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also export the denoiser, the codec decoder and the audio front "
+                              "end to OUT/onnx/ (ONNX, with the parity to PyTorch measured and recorded in "
+                              "OUT/onnx/export.json), for lipstep generate --runtime onnx."),
+    int8: bool = typer.Option(False, "--int8", help="With --onnx: also an int8 denoiser (onnxruntime dynamic "
+                              "quantisation) for --runtime onnx-int8."),
     half: bool = typer.Option(False, "--half", help="Store weights in float16 (half the size on disk)."),
     quality_bar: Optional[str] = typer.Option(None, "--quality-bar", help="met | not-met: record whether the model "
                                               "meets the project's quality bar (a bundled model judged not-met is "
@@ -584,7 +642,10 @@ def export(
     steps: Optional[int] = typer.Option(None, "--steps", help="Record this default number of sampler steps (e.g. a "
                                         "DMD generator measured at 1 step exported as a 1-step model)."),
 ):
-    """Copy a model directory, optionally with float16 weights (how bundled models are stored)."""
+    """Copy a model directory, optionally with float16 weights (how bundled models are stored) and its ONNX export."""
+    model, out = _one_of(model_arg, model, "MODEL", "--model"), _one_of(out_arg, out, "OUT", "--out")
+    if int8 and not onnx:
+        raise typer.BadParameter("--int8 needs --onnx")
     if quality_bar not in (None, "met", "not-met"):
         raise typer.BadParameter(f"--quality-bar must be met or not-met, got {quality_bar!r}")
     if evidence and quality_bar is None:
@@ -603,6 +664,31 @@ def export(
     path = pipe.save_pretrained(out, half=half)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     typer.echo(f"wrote {path} ({size / 2**20:.1f} MB{', float16' if half else ''})")
+    if onnx:
+        from lipstep.runtime import export_onnx
+
+        typer.echo(_describe_export(path, export_onnx(path, int8=int8)))
+
+
+def _one_of(argument, option, name: str, flag: str):
+    """The value of a positional argument or of its option (not both, not neither)."""
+    if argument is not None and option is not None:
+        raise typer.BadParameter(f"give {name} or {flag}, not both")
+    if argument is None and option is None:
+        raise typer.BadParameter(f"missing {name} (or {flag})")
+    return argument if argument is not None else option
+
+
+def _describe_export(path: Path, manifest: dict) -> str:
+    """The lines `lipstep export --onnx` prints: each file with its size and parity, then the frames' parity."""
+    lines = [f"wrote {path / 'onnx'} (opset {manifest['opset']}, {manifest['seconds']:.1f} s):"]
+    for name, f in manifest["files"].items():
+        lines.append(f"  {name:<20} {f['bytes'] / 2**20:7.2f} MB  max |ONNX - PyTorch| {f['parity']['max_abs_diff']:.2e}"
+                     f"  ({f['precision']})")
+    frames = manifest["parity_frames"]["max_abs_diff"]
+    lines.append("  one chunk end to end, frames in [-1, 1]: max |ONNX - PyTorch| "
+                 + ", ".join(f"{runtime} {d:.2e}" for runtime, d in frames.items()))
+    return "\n".join(lines)
 
 
 @app.command("eval")
@@ -684,7 +770,18 @@ def bench(
     seconds: float = typer.Option(4.0, help="Cut the audio to at most this many seconds."),
     warmup: int = typer.Option(1, help="Untimed warm-up runs per model."),
     repeats: int = typer.Option(3, help="Timed runs per model; median and p90 over them (papers: >= 10)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: physical cores, else 2)."),
+    threads: Optional[List[int]] = typer.Option(None, help="CPU threads, one or several (--threads 1 2 4: a row per "
+                                                "model and thread count; torch and ONNX Runtime alike; default: "
+                                                "physical cores, else 2)."),
+    runtime: Optional[List[str]] = typer.Option(None, help="What runs the networks, one or several: torch, onnx, "
+                                                "onnx-int8 (a row per model and runtime; the onnx ones need the "
+                                                "model's export, lipstep export --onnx [--int8]); default torch."),
+    emit: Optional[List[str]] = typer.Option(None, help="frames (the whole path, default) and/or latents (hybrid "
+                                             "mode: denoise only, no decode, no mux)."),
+    device_gflops: Optional[List[str]] = typer.Option(None, "--device-gflops", help="NAME=GFLOPS: a slower device's "
+                                                      "assumed sustained fp32 GFLOP/s for the printed feasibility "
+                                                      "estimate (repeatable; default: rpi5=60, an assumption for a "
+                                                      "Raspberry Pi 5, see lipstep.eval.edge)."),
     seed: int = typer.Option(0, help="Seed of the initial noise (the same for every model)."),
     cfg_audio: Optional[float] = typer.Option(None, help="Audio guidance scale for all models (default: each model's)."),
     cfg_ref: Optional[float] = typer.Option(None, help="Reference guidance scale for all models (default: each model's)."),
@@ -695,16 +792,19 @@ def bench(
                                                "default: every numeric key the eval files share)."),
     more: Optional[List[str]] = typer.Argument(None, hidden=True, show_default=False, metavar="VALUES"),
 ):
-    """Time models side by side: per-component seconds, NFE, ms/frame, fps, RTF, first chunk, peak memory."""
+    """Time models side by side: per-component seconds, NFE, ms/frame, fps, RTF, first frame, peak memory, FLOPs per
+    NFE; optionally per runtime (torch / ONNX / int8), thread count and emit mode, with an edge-device estimate."""
     _output_dir(out)
     from lipstep.eval.bench import run_bench
 
-    # Click options take one value each; the extra values of `--models a b` / `--eval x=1 y=2` arrive here.
+    # Click options take one value each: `main` repeats a list option's flag before each of its values
+    # (`--threads 1 2` -> `--threads 1 --threads 2`); stray values (API callers of `app`) arrive here.
     extra = more or []
     report = run_bench(models + [x for x in extra if "=" not in x], out, image=image, audio=audio, seconds=seconds,
-                       warmup=warmup, repeats=repeats, threads=threads, seed=seed, cfg_audio=cfg_audio,
+                       warmup=warmup, repeats=repeats, threads=threads or None, seed=seed, cfg_audio=cfg_audio,
                        cfg_ref=cfg_ref, device=device, evals=(evals or []) + [x for x in extra if "=" in x],
-                       metrics=metric or None)
+                       metrics=metric or None, runtimes=runtime or None, emits=emit or None,
+                       device_gflops=device_gflops or None)
     typer.echo((out / "bench.md").read_text(encoding="utf-8"))
     wrote = ["bench.json", "bench.md"] + (["bench.png"] if (evals or any("=" in x for x in extra)) else [])
     typer.echo(f"wrote {', '.join(str(out / w) for w in wrote)} ({len(report['models'])} models)")
@@ -738,10 +838,34 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {_one_line(message)}", file=file or sys.stderr)
 
 
+# Options of a verb that take several values after one flag (`lipstep bench --threads 1 2 4`).
+LIST_OPTIONS = {"bench": {"--models", "-m", "--eval", "--metric", "--threads", "--runtime", "--emit",
+                          "--device-gflops"}}
+
+
+def expand_list_options(argv: list[str]) -> list[str]:
+    """``--opt a b c`` -> ``--opt a --opt b --opt c`` for the verb's `LIST_OPTIONS` (click options take one value
+    each); every other argument is left as it is."""
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    flags = LIST_OPTIONS.get(verb, set())
+    out, flag, values = [], None, 0
+    for arg in argv:
+        if arg.startswith("-") and len(arg) > 1:
+            name, inline, _ = arg.partition("=")  # `--threads=1 2`: the value is in the flag's argument
+            flag, values = (name if name in flags else None), int(bool(inline))
+        elif flag is not None:
+            if values:
+                out.append(flag)
+            values += 1
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app; bad input ends in one ``error: ...`` line and exit status 2."""
     warnings.showwarning = _show_warning
     _created.clear()
+    argv = expand_list_options(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="lipstep", standalone_mode=False)
     except (LipstepError, _ClickException, OSError) as e:

@@ -244,8 +244,8 @@ def save_denoiser(net, directory: str | os.PathLike, *, dtype: torch.dtype | Non
     return directory
 
 
-def load_denoiser(directory: str | os.PathLike, *, device="cpu") -> AvatarDiT:
-    """An AvatarDiT from ``config.json`` + ``model.safetensors`` (weights cast to fp32)."""
+def read_denoiser_config(directory: str | os.PathLike) -> DiTConfig:
+    """The validated `DiTConfig` of a denoiser directory (``config.json``); a one-line `LipstepError` otherwise."""
     directory = Path(directory)
     try:
         data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -259,7 +259,13 @@ def load_denoiser(directory: str | os.PathLike, *, device="cpu") -> AvatarDiT:
         cfg.validate()
     except ConfigError as e:
         raise LipstepError(f"{directory / 'config.json'}: {e}") from None
-    net = AvatarDiT(cfg)
+    return cfg
+
+
+def load_denoiser(directory: str | os.PathLike, *, device="cpu") -> AvatarDiT:
+    """An AvatarDiT from ``config.json`` + ``model.safetensors`` (weights cast to fp32)."""
+    directory = Path(directory)
+    net = AvatarDiT(read_denoiser_config(directory))
     path = directory / "model.safetensors"
     if not path.is_file():
         raise LipstepError(f"{directory}: model.safetensors is missing")
@@ -288,14 +294,18 @@ def load_model(model: str | os.PathLike | None, *, device: str | torch.device = 
     codec = load_codec(root / "codec").to(device)
     audio = load_audio_encoder(root / "audio", device=device)
     net = load_denoiser(root / "denoiser", device=device)
-    cfg = net.cfg
+    check_components(root, info, codec, audio, net.cfg)
+    return root, info, codec, audio, net
+
+
+def check_components(root: Path, info: ModelInfo, codec, audio, cfg: DiTConfig) -> None:
+    """A one-line `LipstepError` when a model directory's codec and audio encoder do not fit its denoiser."""
     if cfg.latent_channels != codec.latent_channels or cfg.latent_size * codec.downsample != info.image_size:
         raise LipstepError(f"{root}: the denoiser expects {cfg.latent_channels}x{cfg.latent_size}² latents but the "
                            f"codec makes {codec.latent_channels}x{info.image_size // codec.downsample}²")
     if cfg.audio_dim != audio.feature_dim or cfg.audio_window != audio.window:
         raise LipstepError(f"{root}: the denoiser expects audio windows {cfg.audio_window}x{cfg.audio_dim} but the "
                            f"audio encoder makes {audio.window}x{audio.feature_dim}")
-    return root, info, codec, audio, net
 
 
 def check_data_size(codec, prepared: str | os.PathLike) -> int:
@@ -334,5 +344,5 @@ def save_model(out: str | os.PathLike, info: ModelInfo, codec, audio_encoder, ne
     return out
 
 
-__all__ = ["BUNDLED_ROOT", "FORMAT", "INFO_NAME", "ModelInfo", "bundled_models", "check_data_size", "default_model", "describe_models", "meets_quality_bar",
-           "info_from_dict", "load_denoiser", "load_model", "read_info", "resolve_model", "save_denoiser", "save_model"]
+__all__ = ["BUNDLED_ROOT", "FORMAT", "INFO_NAME", "ModelInfo", "bundled_models", "check_components", "check_data_size", "default_model", "describe_models", "meets_quality_bar",
+           "info_from_dict", "load_denoiser", "load_model", "read_denoiser_config", "read_info", "resolve_model", "save_denoiser", "save_model"]

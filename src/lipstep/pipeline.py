@@ -18,6 +18,11 @@ only the audio the next windows read, and frames leave as they are made. `stream
 `generate_video` writes an mp4 frame by frame with it (`lipstep generate`), `__call__` collects every
 frame of one call into a `Generation`; all three give the same frames for the same seed, however the
 audio is cut. Every frame carries a voice-activity flag (`lipstep.audio.vad`).
+
+Runtimes: ``from_pretrained(..., runtime="onnx" | "onnx-int8")`` loads ONNX Runtime sessions in place of
+the denoiser net, the codec's decoder and the log-mel spectrogram (`lipstep.runtime`), behind the same
+calls, so all of the above is unchanged. Hybrid mode: `AvatarStream.push_latents` / `emit_latents` stop
+before decoding and hand out the latents full mode would decode (`lipstep.hybrid` writes and renders them).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ from lipstep.modeldir import (
     save_denoiser,
     save_model,
 )
-from lipstep.samplers import ChunkSampler, SamplerInfo, decode_frames, sample_chunks
+from lipstep.runtime.onnx import RUNTIMES, check_runtime, load_onnx_model
+from lipstep.samplers import ChunkSampler, SamplerInfo, decode_frames, net_device, sample_chunks
 
 # ---------------------------------------------------------------------------------------------
 # the pipeline
@@ -146,38 +152,56 @@ class AvatarStream:
 
     def push(self, audio: np.ndarray) -> list[StreamFrame]:
         """Mono float32 audio at the model's sample rate, any length -> the frames it completes (maybe none)."""
+        self._add(audio)
+        return self._drain()
+
+    def finish(self) -> list[StreamFrame]:
+        """The end of the audio: the remaining frames (the last chunk padded with silence)."""
+        return self._drain() if self._end() else []
+
+    def push_latents(self, audio: np.ndarray) -> list[Tensor]:
+        """As `push`, but each completed chunk's latents [n, C, h, w] instead of its frames: nothing is decoded
+        (hybrid mode: the device denoises, the frames are rendered later or elsewhere, `lipstep decode`)."""
+        self._add(audio)
+        return [z for z, _ in self._chunks()]
+
+    def finish_latents(self) -> list[Tensor]:
+        """As `finish`, with latents (`push_latents`); the last chunk's are cut to the video's end."""
+        return [z for z, _ in self._chunks()] if self._end() else []
+
+    def _add(self, audio: np.ndarray) -> None:
         if self.finished:
             raise LipstepError("the stream has finished; open a new one")
         x = np.asarray(audio, dtype=np.float32).reshape(-1)
         if not np.isfinite(x).all():
             raise LipstepError("the audio contains NaN or infinite samples")
         if x.size == 0:
-            return []
+            return
         t0 = self.pipe.clock()
         self.activity.extend(self.vad.push(x))
         self.features.push(x)
         self.timings["audio"] += self.pipe.clock() - t0
-        return self._drain()
 
-    def finish(self) -> list[StreamFrame]:
-        """The end of the audio: the remaining frames (the last chunk padded with silence)."""
+    def _end(self) -> bool:
+        """Mark the end of the audio; False when it was marked before."""
         if self.finished:
-            return []
+            return False
         self.finished = True
         t0 = self.pipe.clock()
         self.features.finish()
         self.activity.extend(self.vad.finish(self.features.n_frames))
         self.timings["audio"] += self.pipe.clock() - t0
-        return self._drain()
+        return True
 
     def stats(self) -> StreamStats:
         return StreamStats(frames=self.emitted, fps=self.info.fps, sample_rate=self.info.sample_rate,
                            nfe=self.core.nfe, chunks=self.core.chunks, steps=self.core.steps,
                            timings=dict(self.timings))
 
-    def _drain(self) -> list[StreamFrame]:
-        """Generate every chunk whose audio is complete; decode and return its frames."""
-        out, T, clock = [], self.info.frames, self.pipe.clock
+    def _chunks(self) -> Iterator[tuple[Tensor, list[tuple[bool, float]]]]:
+        """Sample every chunk whose audio is complete: its latents [n, C, h, w] (n < frames only for the last one,
+        cut to the video's end) and its frames' voice activity."""
+        T, clock = self.info.frames, self.pipe.clock
         while self.features.ready():
             t0 = clock()
             audio = self.features.next_block()
@@ -188,40 +212,64 @@ class AvatarStream:
             if self.on_chunk is not None:
                 self.on_chunk(k, z)
             n = min(T, self.features.n_frames - k * T) if self.features.finished else T
-            images = self.pipe.decode(z[:n])
             self.timings["audio"] += t1 - t0
             self.timings["denoise"] += t2 - t1
-            self.timings["decode"] += clock() - t2
-            for image in images:
-                voice, level = self.activity.popleft()
-                out.append(StreamFrame(self.emitted, self.emitted / self.info.fps, image, voice, level))
-                self.emitted += 1
+            self.emitted += n
+            yield z[:n], [self.activity.popleft() for _ in range(n)]
+
+    def _drain(self) -> list[StreamFrame]:
+        """Generate every chunk whose audio is complete; decode and return its frames."""
+        out = []
+        for z, activity in self._chunks():
+            t0 = self.pipe.clock()
+            images = self.pipe.decode(z)
+            self.timings["decode"] += self.pipe.clock() - t0
+            first = self.emitted - len(images)
+            for i, (image, (voice, level)) in enumerate(zip(images, activity, strict=True)):
+                out.append(StreamFrame(first + i, (first + i) / self.info.fps, image, voice, level))
         return out
 
 
 class AvatarPipeline:
-    """Codec + audio encoder + denoiser + schedule + default sampler (see the module docstring)."""
+    """Codec + audio encoder + denoiser + schedule + default sampler (see the module docstring).
 
-    def __init__(self, info: ModelInfo, codec, audio_encoder, denoiser, *, path: Path | None = None):
+    ``runtime`` names what runs the networks: ``torch``, or ``onnx`` / ``onnx-int8`` (ONNX Runtime sessions
+    standing in for the denoiser, the codec's decoder and the log-mel front end, `lipstep.runtime.onnx`).
+    """
+
+    def __init__(self, info: ModelInfo, codec, audio_encoder, denoiser, *, path: Path | None = None,
+                 runtime: str = "torch"):
         self.info, self.codec, self.audio_encoder, self.denoiser = info, codec, audio_encoder, denoiser
         self.schedule = info.make_schedule()
-        self.path = path
+        self.path, self.runtime = path, check_runtime(runtime)
 
     # --- construction ----------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike | None = None, *, device: str | torch.device = "cpu"
-                        ) -> AvatarPipeline:
-        """Load a model directory or a bundled model by name (None = the fastest bundled one)."""
-        root, info, codec, audio, net = load_model(model, device=device)
-        return cls(info, codec, audio, net, path=root)
+    def from_pretrained(cls, model: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+                        runtime: str = "torch", threads: int | None = None) -> AvatarPipeline:
+        """Load a model directory or a bundled model by name (None = the fastest bundled one).
+
+        ``runtime`` ``onnx`` / ``onnx-int8`` needs the directory's ONNX export (``lipstep export --onnx``) and
+        runs on the CPU with ``threads`` intra-op threads (default: torch's thread count).
+        """
+        if check_runtime(runtime) == "torch":
+            root, info, codec, audio, net = load_model(model, device=device)
+        elif torch.device(device).type != "cpu":
+            raise LipstepError(f"--runtime {runtime} runs on the CPU (onnxruntime's CPUExecutionProvider); "
+                               f"use --device cpu or --runtime torch")
+        else:
+            root, info, codec, audio, net = load_onnx_model(model, runtime, threads=threads)
+        return cls(info, codec, audio, net, path=root, runtime=runtime)
 
     def save_pretrained(self, out: str | os.PathLike, *, half: bool = False) -> Path:
+        if self.runtime != "torch":
+            raise LipstepError(f"a pipeline on the {self.runtime} runtime cannot be saved; save the torch model")
         return save_model(out, self.info, self.codec, self.audio_encoder, self.denoiser, half=half)
 
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        return net_device(self.denoiser)
 
     def clock(self) -> float:
         """`time.perf_counter()` after queued CUDA work has finished (async launches would shift timings)."""
@@ -368,21 +416,31 @@ class AvatarPipeline:
         stats.timings["mux"] = mux
         return stats
 
+    def emit_latents(self, image: np.ndarray, audio: np.ndarray, *, steps: int | None = None,
+                     cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
+                     detector: str = "auto", progress: bool = False, source: str = "the portrait",
+                     piece_seconds: float = 1.0) -> tuple[Tensor, StreamStats]:
+        """Portrait + audio -> (the latents [N, C, h, w] that `generate_video` decodes, stream stats); nothing is
+        decoded (hybrid mode, `lipstep.hybrid`). The audio goes through the stream in pieces as there."""
+        audio = self._checked_audio(audio)
+        step = max(1, int(piece_seconds * self.info.sample_rate))
+        with self._progress(len(audio), steps, progress) as bar:
+            stream = self.open_stream(image, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
+                                      detector=detector, source=source, callback=lambda *_: bar.update(1))
+            chunks = [z for i in range(0, len(audio), step) for z in stream.push_latents(audio[i:i + step])]
+            chunks += stream.finish_latents()
+        return torch.cat(chunks), stream.stats()
 
-def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_audio=None, cfg_ref=None,
-                  seed: int = 0, detector: str = "auto", max_seconds: float | None = None, progress: bool = True,
-                  device: str = "cpu") -> tuple[Path, StreamStats, float]:
-    """`lipstep generate`: read the inputs, generate, write the video with the original audio frame by frame.
 
-    ``max_seconds`` (None = no limit) refuses longer audio before the model loads. Memory does not grow
-    with the video's length, only with the audio's (64 KB a second at 16 kHz).
+def load_inputs(model, image_path, audio_path, *, max_seconds: float | None = None, device: str = "cpu",
+                runtime: str = "torch", threads: int | None = None) -> tuple[AvatarPipeline, np.ndarray, np.ndarray]:
+    """Read and check a portrait and speech file and load the model: (pipeline, image, audio at its rate).
+
+    Bad input fails before the model loads where it can; ``max_seconds`` (None = no limit) refuses longer audio.
     """
-    out_path = Path(out_path)
-    if out_path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
-        raise LipstepError(f"--out {out_path}: use a .mp4, .mkv or .mov file name")
     image = read_image(image_path)          # MediaError (a LipstepError) names the file and the problem
     audio = read_audio(audio_path, SAMPLE_RATE, max_seconds=max_seconds)  # bad audio fails before loading
-    pipe = AvatarPipeline.from_pretrained(model, device=device)
+    pipe = AvatarPipeline.from_pretrained(model, device=device, runtime=runtime, threads=threads)
     if pipe.info.sample_rate != SAMPLE_RATE:
         audio = read_audio(audio_path, pipe.info.sample_rate, max_seconds=max_seconds)
     if len(audio) < pipe.info.sample_rate / pipe.info.fps:
@@ -391,6 +449,24 @@ def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_au
     if max_seconds is not None and len(audio) > max_seconds * pipe.info.sample_rate:
         raise LipstepError(f"{audio_path}: {len(audio) / pipe.info.sample_rate:.0f} s of audio is longer than "
                            f"--max-seconds {max_seconds:g}")
+    return pipe, image, audio
+
+
+def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_audio=None, cfg_ref=None,
+                  seed: int = 0, detector: str = "auto", max_seconds: float | None = None, progress: bool = True,
+                  device: str = "cpu", runtime: str = "torch", threads: int | None = None
+                  ) -> tuple[Path, StreamStats, float]:
+    """`lipstep generate`: read the inputs, generate, write the video with the original audio frame by frame.
+
+    ``max_seconds`` (None = no limit) refuses longer audio before the model loads. Memory does not grow
+    with the video's length, only with the audio's (64 KB a second at 16 kHz). ``runtime`` / ``threads`` as in
+    `AvatarPipeline.from_pretrained`.
+    """
+    out_path = Path(out_path)
+    if out_path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+        raise LipstepError(f"--out {out_path}: use a .mp4, .mkv or .mov file name")
+    pipe, image, audio = load_inputs(model, image_path, audio_path, max_seconds=max_seconds, device=device,
+                                     runtime=runtime, threads=threads)
     t0 = time.perf_counter()
     stats = pipe.generate_video(image, audio, out_path, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
                                 detector=detector, progress=progress, source=str(image_path))
@@ -399,6 +475,7 @@ def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_au
 
 __all__ = [
     "INFO_NAME",
+    "RUNTIMES",
     "AvatarPipeline",
     "AvatarStream",
     "Generation",
@@ -412,6 +489,7 @@ __all__ = [
     "describe_models",
     "generate_file",
     "load_denoiser",
+    "load_inputs",
     "read_info",
     "resolve_model",
     "save_denoiser",

@@ -201,3 +201,18 @@ def test_default_plot_shows_the_headline_metrics():
              "b": {"mouth_err": 0.3, "mouth_err_gt": 0.1, "fd": 4.0, "fd_frames": 400, "zeta": 2.0}}
     assert quality_metrics(evals) == ["mouth_err", "fd"]
     assert quality_metrics({"a": {"zeta": 1.0}, "b": {"zeta": 2.0}}) == ["zeta"]  # nothing headline: all shared
+
+
+def test_flops_count_attention_and_the_estimate_scales_by_throughput():
+    import torch
+    import torch.nn.functional as F
+
+    from lipstep.eval.edge import count_flops, estimate, parse_device_gflops
+
+    q = torch.randn(2, 3, 10, 8)
+    assert count_flops(F.scaled_dot_product_attention, q, q, q) == 4 * 2 * 3 * 10 * 10 * 8  # QK^T and AV, 2 per MAC
+    assert count_flops(torch.mm, torch.randn(4, 5), torch.randn(5, 6)) == 2 * 4 * 5 * 6
+    e = estimate(ms_per_frame=20.0, flops_per_frame=1e9, host=100.0, devices={"slow": 25.0}, fps=25.0)
+    assert e["achieved_gflops"] == pytest.approx(50.0) and e["efficiency"] == pytest.approx(0.5)
+    assert e["devices"]["slow"]["ms_per_frame"] == pytest.approx(80.0) and e["devices"]["slow"]["rtf"] == pytest.approx(2.0)
+    assert parse_device_gflops(None) == {"rpi5": 60.0} and parse_device_gflops(["a=1.5", "b=3"]) == {"a": 1.5, "b": 3.0}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -123,24 +124,30 @@ class AudioEncoder:
 
 
 class MelEncoder(AudioEncoder):
-    """Log-mel windows (`features.log_mel` + `features.frame_windows` with prepare's STFT settings)."""
+    """Log-mel windows (`features.log_mel` + `features.frame_windows` with prepare's STFT settings).
 
-    def __init__(self, window: int = 16, n_mels: int = 80, fps: float = 25.0, sample_rate: int = SAMPLE_RATE):
+    ``spectrogram`` replaces `features.log_mel` (same signature) for the spectrogram itself, e.g. an ONNX
+    Runtime session of the same front end (`lipstep.runtime.onnx`); the windowing stays here.
+    """
+
+    def __init__(self, window: int = 16, n_mels: int = 80, fps: float = 25.0, sample_rate: int = SAMPLE_RATE, *,
+                 spectrogram: Callable[..., np.ndarray] | None = None):
         self.window, self.feature_dim, self.fps, self.sample_rate = int(window), int(n_mels), float(fps), sample_rate
         self.name = f"mel{self.feature_dim}"
         self.cfg = AudioConfig(kind="mel", window=self.window, n_mels=self.feature_dim, fps=self.fps)
+        self.log_mel = spectrogram or log_mel
 
     def encode(self, wav, n_frames: int) -> torch.Tensor:
         """Waveform [N] at 16 kHz -> float32 [T, K, n_mels] (CPU)."""
         stft = mel_params(self.sample_rate)
-        mel = log_mel(_as_wav(wav), self.sample_rate, self.feature_dim, **stft)
+        mel = self.log_mel(_as_wav(wav), self.sample_rate, self.feature_dim, **stft)
         rate = self.sample_rate / stft["hop_length"]
         return torch.from_numpy(frame_windows(mel, int(n_frames), self.fps, rate, self.window))
 
     def stream(self, block: int, fps: float | None = None, sample_rate: int | None = None) -> MelFeatureStream:
         """The same windows as `encode`, made block by block as audio arrives, in flat memory."""
         return MelFeatureStream(block, window=self.window, n_mels=self.feature_dim, fps=fps or self.fps,
-                                sample_rate=sample_rate or self.sample_rate)
+                                sample_rate=sample_rate or self.sample_rate, log_mel=self.log_mel)
 
 
 class VisemeEncoder(AudioEncoder):

@@ -115,12 +115,13 @@ class FeatureStream:
 
 
 class MelFeatureStream(FeatureStream):
-    """`MelEncoder`'s windows, block by block (see the module docstring)."""
+    """`MelEncoder`'s windows, block by block (see the module docstring); ``log_mel`` computes the spectrogram
+    (`features.log_mel`, or a stand-in with its signature, e.g. an ONNX Runtime session)."""
 
     def __init__(self, block: int, *, window: int = 16, n_mels: int = 80, fps: float = 25.0,
-                 sample_rate: int = 16000):
+                 sample_rate: int = 16000, log_mel: Callable[..., np.ndarray] = log_mel):
         super().__init__(block, sample_rate, fps)
-        self.window, self.n_mels = int(window), int(n_mels)
+        self.window, self.n_mels, self.log_mel = int(window), int(n_mels), log_mel
         self.stft = mel_params(self.sample_rate)
         self.hop, self.n_fft = self.stft["hop_length"], self.stft["n_fft"]
         self.mel_rate = self.sample_rate / self.hop
@@ -164,7 +165,7 @@ class MelFeatureStream(FeatureStream):
         a, b = max(s0, self.offset), min(s1, self.received)
         if b > a:
             seg[a - s0:b - s0] = held[a - self.offset:b - self.offset]
-        mel = log_mel(seg, self.sample_rate, self.n_mels, center=False, **self.stft)  # mel frames m_lo .. m_hi-1
+        mel = self.log_mel(seg, self.sample_rate, self.n_mels, center=False, **self.stft)  # mel frames m_lo .. m_hi-1
         m = np.arange(idx.min(), idx.min() + len(mel))
         silent = m < 0
         if self.total is not None:

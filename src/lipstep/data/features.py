@@ -25,16 +25,20 @@ import torch
 
 LOG_FLOOR = 1e-5
 """Mel power below this is clamped before the log; ``log(LOG_FLOOR)`` is also the edge padding."""
+MEL_FMIN, MEL_FMAX = 55.0, 7600.0
+"""Band edges (Hz) of the mel filters (the upper one is capped at the Nyquist frequency)."""
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+def mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float = MEL_FMIN, fmax: float = MEL_FMAX) -> np.ndarray:
+    """Slaney mel filters ``[n_mels, n_fft // 2 + 1]`` as `log_mel` applies them (fmax capped at sample_rate / 2)."""
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=float(fmin),
+                               fmax=float(min(fmax, sample_rate / 2)))
 
 
 def log_mel(wav: np.ndarray, sample_rate: int = 16000, n_mels: int = 80, n_fft: int = 512,
-            win_length: int = 400, hop_length: int = 160, fmin: float = 55.0,
-            fmax: float = 7600.0, center: bool = True) -> np.ndarray:
+            win_length: int = 400, hop_length: int = 160, fmin: float = MEL_FMIN,
+            fmax: float = MEL_FMAX, center: bool = True) -> np.ndarray:
     """Log mel power spectrogram of a mono waveform: float32 ``[1 + len(wav) // hop_length, n_mels]``.
 
     Power spectrum of a Hann-windowed centred STFT, Slaney mel filters (``librosa.filters.mel``),
@@ -49,8 +53,7 @@ def log_mel(wav: np.ndarray, sample_rate: int = 16000, n_mels: int = 80, n_fft: 
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
         raise ValueError(f"log_mel expects a mono waveform [N], got shape {wav.shape}")
-    basis = torch.from_numpy(_mel_basis(int(sample_rate), n_fft, n_mels, float(fmin),
-                                        float(min(fmax, sample_rate / 2))))
+    basis = torch.from_numpy(mel_basis(int(sample_rate), n_fft, n_mels, fmin, fmax))
     with torch.no_grad():
         spec = torch.stft(torch.from_numpy(wav), n_fft=n_fft, hop_length=hop_length,
                           win_length=win_length, window=torch.hann_window(win_length),
@@ -93,4 +96,4 @@ def frame_windows(mel: np.ndarray, n_frames: int, fps: float = 25.0, mel_rate: f
     return padded[idx]  # [T, K, n_mels]
 
 
-__all__ = ["LOG_FLOOR", "frame_count", "frame_windows", "log_mel", "window_starts"]
+__all__ = ["LOG_FLOOR", "MEL_FMAX", "MEL_FMIN", "frame_count", "frame_windows", "log_mel", "mel_basis", "window_starts"]

@@ -28,6 +28,15 @@ Protocol:
   runs about 5% slower on a busy 2-core machine (GIL handoffs). Either way it is the working memory of
   a generation on top of the loaded models. ``weights_mb`` and ``peak_mem_total_mb`` (the whole
   process: allocator peak or RSS peak) are reported too; ``peak_mem_method`` names the method.
+  ``peak_rss_mb`` is the process's peak resident set during the run (on CUDA: its lifetime peak): every
+  benchmarked pipeline is loaded in this one process, so for a deployment figure bench one row alone.
+
+Rows (edge runs): one per model × ``runtimes`` (``torch``, ``onnx``, ``onnx-int8``: ONNX Runtime sessions for
+the denoiser, decoder and log-mel front end, `lipstep.runtime`) × ``threads`` (``torch.set_num_threads`` and the
+sessions' intra-op threads) × ``emits`` (``frames``: the whole path; ``latents``: hybrid mode, denoise only,
+no decode and no mux; `lipstep.hybrid`). A row's label is the model's, followed by whatever varies. Each
+model also gets its FLOPs per network evaluation, and each row an estimate (not a measurement) of its speed
+on slower devices from its FLOPs and measured latency (`lipstep.eval.edge`).
 """
 
 from __future__ import annotations
@@ -50,16 +59,26 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
+try:  # resource is POSIX-only: the CUDA runs' RSS peak
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None
+
 from lipstep.checks import check_device
 from lipstep.data.examples import example_inputs
 from lipstep.data.media import SAMPLE_RATE, read_audio, read_image, write_video
 from lipstep.diffusion.guidance import check_scale
 from lipstep.errors import LipstepError
+from lipstep.eval.edge import DEVICE_NOTES, decoder_flops_per_frame, denoiser_flops, estimate, host_gflops
+from lipstep.eval.edge import parse_device_gflops as parse_devices
 from lipstep.fsutil import atomic_path, write_json_atomic, write_text_atomic
-from lipstep.modeldir import read_info, resolve_model
+from lipstep.hybrid import latent_bytes_per_second
+from lipstep.modeldir import load_model, read_info, resolve_model
 from lipstep.pipeline import AvatarPipeline
+from lipstep.runtime import check_runtime, read_export
 
 COMPONENTS = ("crop_encode", "audio", "denoise", "decode", "mux")
+EMITS = ("frames", "latents")
 # Keys of a `lipstep eval` metrics.json that describe the run rather than its quality.
 NOT_QUALITY = {"nfe", "nfe_total", "steps", "chunks", "frames", "clips", "seed", "seconds", "n", "count"}
 MAX_PLOTTED_METRICS = 8
@@ -167,7 +186,7 @@ class PeakMemory:
         if method is None:
             method = "cuda" if self.device.type == "cuda" else "vmhwm" if _can_reset_hwm() else "psutil"
         self.method = method
-        self.increase_mb = self.total_mb = 0.0
+        self.increase_mb = self.total_mb = self.rss_mb = 0.0
 
     def __enter__(self) -> PeakMemory:
         if self.method == "cuda":
@@ -200,6 +219,8 @@ class PeakMemory:
             self._thread.join()
             peak = self._peak = max(self._peak, self._rss().rss)
         self.increase_mb, self.total_mb = (peak - self._base) / 2**20, peak / 2**20
+        self.rss_mb = self.total_mb if self.method != "cuda" else (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if resource is not None else 0.0)
 
 
 PEAK_METHODS = {"cuda": "torch.cuda.max_memory_allocated (peak stats reset per run)",
@@ -225,15 +246,20 @@ def _can_reset_hwm() -> bool:
 
 @dataclass
 class _Job:
-    """A loaded model with its inputs and the measurements collected so far."""
+    """One row: a loaded model on a runtime, thread count and emit mode, its inputs and its measurements."""
 
     spec: ModelSpec
     pipe: object                    # AvatarPipeline
     load_s: float
     audio: np.ndarray               # mono float32 at the model's sample rate
+    label: str = ""                 # the row's label (the model's, + what varies)
+    runtime: str = "torch"
+    threads: int = 1
+    emit: str = "frames"
+    flops: dict = field(default_factory=dict)  # per_nfe, decode_per_frame (the model's, PyTorch)
     runs: list[dict] = field(default_factory=list)
     first_chunk: list[float] = field(default_factory=list)
-    result: object = None           # the last Generation
+    result: object = None           # the last Generation (frames) or StreamStats (latents)
 
 
 class _FirstChunkDone(Exception):
@@ -241,23 +267,36 @@ class _FirstChunkDone(Exception):
 
 
 def _generate(job: _Job, image: np.ndarray, call: dict, **extra):
+    """The row's pipeline call: a `Generation` (frames), or the latents' `StreamStats` (hybrid: nothing decoded)."""
+    torch.set_num_threads(job.threads)
+    if job.emit == "latents":
+        return _emit_latents(job, image, call, **extra)
     return job.pipe(image, job.audio, steps=job.spec.steps, **call, **extra)
 
 
+def _emit_latents(job: _Job, image: np.ndarray, call: dict, on_chunk=None):
+    """Hybrid mode: the stream path with the whole audio, latents out, no decode."""
+    stream = job.pipe.open_stream(image, steps=job.spec.steps, on_chunk=on_chunk, **call)
+    stream.push_latents(job.audio)
+    stream.finish_latents()
+    return stream.stats()
+
+
 def timed_run(job: _Job, image: np.ndarray, video: Path, call: dict) -> dict:
-    """One end-to-end run (generate + mux): outer total, components, peak memory."""
+    """One end-to-end run (generate + mux; latents: denoise only): outer total, components, peak memory."""
     pipe = job.pipe
     gc.collect()
     with PeakMemory(pipe.device) as mem:
         t0 = pipe.clock()
         res = _generate(job, image, call)
         t1 = pipe.clock()
-        write_video(video, res.frames, res.fps, audio=job.audio, sample_rate=res.sample_rate)
+        if job.emit == "frames":
+            write_video(video, res.frames, res.fps, audio=job.audio, sample_rate=res.sample_rate)
         t2 = time.perf_counter()
     job.result = res
-    components = {k: res.timings[k] for k in COMPONENTS if k != "mux"} | {"mux": t2 - t1}
-    return {"seconds_total": t2 - t0, "components": components,
-            "peak_mem_mb": mem.increase_mb, "peak_mem_total_mb": mem.total_mb, "peak_mem_method": mem.method}
+    components = {k: res.timings.get(k, 0.0) for k in COMPONENTS if k != "mux"} | {"mux": t2 - t1}
+    return {"seconds_total": t2 - t0, "components": components, "peak_mem_mb": mem.increase_mb,
+            "peak_mem_total_mb": mem.total_mb, "peak_rss_mb": mem.rss_mb, "peak_mem_method": mem.method}
 
 
 def first_chunk_run(job: _Job, image: np.ndarray, call: dict) -> float:
@@ -265,7 +304,8 @@ def first_chunk_run(job: _Job, image: np.ndarray, call: dict) -> float:
     pipe = job.pipe
 
     def hook(k: int, latents: torch.Tensor) -> None:
-        pipe.decode(latents)
+        if job.emit == "frames":
+            pipe.decode(latents)
         raise _FirstChunkDone(pipe.clock())
 
     gc.collect()
@@ -283,29 +323,36 @@ def _median_p90(values) -> tuple[float, float]:
 
 
 def summarize(job: _Job) -> dict:
-    """Per-model entry of bench.json: medians at the top level, p90s next to them, raw runs last."""
-    res, info = job.result, job.pipe.info
-    frames, audio_s = len(res.frames), len(job.audio) / info.sample_rate
+    """Per-row entry of bench.json: medians at the top level, p90s next to them, raw runs last."""
+    res, info, pipe = job.result, job.pipe.info, job.pipe
+    frames = res.frames if isinstance(res.frames, int) else len(res.frames)
+    audio_s = len(job.audio) / info.sample_rate
     totals = [r["seconds_total"] for r in job.runs]
     sums = [sum(r["components"].values()) for r in job.runs]
     total, total_p90 = _median_p90(totals)
     first, first_p90 = _median_p90(job.first_chunk)
     comps = {k: _median_p90([r["components"][k] for r in job.runs]) for k in COMPONENTS}
-    tensors = [t for m in _modules(job.pipe) for t in (*m.parameters(), *m.buffers())]
-    weights = sum(t.numel() * t.element_size() for t in tensors)
+    nfe = res.nfe // res.chunks
+    decode_flops = job.flops["decode_per_frame"] if job.emit == "frames" else 0
+    latent = [pipe.codec.latent_channels] + [info.image_size // pipe.codec.downsample] * 2
     return {
         "model": str(job.spec.path), "kind": info.kind, "recipe": info.recipe,
-        "steps": res.steps, "nfe": res.nfe // res.chunks, "nfe_total": res.nfe, "chunks": res.chunks,
+        "runtime": job.runtime, "threads": job.threads, "emit": job.emit,
+        "steps": res.steps, "nfe": nfe, "nfe_total": res.nfe, "chunks": res.chunks,
         "chunk_seconds": info.frames / info.fps, "frames": frames, "audio_seconds": audio_s,
         "seconds_total": total, "seconds_total_p90": total_p90,
         "ms_per_frame": 1000 * total / frames, "ms_per_frame_p90": 1000 * total_p90 / frames,
         "fps": frames / total, "rtf": total / audio_s, "rtf_p90": total_p90 / audio_s,
-        "first_chunk_s": first, "first_chunk_s_p90": first_p90,
+        "first_chunk_s": first, "first_chunk_s_p90": first_p90, "first_frame_s": first,
         "peak_mem_mb": max(r["peak_mem_mb"] for r in job.runs),
         "peak_mem_total_mb": max(r["peak_mem_total_mb"] for r in job.runs),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in job.runs),
         "peak_mem_method": PEAK_METHODS[job.runs[0]["peak_mem_method"]],
-        "weights_mb": weights / 2**20,
-        "dtype": str(next(job.pipe.denoiser.parameters()).dtype).removeprefix("torch."),
+        "weights_mb": _weights_bytes(pipe) / 2**20,
+        "dtype": _dtype(pipe),
+        "flops_per_nfe": job.flops["per_nfe"],
+        "gflops_per_frame": (job.flops["per_nfe"] * res.nfe / frames + decode_flops) / 1e9,
+        "latent_shape": latent, "latent_kb_per_s": latent_bytes_per_second(latent, info.fps) / 1024,
         "components": {k: v[0] for k, v in comps.items()},
         "components_p90": {k: v[1] for k, v in comps.items()},
         "component_sum_s": float(np.median(sums)),
@@ -316,8 +363,23 @@ def summarize(job: _Job) -> dict:
 
 
 def _modules(pipe) -> list[torch.nn.Module]:
-    mods = [pipe.denoiser, pipe.codec]
+    mods = [m for m in (pipe.denoiser, pipe.codec) if isinstance(m, torch.nn.Module)]
     return mods + [m for m in vars(pipe.audio_encoder).values() if isinstance(m, torch.nn.Module)]
+
+
+def _weights_bytes(pipe) -> int:
+    """Bytes of the networks' weights: tensors of the PyTorch modules, file sizes of the ONNX graphs."""
+    tensors = [t for m in _modules(pipe) for t in (*m.parameters(), *m.buffers())]
+    graphs = (pipe.denoiser, pipe.codec, getattr(pipe.audio_encoder, "log_mel", None))
+    return sum(t.numel() * t.element_size() for t in tensors) + sum(getattr(g, "nbytes", 0) for g in graphs)
+
+
+def _dtype(pipe) -> str:
+    if pipe.runtime == "onnx-int8":
+        return "int8 (MatMul/Gemm weights; fp32 activations between)"
+    if pipe.runtime == "onnx":
+        return "float32"
+    return str(next(pipe.denoiser.parameters()).dtype).removeprefix("torch.")
 
 
 def machine_info(device: torch.device) -> dict:
@@ -349,9 +411,10 @@ def machine_info(device: torch.device) -> dict:
 
 def run_bench(models: list[str], out: str | os.PathLike, *, image: str | os.PathLike | None = None,
               audio: str | os.PathLike | None = None, seconds: float = 4.0, warmup: int = 1, repeats: int = 3,
-              threads: int | None = None, seed: int = 0, cfg_audio: float | None = None,
+              threads: int | list[int] | None = None, seed: int = 0, cfg_audio: float | None = None,
               cfg_ref: float | None = None, device: str = "cpu", evals: list[str] = (),
-              metrics: list[str] | None = None, progress: bool = True) -> dict:
+              metrics: list[str] | None = None, progress: bool = True, runtimes: list[str] | None = None,
+              emits: list[str] | None = None, device_gflops: list[str] | None = None) -> dict:
     """Benchmark `models` (``DIR_OR_NAME[@STEPS]``) on one portrait + audio; write OUT/bench.{json,md,png}.
 
     Args:
@@ -360,19 +423,28 @@ def run_bench(models: list[str], out: str | os.PathLike, *, image: str | os.Path
         image, audio: inputs (any format the media layer reads); default: the example portrait and
             speech of `lipstep.data.examples`, made once in ``OUT/inputs``.
         seconds: the audio is cut to at most this length.
-        warmup, repeats: untimed and timed runs per model.
-        threads: ``torch.set_num_threads`` for the benchmark (default `default_threads`).
+        warmup, repeats: untimed and timed runs per row.
+        threads: one or several thread counts (a row each): ``torch.set_num_threads`` and the ONNX Runtime
+            sessions' intra-op threads (default `default_threads`).
         seed, cfg_audio, cfg_ref: the same for every model (None = each model's default scales).
-        device: torch device.
+        device: torch device (the onnx runtimes run on the CPU).
         evals: ``LABEL=PATH/metrics.json`` items from `lipstep eval`; with any, ``bench.png`` is drawn.
         metrics: quality metrics to plot (default: every numeric key the eval files share).
+        runtimes: ``torch`` (default), ``onnx``, ``onnx-int8``: a row each (the onnx ones need the model's export).
+        emits: ``frames`` (default: the whole path) and/or ``latents`` (hybrid: denoise only): a row each.
+        device_gflops: ``NAME=GFLOPS`` of slower devices for the estimate (`lipstep.eval.edge`).
 
     Returns:
-        The contents of ``bench.json``.
+        The contents of ``bench.json``: ``models`` holds one entry per row.
     """
-    _check_settings(seconds, warmup, repeats, threads, cfg_audio, cfg_ref)
+    thread_counts = [threads] if isinstance(threads, int) else list(threads or [default_threads()])
+    runtimes, emits = list(runtimes or ["torch"]), list(emits or ["frames"])
+    _check_settings(seconds, warmup, repeats, thread_counts, cfg_audio, cfg_ref)
+    _check_rows(runtimes, emits, device)
+    devices = parse_devices(device_gflops)
     dev = check_device(device)
     specs = parse_specs(list(models))
+    _check_exports(specs, runtimes)
     quality = read_evals(list(evals), [s.label for s in specs])
     plotted = quality_metrics(quality, metrics) if quality else []
     out = Path(out)
@@ -384,43 +456,107 @@ def run_bench(models: list[str], out: str | os.PathLike, *, image: str | os.Path
         audio = made[1] if audio is None else audio
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads or default_threads())
+    torch.set_num_threads(thread_counts[0])
     try:
-        jobs = []
-        for spec in specs:
-            t0 = time.perf_counter()
-            pipe = AvatarPipeline.from_pretrained(spec.path, device=dev)
-            load_s = pipe.clock() - t0
-            sr = pipe.info.sample_rate
-            if sr not in wavs:
-                wavs[sr] = read_audio(audio, sr)
-            wav = wavs[sr][: round(seconds * sr)]
-            if wav.size == 0:
-                raise LipstepError(f"{audio}: the audio is empty")
-            jobs.append(_Job(spec, pipe, load_s, wav))
+        jobs = _load_rows(specs, runtimes, thread_counts, emits, dev, audio, wavs, seconds)
         machine = machine_info(dev)
         call = {"cfg_audio": cfg_audio, "cfg_ref": cfg_ref, "seed": seed,
                 "source": str(image or "the example portrait")}
         _measure(jobs, picture, call, warmup, repeats, progress, tqdm)
         machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        host = {n: host_gflops(n) for n in thread_counts} if dev.type == "cpu" else {}
     finally:
         torch.set_num_threads(previous)
 
+    rows = {job.label: summarize(job) for job in jobs}
+    for job in jobs:
+        row = rows[job.label]
+        if job.threads in host:
+            row["estimate"] = estimate(row["ms_per_frame"], row["gflops_per_frame"] * 1e9, host[job.threads], devices,
+                                       job.pipe.info.fps)
     report = {
         "lipstep_bench": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **machine,
         "settings": {"warmup": warmup, "repeats": repeats, "seed": seed, "seconds_limit": seconds,
                      "cfg_audio": cfg_audio, "cfg_ref": cfg_ref,
                      "image": str(image or out / "inputs" / "portrait.png"),
-                     "image_shape": list(picture.shape), "audio": str(audio)},
+                     "image_shape": list(picture.shape), "audio": str(audio),
+                     "threads": thread_counts, "runtimes": runtimes, "emits": emits, "device_gflops": devices},
         "definitions": DEFINITIONS,
-        "models": {job.spec.label: _rounded(summarize(job)) for job in jobs},
+        "models": {label: _rounded(row) for label, row in rows.items()},
     }
     write_text_atomic(out / "bench.md", format_table(report))
     if quality:
-        plot_quality_vs_speed(report["models"], quality, out / "bench.png", plotted)
+        row_quality = {job.label: quality[job.spec.label] for job in jobs if job.spec.label in quality}
+        plot_quality_vs_speed(report["models"], row_quality, out / "bench.png", plotted)
     write_json_atomic(out / "bench.json", report)  # last: its presence means the benchmark completed
     return report
+
+
+def _check_rows(runtimes: list[str], emits: list[str], device: str) -> None:
+    for name in runtimes:
+        check_runtime(name)
+    bad = [e for e in emits if e not in EMITS]
+    if bad:
+        raise LipstepError(f"--emit must be frames or latents, got {bad[0]!r}")
+    for option, values in (("--runtime", runtimes), ("--emit", emits)):
+        if len(set(values)) < len(values):
+            raise LipstepError(f"{option}: {values} names a value twice")
+    if any(r != "torch" for r in runtimes) and device != "cpu":
+        raise LipstepError(f"--runtime onnx runs on the CPU; use --device cpu (got {device})")
+
+
+def _check_exports(specs: list[ModelSpec], runtimes: list[str]) -> None:
+    """Every model has the ONNX files its onnx rows need (before anything is made)."""
+    for spec in specs:
+        for runtime in runtimes:
+            if runtime != "torch" and not read_export(spec.path)["runtimes"].get(runtime):
+                raise LipstepError(f"{spec.path} has no {runtime} export; run lipstep export {spec.path} OUT --onnx"
+                                   f"{' --int8' if runtime == 'onnx-int8' else ''}")
+
+
+def _row_label(spec: ModelSpec, runtime: str, threads: int, emit: str, runtimes, thread_counts, emits) -> str:
+    """The model's label, followed by the runtime, thread count and emit mode where they vary or differ from
+    the defaults (so a plain benchmark keeps the plain labels)."""
+    parts = [spec.label]
+    if runtimes != ["torch"]:
+        parts.append(runtime)
+    if len(thread_counts) > 1:
+        parts.append(f"{threads}t")
+    if emits != ["frames"]:
+        parts.append(emit)
+    return " ".join(parts)
+
+
+def _load_rows(specs, runtimes, thread_counts, emits, dev, audio, wavs, seconds) -> list[_Job]:
+    """One `_Job` per model x runtime x threads x emit; pipelines are shared where they can be (PyTorch ones
+    across thread counts and emits, ONNX ones across emits: their sessions' thread counts are fixed)."""
+    pipes, flops, jobs = {}, {}, []
+    for spec in specs:
+        if spec.path not in flops:
+            _, info, codec, _, net = load_model(spec.path)
+            flops[spec.path] = {"per_nfe": denoiser_flops(net, info), "decode_per_frame": decoder_flops_per_frame(codec, info)}
+        for runtime in runtimes:
+            for n in thread_counts:
+                key = (spec.path, runtime, None if runtime == "torch" else n)
+                if key not in pipes:
+                    torch.set_num_threads(n)
+                    t0 = time.perf_counter()
+                    pipe = AvatarPipeline.from_pretrained(spec.path, device=dev, runtime=runtime, threads=n)
+                    pipes[key] = (pipe, pipe.clock() - t0)
+                pipe, load_s = pipes[key]
+                sr = pipe.info.sample_rate
+                if sr not in wavs:
+                    wavs[sr] = read_audio(audio, sr)
+                wav = wavs[sr][: round(seconds * sr)]
+                if wav.size == 0:
+                    raise LipstepError(f"{audio}: the audio is empty")
+                for emit in emits:
+                    label = _row_label(spec, runtime, n, emit, runtimes, thread_counts, emits)
+                    jobs.append(_Job(spec, pipe, load_s, wav, label=label, runtime=runtime, threads=n, emit=emit,
+                                     flops=flops[spec.path]))
+    torch.set_num_threads(thread_counts[0])
+    return jobs
 
 
 DEFINITIONS = {
@@ -430,6 +566,17 @@ DEFINITIONS = {
     "ms_per_frame": "1000 * seconds_total / frames", "fps": "frames / seconds_total",
     "rtf": "seconds_total / audio_seconds (< 1 is faster than real time)",
     "first_chunk_s": "call start (portrait + whole audio given) to chunk 0's frames decoded; separate run",
+    "first_frame_s": "= first_chunk_s: a chunk's frames leave together (emit latents: to chunk 0's latents)",
+    "peak_rss_mb": "peak resident set of the whole process during a run, max over repeats (every benchmarked "
+                   "pipeline is loaded in it; CUDA: the process's lifetime peak)",
+    "flops_per_nfe": "FLOPs of one denoiser evaluation at batch 1 (FlopCounterMode: matmul, conv, attention; "
+                     "a multiply-add is 2), the PyTorch net, whatever the runtime",
+    "gflops_per_frame": "flops_per_nfe * NFE per frame (+ the decoder's FLOPs per frame when frames are emitted)",
+    "latent_kb_per_s": "float32 latents per second of video: what hybrid mode (emit latents) sends",
+    "estimate": "NOT a measurement: ms_per_frame * host_gflops / device's assumed GFLOP/s (lipstep.eval.edge); "
+                "host_gflops = this machine's measured fp32 matmul rate at the row's threads",
+    "runtime/threads/emit": "torch | onnx | onnx-int8; torch.set_num_threads and ONNX Runtime intra-op threads; "
+                            "frames (whole path) | latents (denoise only, no decode, no mux)",
     "peak_mem_mb": "peak working memory of a run above the loaded state, max over repeats (CUDA: "
                    "max_memory_allocated; CPU: peak RSS; see peak_mem_method)",
     "unaccounted_frac": "1 - component_sum_s / seconds_total (median over repeats)",
@@ -437,14 +584,17 @@ DEFINITIONS = {
 }
 
 
-def _check_settings(seconds: float, warmup: int, repeats: int, threads: int | None, cfg_audio: float | None,
+def _check_settings(seconds: float, warmup: int, repeats: int, threads: list[int], cfg_audio: float | None,
                     cfg_ref: float | None) -> None:
     if not (math.isfinite(seconds) and seconds > 0):
         raise LipstepError(f"--seconds must be a positive number, got {seconds:g}")
     if warmup < 0 or repeats < 1:
         raise LipstepError(f"need --warmup >= 0 and --repeats >= 1, got {warmup} and {repeats}")
-    if threads is not None and threads < 1:
-        raise LipstepError(f"--threads must be at least 1, got {threads}")
+    bad = [n for n in threads if n < 1]
+    if bad:
+        raise LipstepError(f"--threads must be at least 1, got {bad[0]}")
+    if len(set(threads)) < len(threads):
+        raise LipstepError(f"--threads: {threads} names a thread count twice")
     for name, scale in (("--cfg-audio", cfg_audio), ("--cfg-ref", cfg_ref)):
         if scale is not None:
             check_scale(scale, name)
@@ -459,7 +609,7 @@ def _measure(jobs: list[_Job], image: np.ndarray, call: dict, warmup: int, repea
         video = Path(tmp) / "bench.mp4"
         for r in range(warmup + repeats):
             for job in jobs:
-                bar.set_postfix_str(f"{job.spec.label} {'warm-up' if r < warmup else 'timed'}")
+                bar.set_postfix_str(f"{job.label} {'warm-up' if r < warmup else 'timed'}")
                 run = timed_run(job, image, video, call)
                 if r >= warmup:
                     job.runs.append(run)
@@ -483,24 +633,48 @@ def _rounded(x):
 
 
 def format_table(report: dict) -> str:
-    """Markdown: one header line of machine/settings, then one row per model."""
+    """Markdown: one header line of machine/settings, one row per model (or row), then the edge estimate."""
     s = report["settings"]
+    counts = s.get("threads") or [report["threads"]]
+    threads = f"{counts[0]} threads" if len(counts) == 1 else f"threads {', '.join(map(str, counts))} (per row)"
     head = (f"device {report['device']} ({report.get('gpu', {}).get('name') or report['cpu']}), "
-            f"{report['threads']} threads, torch {report['torch']}; "
+            f"{threads}, torch {report['torch']}; "
             f"{s['warmup']} warm-up + {s['repeats']} timed runs per model; "
             f"load avg {report['load_avg_start'][0]:.2f} -> {report['load_avg_end'][0]:.2f}")
-    cols = ["model", "NFE", "frames", "total s (med / p90)", "ms/frame", "fps", "RTF", "first chunk s",
-            "peak MB", *(f"{k} s" for k in COMPONENTS), "unacc."]
+    cols = ["model", "NFE", "frames", "total s (med / p90)", "ms/frame", "fps", "RTF", "first frame s",
+            "peak MB", "peak RSS MB", "GFLOP/NFE", "latent KB/s", *(f"{k} s" for k in COMPONENTS), "unacc."]
     rows = []
     for label, m in report["models"].items():
         c = m["components"]
         rows.append([label, str(m["nfe"]), str(m["frames"]),
                      f"{m['seconds_total']:.3f} / {m['seconds_total_p90']:.3f}", f"{m['ms_per_frame']:.1f}",
                      f"{m['fps']:.2f}", f"{m['rtf']:.3f}", f"{m['first_chunk_s']:.3f}",
-                     f"{m['peak_mem_mb']:.1f}", *(f"{c[k]:.3f}" for k in COMPONENTS),
+                     f"{m['peak_mem_mb']:.1f}", f"{m['peak_rss_mb']:.0f}", f"{m['flops_per_nfe'] / 1e9:.2f}",
+                     f"{m['latent_kb_per_s']:.0f}", *(f"{c[k]:.3f}" for k in COMPONENTS),
                      f"{100 * m['unaccounted_frac']:.1f}%"])
     body = [_md_row(cols), _md_row(["---"] * len(cols)), *map(_md_row, rows)]
-    return "\n".join([head, "", *body]) + "\n"
+    return "\n".join([head, "", *body, *format_estimates(report)]) + "\n"
+
+
+def format_estimates(report: dict) -> list[str]:
+    """The feasibility estimate for slower devices as Markdown bullets (empty without estimates)."""
+    rows = {label: m["estimate"] for label, m in report["models"].items() if "estimate" in m}
+    if not rows:
+        return []
+    devices = report["settings"].get("device_gflops") or {}
+    assumed = "; ".join(f"{name} = {g:g} GFLOP/s" + (f" ({DEVICE_NOTES[name]})" if name in DEVICE_NOTES else "")
+                        for name, g in devices.items())
+    note = ("Edge feasibility, an ESTIMATE, not a measurement: ms/frame here x (this machine's measured fp32 "
+            f"matmul GFLOP/s at the row's threads / the device's assumed GFLOP/s). Assumed: {assumed}.")
+    lines = ["", note, ""]
+    for label, e in rows.items():
+        m = report["models"][label]
+        per_device = "; ".join(f"{name} ~{d['ms_per_frame']:.0f} ms/frame, ~{d['fps']:.1f} fps, RTF ~{d['rtf']:.2f}"
+                               f" ({'real time' if d['rtf'] < 1 else 'slower than real time'})"
+                               for name, d in e["devices"].items())
+        lines.append(f"- {label}: {m['gflops_per_frame']:.2f} GFLOP/frame; here {e['achieved_gflops']:.1f} GFLOP/s of "
+                     f"{e['host_gflops']:.1f} measured ({100 * e['efficiency']:.0f}%); {per_device}")
+    return lines
 
 
 def _md_row(cells: list[str]) -> str:
@@ -547,5 +721,5 @@ def plot_quality_vs_speed(models: dict[str, dict], evals: dict[str, dict[str, fl
     return out
 
 
-__all__ = ["COMPONENTS", "ModelSpec", "PeakMemory", "default_threads", "format_table",
+__all__ = ["COMPONENTS", "EMITS", "ModelSpec", "PeakMemory", "default_threads", "format_estimates", "format_table",
            "parse_spec", "parse_specs", "plot_quality_vs_speed", "quality_metrics", "read_evals", "run_bench"]

@@ -40,6 +40,13 @@ class ChunkLayout:
     anchor_every: int = 0           # > 0: every k-th chunk sees the reference as motion context again
 
 
+def net_device(net) -> torch.device:
+    """Where a network's inputs go: its parameters' device, or the ``device`` a stand-in without parameters
+    names (an ONNX Runtime session behind the same call, `lipstep.runtime.onnx.OnnxNet`)."""
+    device = getattr(net, "device", None)
+    return torch.device(device) if device is not None else next(net.parameters()).device
+
+
 class ChunkSampler:
     """The chunk-stepping core: one call of `step` samples the next chunk, carrying what chunks share.
 
@@ -61,7 +68,7 @@ class ChunkSampler:
         self.sampler, self.layout, self.schedule, self.callback = sampler, layout, denoiser.schedule, callback
         self.options = sampler.sampler_options()
         self.timesteps = self.options.timesteps(denoiser.schedule, self.steps)
-        self.device = next(denoiser.net.parameters()).device
+        self.device = net_device(denoiser.net)
         self.reference = reference.to(self.device, torch.float32)
         embedded = sampler.guidance == "embedded"
         self.fn = denoiser if embedded else multi_cfg(denoiser, cfg_audio, cfg_ref)
@@ -141,4 +148,4 @@ def decode_frames(codec, latents: Tensor, device: torch.device | str = "cpu") ->
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-__all__ = ["ChunkLayout", "ChunkSampler", "decode_frames", "sample_chunks"]
+__all__ = ["ChunkLayout", "ChunkSampler", "decode_frames", "net_device", "sample_chunks"]
