@@ -464,7 +464,7 @@ def distill_adversarial_cmd(
 def distill_lite_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Prepared directory the student trains on."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: checkpoints/, logs/, val/ and the student model/."),
-    source: str = typer.Option("turbo1", "--source", "-s", help="The model the lite student learns from: a few-step "
+    source: str = typer.Option("teacher", "--source", "-s", help="The model the lite student learns from: a few-step "
                                "student (step distillation on its grid) or a teacher (output matching)."),
     teacher: str = typer.Option("teacher", "--teacher", "-t", help="The teacher whose layout and data encoding the "
                                 "source shares (model directory or bundled name)."),
