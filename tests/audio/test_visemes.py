@@ -129,6 +129,9 @@ def test_a_tiny_training_run_learns_a_separable_toy(tmp_path):
     held = r.results["heldout_voices"]
     assert r.holdout == ["en+klatt"] and held["clips"] == 3 and held["frames"] == 150
     assert held["accuracy"] > held["majority_baseline"] + 0.25 and held["accuracy"] > 0.8
+    assert held["speech_accuracy"] == pytest.approx(sum(  # accuracy on the frames that are not class 0
+        held["per_class_recall"].get(c, 0) * held["class_frames"].get(c, 0) for c in ("AA", "AE"))
+        / (150 - held["class_frames"]["sil"]), abs=0.01)
     assert r.results["seen_voices"]["clips"] == 2 and set(held["accuracy_smooth"]) == {"1", "2"}
     saved = json.loads((tmp_path / "cls" / "train.json").read_text())
     assert saved["results"]["heldout_voices"]["accuracy"] == held["accuracy"]

@@ -246,8 +246,9 @@ def _fit(net: VisemeNet, windows: list[np.ndarray], labels: list[np.ndarray], cf
 
 
 def score(net: VisemeNet, clips: list[_Clip], majority: int, *, confusion: bool = False) -> dict:
-    """Frame accuracy of `net` through `VisemeAudioEncoder.predict` on `clips` (smooth 0; 1 and 2 beside it),
-    the majority-class baseline, per-class recall and the most frequent confusions."""
+    """Frame accuracy of `net` through `VisemeAudioEncoder.predict` on `clips` (smooth 0; 1 and 2 beside it; and
+    on the frames whose true class is not silence, class 0), the majority-class baseline, per-class recall and
+    the most frequent confusions."""
     n = net.cfg.n_visemes
     truth = np.concatenate([c.labels for c in clips])
     acc = {}
@@ -260,7 +261,9 @@ def score(net: VisemeNet, clips: list[_Clip], majority: int, *, confusion: bool 
     support = matrix.sum(1)
     off = matrix - np.diag(np.diag(matrix))
     worst = np.unravel_index(np.argsort(off, axis=None, kind="stable")[::-1][:5], off.shape)
+    speech = matrix[1:].sum()
     out = {"clips": len(clips), "frames": len(truth), "accuracy": round(acc[0], 4),
+           "speech_accuracy": round(float(np.trace(matrix[1:, 1:]) / speech), 4) if speech else None,
            "majority_baseline": round(float((truth == majority).mean()), 4),
            "accuracy_smooth": {str(s): round(a, 4) for s, a in acc.items() if s},
            "per_class_recall": {_name(i, n): round(float(matrix[i, i] / support[i]), 3)
