@@ -394,7 +394,7 @@ CASES = [
     ("decode_out_is_folder", "decode {i}/other_codec.safetensors existing", r"OUT existing: is a directory"),
     ("export_int8_without_onnx", "export teacher out --int8", r"--int8 needs --onnx"),
     ("export_model_twice", "export teacher out -m teacher", r"give MODEL or --model, not both"),
-    ("bench_runtime_without_export", B + " --runtime torch onnx", r"teacher has no ONNX export"),
+    ("bench_runtime_without_export", B + " --runtime torch onnx", r"no model has an onnx export; run lipstep export .*teacher OUT --onnx"),
     ("bench_runtime_bogus", B + " --runtime tflite", r"--runtime must be one of"),
     ("bench_emit_bogus", B + " --emit pixels", r"--emit must be frames or latents"),
     ("bench_threads_twice", B + " --threads 1 1", r"names a thread count twice"),

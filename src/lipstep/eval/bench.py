@@ -75,7 +75,7 @@ from lipstep.fsutil import atomic_path, write_json_atomic, write_text_atomic
 from lipstep.hybrid import latent_bytes_per_second
 from lipstep.modeldir import load_model, read_info, resolve_model
 from lipstep.pipeline import AvatarPipeline
-from lipstep.runtime import check_runtime, read_export
+from lipstep.runtime import EXPORT_NAME, ONNX_DIR, check_runtime, read_export
 
 COMPONENTS = ("crop_encode", "audio", "denoise", "decode", "mux")
 EMITS = ("frames", "latents")
@@ -506,13 +506,26 @@ def _check_rows(runtimes: list[str], emits: list[str], device: str) -> None:
         raise LipstepError(f"--runtime onnx runs on the CPU; use --device cpu (got {device})")
 
 
+def _has_runtime(spec: ModelSpec, runtime: str) -> bool:
+    """Whether the model can run under ``runtime`` (torch always; the onnx ones with their export)."""
+    if runtime == "torch":
+        return True
+    if not (Path(spec.path) / ONNX_DIR / EXPORT_NAME).is_file():
+        return False
+    return bool(read_export(spec.path)["runtimes"].get(runtime))  # a damaged export is a one-line error
+
+
 def _check_exports(specs: list[ModelSpec], runtimes: list[str]) -> None:
-    """Every model has the ONNX files its onnx rows need (before anything is made)."""
-    for spec in specs:
-        for runtime in runtimes:
-            if runtime != "torch" and not read_export(spec.path)["runtimes"].get(runtime):
-                raise LipstepError(f"{spec.path} has no {runtime} export; run lipstep export {spec.path} OUT --onnx"
-                                   f"{' --int8' if runtime == 'onnx-int8' else ''}")
+    """Each requested runtime can run at least one model (before anything is made); a model without a runtime's
+    export gets no row for it (a teacher next to an exported student: the teacher's torch rows only)."""
+    for runtime in runtimes:
+        if not any(_has_runtime(spec, runtime) for spec in specs):
+            path = specs[0].path
+            raise LipstepError(f"no model has an {runtime} export; run lipstep export {path} OUT --onnx"
+                               f"{' --int8' if runtime == 'onnx-int8' else ''} and bench OUT")
+        for spec in specs:
+            if not _has_runtime(spec, runtime):
+                print(f"bench: {spec.label} has no {runtime} export: no {runtime} row for it", flush=True)
 
 
 def _row_label(spec: ModelSpec, runtime: str, threads: int, emit: str, runtimes, thread_counts, emits) -> str:
@@ -537,6 +550,8 @@ def _load_rows(specs, runtimes, thread_counts, emits, dev, audio, wavs, seconds)
             _, info, codec, _, net = load_model(spec.path)
             flops[spec.path] = {"per_nfe": denoiser_flops(net, info), "decode_per_frame": decoder_flops_per_frame(codec, info)}
         for runtime in runtimes:
+            if not _has_runtime(spec, runtime):
+                continue
             for n in thread_counts:
                 key = (spec.path, runtime, None if runtime == "torch" else n)
                 if key not in pipes:
