@@ -18,6 +18,7 @@ starts ``lipstep serve`` in a subprocess for it. The script is ``experiments/str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
@@ -101,6 +102,7 @@ class SessionRecord:
     ready: dict | None = None
     send_lag_s: float = 0.0                      # how late a piece went out: TCP backpressure or the client's CPU
     closed_at_s: float | None = None             # when the stream ended, since t0
+    ended: float | None = None                   # when the stream ended (perf_counter)
 
 
 async def _receive_frames(ws, rec: SessionRecord, t0: list) -> None:
@@ -122,6 +124,7 @@ async def stream_session(ws_url: str, rec: SessionRecord, pcm: np.ndarray, cfg: 
     """One live-paced stream; fills `rec` (frames with arrival times, the end message, errors)."""
     piece = round(cfg.piece_ms / 1000 * sample_rate)
     t0 = [None]  # when audio time 0 was spoken (perf_counter), set once the server is ready
+    receiver = None
     try:
         async with connect(ws_url, max_size=None, ping_interval=None, open_timeout=60, close_timeout=10) as ws:
             await ws.send(json.dumps({"type": "start", "portrait_id": cfg.portrait_id, "pcm": "f32le",
@@ -155,8 +158,13 @@ async def stream_session(ws_url: str, rec: SessionRecord, pcm: np.ndarray, cfg: 
     except (WebSocketException, OSError, asyncio.TimeoutError) as e:
         rec.error = rec.error or f"{type(e).__name__}: {e}"
     finally:
+        rec.ended = time.perf_counter()
         if t0[0] is not None:
-            rec.closed_at_s = time.perf_counter() - t0[0]
+            rec.closed_at_s = rec.ended - t0[0]
+        if receiver is not None:  # a send failed first: the receiver's own ending is the same closed connection
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, WebSocketException, OSError):
+                await receiver
 
 
 def _refusal(e: ConnectionClosed) -> int | None:
@@ -355,7 +363,8 @@ async def _run(url: str, cfg: LoadConfig, pid: int | None) -> dict:
         await monitor
         final = await _final_health(http, url)
         wall = time.perf_counter() - t_start
-    return build_report(url, cfg, info, pid, records, malformed, health, rss, final, wall)
+    streaming_s = max(r.ended for r in records) - t_start
+    return build_report(url, cfg, info, pid, records, malformed, health, rss, final, wall, streaming_s)
 
 
 async def _final_health(http: httpx.AsyncClient, url: str) -> dict:
@@ -388,7 +397,7 @@ def _status_counts(records, malformed, health) -> dict:
     return dict(sorted(counts.items()))
 
 
-def build_report(url, cfg, info, pid, records, malformed, health, rss, final, wall) -> dict:
+def build_report(url, cfg, info, pid, records, malformed, health, rss, final, wall, streaming_s) -> dict:
     sessions = [session_summary(r) for r in records]
     cases: dict[str, dict] = {}
     for row in malformed:
@@ -400,6 +409,8 @@ def build_report(url, cfg, info, pid, records, malformed, health, rss, final, wa
     rss_values = [v for _, v, _ in rss if v is not None]
     cpu = [(t, c) for t, _, c in rss if c is not None]
     cpu_s = round(cpu[-1][1] - cpu[0][1], 2) if len(cpu) > 1 else None
+    during = [c for t, c in cpu if t <= streaming_s]  # samples until the last stream ended
+    cores_streaming = round((during[-1] - during[0]) / streaming_s, 2) if len(during) > 1 and streaming_s > 0 else None
     frames = sum(s["frames"] for s in sessions)
     ok_health = [s for _, s, _ in health if s == 200]
     done = [s for s in sessions if "latency_p50_s" in s]
@@ -413,6 +424,7 @@ def build_report(url, cfg, info, pid, records, malformed, health, rss, final, wa
         "session_close_codes": _counts(str(s["close_code"]) for s in sessions),
         "frames_received": frames, "frames_per_s_all_sessions": round(frames / wall, 1),
         "server_cpu_s": cpu_s, "server_cores_used": round(cpu_s / (cpu[-1][0] - cpu[0][0]), 2) if cpu_s else None,
+        "streams_ended_at_s": round(streaming_s, 1), "server_cores_while_streaming": cores_streaming,
         "frames_per_server_cpu_s": round(frames / cpu_s, 1) if cpu_s else None,
         "streams_closed_at_s_median": _median(s["closed_at_s"] for s in sessions),
         "latency_p50_s_median": _median(s["latency_p50_s"] for s in done),
@@ -472,7 +484,8 @@ def format_markdown(report: dict, notes: list[str] = ()) -> str:
         (f"- server up: {s['health_checks'] - s['health_failures']}/{s['health_checks']} health checks answered 200; "
          f"at the end {'up' if s['server_up_at_end'] else 'DOWN'}, {s['sessions_in_use_at_end']} sessions in use"),
         f"- server RSS (MB): start {s['rss_mb_start']}, peak {s['rss_mb_peak']}, end {s['rss_mb_end']}",
-        (f"- server CPU: {s['server_cpu_s']} s over the run, {s['server_cores_used']} cores on average; "
+        (f"- server CPU: {s['server_cpu_s']} s over the run, {s['server_cores_used']} cores on average, "
+         f"{s.get('server_cores_while_streaming')} until the last stream ended (at {s.get('streams_ended_at_s')} s); "
          f"{s['frames_per_server_cpu_s']} frames per CPU second"),
         (f"- worst lateness of a piece the client sent: {s['client_send_lag_s_worst']} s (the server stops "
          f"reading a stream while it generates: TCP backpressure)"), "",

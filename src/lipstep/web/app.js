@@ -24,8 +24,8 @@ function say(message) {
 
 function showError(message) {
   const box = $("error");
+  box.hidden = false;  // shown first, then filled: screen readers announce the alert's new text
   box.textContent = message;
-  box.hidden = false;
 }
 
 function serverError(status, message) {
@@ -77,7 +77,7 @@ function addPortrait(id, label, file) {
   const item = document.createElement("label");
   const radio = Object.assign(document.createElement("input"), {type: "radio", name: "portrait", value: id});
   radio.addEventListener("change", () => { page.portrait = {id, file}; });
-  const image = Object.assign(document.createElement("img"), {src: `/v1/portraits/${id}`, alt: label});
+  const image = Object.assign(document.createElement("img"), {src: `/v1/portraits/${id}`, alt: ""});  // named by the caption
   const caption = document.createElement("span");
   caption.textContent = label;
   item.append(radio, image, caption);
@@ -351,7 +351,7 @@ function drop(s, frame) {
 function onClose(s, event) {
   s.closed = true;
   if (s.mic) stopMicrophone(s);
-  if (!s.ended && !s.failed && !(s.stopping && event.code === 1000)) {
+  if (!s.ended && !s.failed && !s.finished && !(s.stopping && event.code === 1000)) {  // finished: the user gave up
     serverError(event.code, `the stream closed before its end (WebSocket code ${event.code})`);
   }
   if (s.failed) say("The stream was refused.");
