@@ -376,7 +376,7 @@ def _weights_bytes(pipe) -> int:
 
 def _dtype(pipe) -> str:
     if pipe.runtime == "onnx-int8":
-        return "int8 (MatMul/Gemm weights; fp32 activations between)"
+        return "int8 MatMul/Gemm (dynamic quantisation), fp32 elsewhere"
     if pipe.runtime == "onnx":
         return "float32"
     return str(next(pipe.denoiser.parameters()).dtype).removeprefix("torch.")

@@ -18,6 +18,10 @@ MatMul/Gemm nodes (activations quantised per call). Every file's sha256, the inp
 and the parity measured at export go to ``export.json``: the max abs difference to PyTorch on random inputs
 per graph, and on the frames (in [-1, 1]) of one chunk sampled end to end with the model's sampler.
 The ``onnx/`` folder is written atomically (a temporary folder renamed into place).
+
+This module lives in `lipstep.runtime`, after the training layers and before `lipstep.pipeline` in the import
+order (design.md §1): it needs the model directory reader and the networks, codecs and audio front end of the
+earlier layers, and nothing later; the pipeline then loads what it writes (`lipstep.runtime.onnx`).
 """
 
 from __future__ import annotations
