@@ -280,9 +280,27 @@ def test_sessions_over_the_limit_get_429(client):
     assert r.status_code == 429 and "busy" in r.json()["error"]
 
 
+def test_a_stream_too_far_behind_is_refused_with_its_backlog(pipe):
+    """Audio received and not yet generated over ``max_backlog_s``: 429 at once, naming the delay (not a silent
+    keepalive timeout later)."""
+    with TestClient(create_app(ServeConfig(max_backlog_s=0.3), pipe)) as c, c.websocket_connect("/v1/stream") as ws:
+        ws.send_text(_start())
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(speech_like(0.2).astype("<f4").tobytes())   # within the backlog: generated
+        ws.send_bytes(speech_like(1.0).astype("<f4").tobytes())   # 1 s more at once: over it
+        while (msg := ws.receive())["type"] == "websocket.send" and msg.get("bytes"):
+            pass
+        error = json.loads(msg["text"])
+        close = ws.receive()
+        assert c.get("/health").json()["limits"]["max_backlog_s"] == 0.3
+    assert error["status"] == 429 and "of audio behind (limit 0.3 s)" in error["message"] and close["code"] == 4429
+
+
 def test_config_is_typed_and_validated(pipe):
     with pytest.raises(ConfigError, match="max_sessions"):
         create_app(ServeConfig(max_sessions=0), pipe)
+    with pytest.raises(ConfigError, match="max_backlog_s must be > 0"):
+        create_app(ServeConfig(max_backlog_s=0), pipe)
     assert ServeConfig().host == "127.0.0.1"
 
 

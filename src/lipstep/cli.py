@@ -732,6 +732,9 @@ def eval_cmd(
                                    "(0 = all)."),
     long_block: float = typer.Option(10.0, "--long-block", metavar="SECONDS", help="Long-run mode: seconds per "
                                      "reported block (rounded to whole frames)."),
+    runtime: str = typer.Option("torch", help="What runs the model's networks: torch, onnx or onnx-int8 (its "
+                                "ONNX export, lipstep export --onnx [--int8]; CPU), to measure a runtime's quality "
+                                "cost; the evaluators always run in torch."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
 ):
     """Generate a split with a model and compute every metric whose weights are available."""
@@ -745,7 +748,7 @@ def eval_cmd(
     for key, value in (("split", split), ("max_clips", max_clips), ("seconds", seconds), ("steps", steps),
                        ("cfg_audio", cfg_audio), ("cfg_ref", cfg_ref), ("seed", seed), ("audio_shift", audio_shift),
                        ("other_audio", other_audio), ("save_videos", save_videos), ("long", long),
-                       ("long_identities", identities), ("long_block", long_block)):
+                       ("long_identities", identities), ("long_block", long_block), ("runtime", runtime)):
         set_key(cfg, key, value, parse=False)
     cfg.validate()
     split_rows(data, out, cfg.split)  # bad data fails before any network loads
@@ -756,6 +759,50 @@ def eval_cmd(
     what = (f"{result['identities']} identities x {result['long_seconds']:g} s" if cfg.long
             else f"{result['clips']} clips")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'contact_sheet.png'} ({what}, {result['seconds']:.0f} s)")
+
+
+@app.command()
+def soak(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory; the identity and its speech come from "
+                              "its --split."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: soak.json, soak.md, blocks.jsonl, "
+                             "pauses.jsonl, contact_sheet.png."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or bundled name (default: the "
+                                        "fastest bundled model)."),
+    seconds: float = typer.Option(600.0, help="Seconds of audio streamed (speech and pauses)."),
+    pace: float = typer.Option(1.0, help="1 = real time, as a live microphone sends; 0 = as fast as the stream "
+                               "takes it."),
+    piece: float = typer.Option(0.04, help="Seconds of audio per push (a microphone's 40 ms; a TTS sends more)."),
+    speech: float = typer.Option(30.0, help="Seconds of speech between pauses."),
+    pause: float = typer.Option(4.0, help="Seconds of silence per pause (0 = none)."),
+    block: float = typer.Option(60.0, help="Seconds per reported block (memory, identity, colour)."),
+    split: str = typer.Option("test", help="Split the identity comes from: train, val or test."),
+    identity: int = typer.Option(0, help="Which identity of the split (0 = the first in manifest order)."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the model's)."),
+    seed: int = typer.Option(0, help="Noise seed."),
+    runtime: str = typer.Option("torch", help="What runs the model's networks: torch, onnx or onnx-int8."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: torch's)."),
+    evaluators: Optional[Path] = typer.Option(None, "--evaluators", help="lipstep's own evaluators (default: the "
+                                              "bundled ones)."),
+):
+    """Stream minutes of speech with pauses into one avatar stream, as a live client would, and measure it:
+    first-frame latency, RTF, per-frame latency, memory, identity and colour per block, mouth closure in pauses."""
+    _output_dir(out)
+    _set_threads(threads)
+    from lipstep.eval.runner import load_evaluators, split_rows
+    from lipstep.eval.soak import SoakConfig
+    from lipstep.eval.soak import soak as run_soak
+
+    cfg = SoakConfig()
+    for key, value in (("seconds", seconds), ("pace", pace), ("piece", piece), ("speech", speech), ("pause", pause),
+                       ("block", block), ("split", split), ("identity", identity), ("steps", steps), ("seed", seed),
+                       ("runtime", runtime)):
+        set_key(cfg, key, value, parse=False)
+    cfg.validate()
+    split_rows(data, out, cfg.split)  # bad data fails before any network loads
+    result = run_soak(model, data, out, cfg, load_evaluators(evaluators), threads=threads)
+    typer.echo((out / "soak.md").read_text(encoding="utf-8"))
+    typer.echo(f"wrote {out / 'soak.json'} and {out / 'contact_sheet.png'} ({result['seconds']:.0f} s)")
 
 
 @app.command()

@@ -337,6 +337,22 @@ class AvatarPipeline:
         return AvatarStream(self, reference, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, vad=vad,
                             callback=callback, on_chunk=on_chunk, timings={"crop_encode": self.clock() - t0})
 
+    def warmup(self) -> float:
+        """Generate and drop one chunk (a grey portrait, silence) so that the first real frame does not pay the
+        one-time costs of a fresh process (kernel selection, allocator growth); returns its seconds. The server
+        calls it before it listens; `lipstep soak` before it starts the clock."""
+        t0 = time.perf_counter()
+        size = self.info.image_size
+        stream = self.open_stream(np.full((size, size, 3), 128, np.uint8), detector="none", source="the warm-up")
+        lookahead = stream.lookahead_seconds
+        if lookahead is None:
+            stream.push(np.zeros(round(self.info.frames / self.info.fps * self.info.sample_rate), np.float32))
+            stream.finish()
+        else:
+            stream.push(np.zeros(math.ceil((self.info.frames / self.info.fps + lookahead) * self.info.sample_rate),
+                                 np.float32))
+        return time.perf_counter() - t0
+
     def stream(self, image: np.ndarray, audio_chunks: Iterable[np.ndarray], **options) -> Iterator[StreamFrame]:
         """Portrait + audio pieces of any size (mono float32 at the model's sample rate) -> frames as they are made.
 

@@ -90,6 +90,8 @@ class ServeConfig:
     max_audio_seconds: float = 600.0    # longest audio of one /v1/generate request (413 beyond)
     max_stream_seconds: float = 3600.0  # longest audio of one stream (413 beyond; the stream's memory is flat)
     idle_timeout_s: float = 30.0        # a stream that sends nothing for this long is closed (408)
+    max_backlog_s: float = 30.0         # a stream's audio received but not yet generated; more is closed (429)
+    ws_ping_s: float = 20.0             # WebSocket keepalive: a ping every this many s, the pong awaited as long
     max_portraits: int = 64             # uploaded portraits kept; the oldest is forgotten first
     example_portraits: int = 4          # example portraits (unseen synthetic identities) at GET /v1/portraits
     jpeg_quality: int = 90              # frames sent as JPEG
@@ -104,6 +106,8 @@ class ServeConfig:
         check(self.max_audio_seconds > 0, f"max_audio_seconds must be > 0, got {self.max_audio_seconds}")
         check(self.max_stream_seconds > 0, f"max_stream_seconds must be > 0, got {self.max_stream_seconds}")
         check(self.idle_timeout_s > 0, f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
+        check(self.max_backlog_s > 0, f"max_backlog_s must be > 0, got {self.max_backlog_s}")
+        check(self.ws_ping_s > 0, f"ws_ping_s must be > 0, got {self.ws_ping_s}")
         check(self.max_portraits >= 1, f"max_portraits must be >= 1, got {self.max_portraits}")
         check(0 <= self.example_portraits <= 16, f"example_portraits must be in 0..16, got {self.example_portraits}")
         check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
@@ -221,6 +225,8 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     samples: int = 0
     frames: int = 0
+    pending: int = 0                    # audio samples received and not yet generated (the stream's backlog)
+    error: Exception | None = None      # what ended the stream while a chunk was generated (from the reader)
     reason: str = "end"
 
     def move(self, state: str, **fields) -> None:
@@ -262,6 +268,7 @@ class AvatarServer:
         self.cfg, self.pipe = cfg, pipe
         self.pool: ThreadPoolExecutor | None = None
         self.active: set[str] = set()       # ids of running generations (streams and requests)
+        self.warmup_s = 0.0                 # seconds of the warm-up chunk run before serving
         self.portraits = Portraits(cfg.max_portraits, example_faces(cfg.example_portraits, pipe.info.image_size))
 
     async def run(self, fn, *args, **kwargs):
@@ -296,7 +303,7 @@ class AvatarServer:
                 "sample_rate": info.sample_rate, "chunk_frames": info.frames, "sessions": len(self.active),
                 "limits": {"max_sessions": cfg.max_sessions, "max_upload_mb": cfg.max_upload_mb,
                            "max_audio_seconds": cfg.max_audio_seconds, "max_stream_seconds": cfg.max_stream_seconds,
-                           "idle_timeout_s": cfg.idle_timeout_s}}
+                           "idle_timeout_s": cfg.idle_timeout_s, "max_backlog_s": cfg.max_backlog_s}}
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -425,27 +432,63 @@ class AvatarServer:
                             "chunk_frames": info.frames,
                             "lookahead_ms": None if lookahead is None else round(lookahead * 1000, 1)})
         session.move("streaming", pcm=start.pcm, format=start.format, steps=stream.core.steps, seed=start.seed)
-        limit = self.cfg.max_stream_seconds * info.sample_rate
-        while True:
-            msg = await self._receive(ws)
-            if msg.get("bytes") is not None:
-                x = decode_pcm(msg["bytes"], start.pcm)
-                if session.samples + len(x) > limit:
-                    raise ClientError(413, f"the stream's audio is over the limit of {self.cfg.max_stream_seconds:g} s")
-                session.samples += len(x)
-                await self._send(ws, session, await self.run(self._push, stream, x, start.format))
-                continue
-            kind = _message_type(msg.get("text") or "")
-            if kind == "end":
+        # Reading and generating run side by side: the reader keeps taking messages off the connection while a
+        # chunk is generated, so pings are answered, a disconnect or a bad message is heard at once, and a stream
+        # that falls too far behind is refused with a message instead of timing out (see `_read`).
+        inbox: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.create_task(self._read(ws, start, session, inbox))
+        try:
+            while True:
+                item = await inbox.get()
+                if session.error is not None:
+                    raise session.error
+                if isinstance(item, np.ndarray):
+                    messages = await self.run(self._push, stream, item, start.format)
+                    session.pending -= len(item)
+                    await self._send(ws, session, messages)
+                    continue
                 await self._send(ws, session, await self.run(self._finish, stream, start.format))
                 stats = stream.stats()
                 await ws.send_json({"type": "end", "frames": stats.frames, "seconds": round(stats.seconds, 3),
                                     "chunks": stats.chunks, "nfe": stats.nfe})
                 await ws.close(1000)
                 return
-            if kind == "start":
-                raise ClientError(409, "the stream has already started; send audio chunks or an end message")
-            raise ClientError(400, f"unknown message type '{kind}'; expected binary audio or {{\"type\": \"end\"}}")
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read(self, ws: WebSocket, start: StreamStart, session: Session, inbox: asyncio.Queue) -> None:
+        """Messages of a started stream into `inbox`: PCM pieces, then "end". A refusal, a disconnect or the
+        idle timeout goes to ``session.error`` (and wakes the generator); so does a backlog of received audio
+        not yet generated over ``max_backlog_s``: the server cannot keep this stream's pace."""
+        rate = self.pipe.info.sample_rate
+        limit, backlog = self.cfg.max_stream_seconds * rate, self.cfg.max_backlog_s * rate
+        try:
+            while True:
+                msg = await self._receive(ws)
+                if msg.get("bytes") is not None:
+                    x = decode_pcm(msg["bytes"], start.pcm)
+                    if session.samples + len(x) > limit:
+                        raise ClientError(413, f"the stream's audio is over the limit of {self.cfg.max_stream_seconds:g} s")
+                    session.samples += len(x)
+                    session.pending += len(x)
+                    if session.pending > backlog:
+                        raise ClientError(429, f"the stream is {session.pending / rate:.1f} s of audio behind (limit "
+                                               f"{self.cfg.max_backlog_s:g} s): the server cannot keep its pace; send "
+                                               f"audio at most in real time, or whole files to POST /v1/generate")
+                    inbox.put_nowait(x)
+                    continue
+                kind = _message_type(msg.get("text") or "")
+                if kind == "end":
+                    inbox.put_nowait("end")
+                    return
+                if kind == "start":
+                    raise ClientError(409, "the stream has already started; send audio chunks or an end message")
+                raise ClientError(400, f"unknown message type '{kind}'; expected binary audio or {{\"type\": \"end\"}}")
+        except (ClientError, WebSocketDisconnect) as e:
+            session.error = e
+            inbox.put_nowait(None)
 
     async def _send(self, ws: WebSocket, session: Session, messages: list[bytes]) -> None:
         for data in messages:
@@ -569,6 +612,7 @@ def create_app(cfg: ServeConfig | None = None, pipe: AvatarPipeline | None = Non
         torch.set_num_threads(cfg.threads)
     pipe = pipe or AvatarPipeline.from_pretrained(cfg.model, device=cfg.device)
     server = AvatarServer(cfg, pipe)
+    server.warmup_s = pipe.warmup()  # the first session's first frame should not pay a fresh process's costs
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -660,9 +704,10 @@ def serve(cfg: ServeConfig) -> None:
     log.propagate = False
     app = create_app(cfg)
     log_event("server", state="listening", url=f"http://{cfg.host}:{cfg.port}", docs=f"http://{cfg.host}:{cfg.port}/docs",
-              model=app.state.server.health()["model"], device=cfg.device)
+              model=app.state.server.health()["model"], device=cfg.device,
+              warmup_s=round(app.state.server.warmup_s, 3))
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                ws_max_size=cfg.max_bytes + 4096)
+                ws_max_size=cfg.max_bytes + 4096, ws_ping_interval=cfg.ws_ping_s, ws_ping_timeout=cfg.ws_ping_s)
 
 
 __all__ = ["ClientError", "ServeConfig", "StreamStart", "create_app", "frame_message", "serve"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -32,6 +33,7 @@ from lipstep.nets.identity import IdentityNetConfig
 from lipstep.nets.mouthreader import MouthReaderConfig
 from lipstep.nets.syncnet import LipSyncConfig
 from lipstep.pipeline import AvatarPipeline
+from lipstep.runtime import export_onnx
 from lipstep.train.loop import TrainConfig
 from lipstep.train.mouth_head import MouthHeadConfig
 from lipstep.train.teacher import TeacherConfig, train_teacher
@@ -106,6 +108,41 @@ def test_eval_writes_every_weight_free_metric(setup, tmp_path):
     assert sheet.shape == (4 * 32 + 2, 8 * 32, 3)
 
 
+def test_eval_through_onnx_runtime_scores_what_torch_does(setup, tmp_path):
+    """``runtime="onnx"`` generates with the model's ONNX export: the same frames up to fp32 parity, so the same
+    metrics; the runtime is recorded."""
+    model = tmp_path / "model"
+    shutil.copytree(setup["model"], model)
+    export_onnx(model, threads=1)
+    ev = load_evaluators(setup["evaluators"])
+    res = {rt: evaluate_model(model, setup["prepared"], tmp_path / rt, EvalConfig(split="train", max_clips=1,
+                                                                                  save_videos=0, runtime=rt),
+                              ev, progress=False) for rt in ("torch", "onnx")}
+    assert res["onnx"]["eval"]["runtime"] == "onnx" and res["torch"]["eval"]["runtime"] == "torch"
+    for key in ("psnr_codec", "psnr_gt", "colour_shift", "flicker"):
+        assert res["onnx"][key] == pytest.approx(res["torch"][key], rel=1e-3, abs=1e-4), key
+
+
+def test_soak_streams_speech_with_pauses_and_reports_per_block(setup, tmp_path):
+    """`lipstep soak` on the tiny teacher: every frame of the audio, a row per block, the pauses read by the mouth
+    reader, latency at a live pace, the files; then the CLI's one-line refusal of a bad option."""
+    r = _run("soak", "--data", setup["prepared"], "--out", tmp_path / "s", "--model", setup["model"], "--split",
+             "train", "--seconds", "2", "--speech", "0.8", "--pause", "0.5", "--block", "1", "--pace", "1",
+             "--piece", "0.1", "--evaluators", setup["evaluators"], "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "s" / "soak.json").read_text())
+    assert res["frames"] == 50 and [b["frames"] for b in res["blocks"]] == [25, 25]
+    assert res["pauses"] == 1 and len((tmp_path / "s" / "pauses.jsonl").read_text().splitlines()) == 1
+    assert res["first_frame_s"] >= res["first_chunk_compute_s"] > 0
+    assert res["latency_p50_s"] is not None and res["rtf"] > 0 and res["rss_first_mb"] > 0
+    assert {"id_sim", "id_psnr", "colour_shift", "rss_mb", "rtf"} <= set(res["blocks"][0])
+    assert res["wall_seconds"] >= 2.0                          # pace 1: the audio took its own time to arrive
+    assert read_image(tmp_path / "s" / "contact_sheet.png").shape[0] == 2 * 32 + 2  # blocks row + the first pause
+    assert "| rss_growth |" in (tmp_path / "s" / "soak.md").read_text()
+    bad = _run("soak", "--data", setup["prepared"], "--out", tmp_path / "b", "--pace", "-1")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_audio_shift_control_changes_the_driving_audio_only(setup, tmp_path, monkeypatch):
     heard = []
     call = AvatarPipeline.__call__
@@ -157,14 +194,17 @@ def _run(*args):
                           env=env, timeout=300)
 
 
-@pytest.mark.parametrize("case", ["no_data", "bad_split", "no_evaluators", "bad_weights_dir", "codec_as_model"])
+@pytest.mark.parametrize("case", ["no_data", "bad_split", "no_evaluators", "bad_weights_dir", "codec_as_model",
+                                  "bad_runtime", "runtime_without_export"])
 def test_eval_cli_bad_inputs(setup, tmp_path, case):
     args = {"no_data": ["--data", tmp_path / "nope", "--model", setup["model"]],
             "bad_split": ["--data", setup["prepared"], "--model", setup["model"], "--split", "dev"],
             "no_evaluators": ["--data", setup["prepared"], "--model", setup["model"], "--evaluators", tmp_path / "x"],
             "bad_weights_dir": ["--data", setup["prepared"], "--model", setup["model"], "--weights-dir",
                                 tmp_path / "w"],
-            "codec_as_model": ["--data", setup["prepared"], "--model", setup["root"] / "codec"]}[case]
+            "codec_as_model": ["--data", setup["prepared"], "--model", setup["root"] / "codec"],
+            "bad_runtime": ["--data", setup["prepared"], "--model", setup["model"], "--runtime", "tensorrt"],
+            "runtime_without_export": ["--data", setup["prepared"], "--model", setup["model"], "--runtime", "onnx"]}[case]
     r = _run("eval", "--out", tmp_path / "out", *args)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -107,7 +107,7 @@ def evaluate_long(model: str | os.PathLike, prepared: str | os.PathLike, out: st
     started = time.perf_counter()
     root, out, rows = split_rows(prepared, out, cfg.split)
     people = identity_clips(rows, cfg.long_identities)
-    ev, pipe = load_for_eval(model, root, rows, evaluators, device)
+    ev, pipe = load_for_eval(model, root, rows, evaluators, device, cfg.runtime)
     embedder = ev.identity[0] if ev.identity else None
     info = pipe.info
     fps, sr = info.fps, info.sample_rate

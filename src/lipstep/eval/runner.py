@@ -81,6 +81,7 @@ from lipstep.eval.temporal import drift, flicker, psnr, ssim, warping_error
 from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lipstep.nets.syncnet import load_lipsync, load_official_syncnet
 from lipstep.pipeline import AvatarPipeline
+from lipstep.runtime import RUNTIMES
 
 INCEPTION_GLOB = "pt_inception-2015-12-05*.pth"
 SYNCNET_FILE = "syncnet_v2.model"
@@ -108,6 +109,7 @@ class EvalConfig:
     long: float = 0.0               # long-run mode: seconds generated per identity (0 = per-clip evaluation)
     long_identities: int = 3        # long-run mode: identities of the split (the first ones; 0 = all)
     long_block: float = 10.0        # long-run mode: seconds per reported block
+    runtime: str = "torch"          # what runs the networks: torch, onnx or onnx-int8 (the model's ONNX export)
 
     def validate(self) -> None:
         check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
@@ -123,6 +125,7 @@ class EvalConfig:
         check(self.save_videos >= 0 and self.kid_subsets >= 1 and self.kid_subset_size >= 2,
               "save_videos must be >= 0, kid_subsets >= 1 and kid_subset_size >= 2")
         check(self.clip_length >= 2 and self.vshift >= 1, "clip_length must be >= 2 and vshift >= 1")
+        check(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         check(self.long >= 0 and self.long_identities >= 0 and self.long_block > 0,
               "long must be >= 0, long_identities >= 0 and long_block > 0")
         if self.long:
@@ -316,10 +319,10 @@ def split_rows(prepared: str | os.PathLike, out: str | os.PathLike, split: str) 
     return root, out, rows
 
 
-def load_for_eval(model, root: Path, rows: list[dict], evaluators, device: str | None):
+def load_for_eval(model, root: Path, rows: list[dict], evaluators, device: str | None, runtime: str = "torch"):
     """(evaluators, pipeline) for an evaluation of `rows`; the frames must be the model's size."""
     ev = evaluators if evaluators is not None else load_evaluators(device=device or "cpu")
-    pipe = AvatarPipeline.from_pretrained(model, device=device or "cpu")
+    pipe = AvatarPipeline.from_pretrained(model, device=device or "cpu", runtime=runtime)
     size = pipe.info.image_size
     if any(int(r.get("size", size)) != size for r in rows):
         raise DataError(f"{root}: frames are {rows[0].get('size')} px but the model generates "
@@ -344,7 +347,7 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     started = time.perf_counter()
     root, out, rows = split_rows(prepared, out, cfg.split)
     rows = rows[:cfg.max_clips] if cfg.max_clips else rows
-    ev, pipe = load_for_eval(model, root, rows, evaluators, device)
+    ev, pipe = load_for_eval(model, root, rows, evaluators, device, cfg.runtime)
     info = pipe.info
     fps, sr = info.fps, info.sample_rate
     per_clip, gen_all, gt_all, gen_clips, gt_clips = [], [], [], [], []

@@ -69,6 +69,10 @@ def make_session(path: str | os.PathLike, threads: int | None = None):
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # No busy-waiting between ops: ONNX Runtime's spinning workers fight torch's threads (the sampler's small
+    # tensor ops) for the cores, which made 2 threads 3x slower than 1 on a 2-core machine (experiments/
+    # temposyncdiff, bench_idle); without it 2 threads are faster than 1, as they should be.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: the CLI prints one line per problem
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

@@ -1,0 +1,305 @@
+"""`lipstep soak`: one avatar stream driven for minutes, measured the way a live user meets it.
+
+A held-out identity's portrait (the first frame of its first clip in the split) is driven through
+`AvatarPipeline.open_stream` -- the path `lipstep serve` and `lipstep generate` run -- by the speech of its
+clips, chained and repeated, with a pause of ``pause`` seconds of digital silence after every ``speech``
+seconds. The audio goes in pieces of ``piece`` seconds (a microphone's 40 ms by default) at ``pace`` times
+real time: 1 waits for each piece's moment as a live microphone would, 0 pushes as fast as the stream takes it.
+
+Measured (OUT/soak.json, soak.md, blocks.jsonl, pauses.jsonl, contact_sheet.png):
+
+==================  ============================================================================================
+first_frame_s       wall time from the first piece's arrival to the first frame: the chunk's audio must arrive
+                    first (``chunk_frames`` frames plus the encoder's look-ahead), so with small pieces at pace 1
+                    this is mostly waiting; ``first_chunk_compute_s`` is the compute part alone (the push that
+                    returned the first frames), what a client sending a longer first piece waits
+latency_p50/p95     per frame: the moment it is returned minus the moment its own audio had been spoken
+                    (``(index + 1) / fps`` after the start, at pace 1 only)
+rtf                 seconds inside push/finish over seconds of audio (one stream)
+blocks              per block of ``block`` seconds (a minute by default): process RSS at the block's end,
+                    identity similarity (the primary identity encoder), identity-region PSNR and colour shift
+                    against the reference portrait (`lipstep.eval.portrait`), compute seconds and RTF
+rss_growth          RSS at the last block's end over the first's, minus 1
+id_sim_delta        last block minus first
+pauses              per pause: when the mouth reader reads the mouth closed (openness <= ``closed``) from then to
+                    the pause's end (``closed_after_ms``, None if never), and the largest openness after 200 ms
+gt_closed_openness  the mouth reader on the identity's real frames labelled closed: its floor
+==================  ============================================================================================
+
+Only the current block's frames are kept (and one frame per block for the sheet), so the soak's own memory is
+flat and the RSS curve is the stream's. Block metrics run in one worker thread beside the stream (torch
+releases the GIL), so a live pace is not held up by them; give the process two threads' worth of CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lipstep.config import check, to_dict
+from lipstep.data.media import write_image
+from lipstep.errors import DataError
+from lipstep.eval.identity import identity_similarity
+from lipstep.eval.longrun import chain_audio, identity_clips
+from lipstep.eval.portrait import colour_shift, identity_psnr
+from lipstep.eval.runner import _clip_data, contact_sheet, load_evaluators, load_for_eval, split_rows
+from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from lipstep.runtime import RUNTIMES
+
+
+@dataclass
+class SoakConfig:
+    seconds: float = 600.0          # audio streamed (speech and pauses)
+    split: str = "test"             # split of the prepared directory the identity comes from
+    identity: int = 0               # which identity of the split (in manifest order)
+    speech: float = 30.0            # seconds of speech between pauses
+    pause: float = 4.0              # seconds of silence per pause (0 = no pauses)
+    piece: float = 0.04             # seconds of audio per push (a microphone's 40 ms)
+    pace: float = 1.0               # 1 = real time (a live microphone), 0 = as fast as possible
+    block: float = 60.0             # seconds per reported block
+    closed: float = 0.1             # mouth-reader openness at or below which the mouth counts as closed
+    steps: int | None = None        # sampler steps (None = the model's)
+    seed: int = 0
+    runtime: str = "torch"          # torch, onnx or onnx-int8
+
+    def validate(self) -> None:
+        for name in ("seconds", "speech", "pause", "piece", "pace", "block", "closed"):
+            value = getattr(self, name)
+            check(math.isfinite(value) and value >= 0, f"{name} must be a finite number >= 0, got {value}")
+        check(self.seconds > 0 and self.speech > 0 and self.piece > 0 and self.block > 0,
+              "seconds, speech, piece and block must be > 0")
+        check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
+        check(self.identity >= 0, f"identity must be >= 0, got {self.identity}")
+        check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+
+
+def rss_mb() -> float:
+    """The process's resident memory now, MB (Linux /proc; psutil elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import psutil  # not Linux: the portable reader (a dependency of lipstep bench)
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def with_pauses(speech: np.ndarray, n_samples: int, sr: int, every: float, pause: float) -> tuple[np.ndarray, list]:
+    """`speech` cut into stretches of `every` seconds with `pause` seconds of silence after each, cut to
+    `n_samples`: (audio float32 [n_samples], [(start_sample, end_sample)] of the pauses that fit whole)."""
+    if pause <= 0:
+        return chain_audio([speech], n_samples), []
+    run, gap = round(every * sr), round(pause * sr)
+    pieces, pauses, pos, used = [], [], 0, 0
+    once = chain_audio([speech], math.ceil(n_samples / (run + gap)) * run + run)
+    while pos < n_samples:
+        pieces.append(once[used:used + run])
+        used += run
+        pos += run
+        if pos + gap <= n_samples:
+            pauses.append((pos, pos + gap))
+        pieces.append(np.zeros(gap, np.float32))
+        pos += gap
+    return np.concatenate(pieces)[:n_samples], pauses
+
+
+def closed_after(openness: np.ndarray, closed: float) -> int | None:
+    """Frames from the start of `openness` after which every value is <= `closed` (None if the last is not)."""
+    above = np.flatnonzero(np.asarray(openness) > closed)
+    if len(above) == 0:
+        return 0
+    return None if above[-1] == len(openness) - 1 else int(above[-1]) + 1
+
+
+def percentile(values, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if len(values) else None
+
+
+def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakConfig | None = None,
+         evaluators=None, *, threads: int | None = None, progress: bool = True) -> dict:
+    """Stream `cfg.seconds` of speech with pauses into one avatar stream and measure it (module docstring)."""
+    from tqdm.auto import tqdm
+
+    cfg = cfg or SoakConfig()
+    cfg.validate()
+    started = time.perf_counter()
+    root, out, rows = split_rows(prepared, out, cfg.split)
+    people = identity_clips(rows, 0)
+    if cfg.identity >= len(people):
+        raise DataError(f"{root}: the {cfg.split} split has {len(people)} identities; identity {cfg.identity} "
+                        f"does not exist")
+    person, clips = list(people.items())[cfg.identity]
+    ev, pipe = load_for_eval(model, root, rows, evaluators if evaluators is not None else load_evaluators(),
+                             None, cfg.runtime)
+    embedder, reader = (ev.identity[0] if ev.identity else None), ev.mouth
+    info = pipe.info
+    fps, sr = info.fps, info.sample_rate
+    data = [_clip_data(root, row, 0.0, fps, sr) for row in clips]
+    reference = data[0][0][0]
+    n_samples = round(cfg.seconds * sr)
+    audio, pauses = with_pauses(np.concatenate([w for _, w, _ in data]), n_samples, sr, cfg.speech, cfg.pause)
+    block_frames = max(1, round(cfg.block * fps))
+    piece = max(1, round(cfg.piece * sr))
+
+    def block_metrics(k: int, frames: np.ndarray, rss: float, compute: float) -> dict:
+        row = {"block": k, "start_s": round(k * block_frames / fps, 3), "frames": len(frames),
+               "rss_mb": round(rss, 1), "compute_s": round(compute, 3),
+               "rtf": round(compute / (len(frames) / fps), 4), "id_psnr": round(identity_psnr(frames, reference), 4),
+               "colour_shift": round(colour_shift(frames, reference), 4)}
+        if embedder is not None:
+            row["id_sim"] = round(identity_similarity(embedder, reference, frames), 5)
+        if reader is not None:
+            row["openness"] = reader.openness(frames).astype(np.float32)
+        return row
+
+    worker = ThreadPoolExecutor(1, thread_name_prefix="lipstep-soak")
+    futures: list[Future] = []
+    block, sheet, lat, first_chunk, around = [], [], [], None, {}
+    keep = set()
+    if pauses:  # the frames around the first pause, for the contact sheet's second row
+        a_f = math.ceil(pauses[0][0] * fps / sr)
+        keep = set(range(a_f - 4, a_f + 12))
+    compute = compute_block = 0.0
+    warmup = pipe.warmup()  # as the server does before it listens
+    stream = pipe.open_stream(reference, steps=cfg.steps, seed=cfg.seed, source=f"{person}'s reference frame")
+    n_pieces = math.ceil(n_samples / piece)
+    bar = tqdm(total=round(n_samples / sr), desc=f"soak {person}", unit="s audio", disable=not progress)
+    t0 = time.perf_counter()
+    first_frame = None
+    done_frames = 0
+
+    def take(frames, now: float) -> None:
+        nonlocal done_frames, compute_block, first_frame
+        for f in frames:
+            if first_frame is None:
+                first_frame = now - t0
+            if cfg.pace > 0:
+                lat.append(now - (t0 + (f.index + 1) / fps / cfg.pace))
+            block.append(f.image)
+            if f.index in keep:
+                around[f.index] = f.image
+            done_frames += 1
+            if len(block) == block_frames:
+                frames_np = np.stack(block)
+                sheet.append(frames_np[len(frames_np) // 2])
+                if futures:  # at most two blocks in flight: the soak's memory stays flat when pushing fast
+                    futures[-1].result()
+                futures.append(worker.submit(block_metrics, len(futures), frames_np, rss_mb(), compute_block))
+                block.clear()
+                compute_block = 0.0
+
+    for i in range(n_pieces):
+        if cfg.pace > 0:
+            wait = t0 + (i + 1) * piece / sr / cfg.pace - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        a = time.perf_counter()
+        frames = stream.push(audio[i * piece:(i + 1) * piece])
+        b = time.perf_counter()
+        compute += b - a
+        compute_block += b - a
+        if frames and first_chunk is None:
+            first_chunk = b - a
+        take(frames, b)
+        if (i + 1) * piece // sr > ((i * piece) // sr):
+            bar.update(1)
+    a = time.perf_counter()
+    frames = stream.finish()
+    b = time.perf_counter()
+    compute += b - a
+    compute_block += b - a
+    take(frames, b)
+    bar.close()
+    if block:
+        frames_np = np.stack(block)
+        sheet.append(frames_np[len(frames_np) // 2])
+        futures.append(worker.submit(block_metrics, len(futures), frames_np, rss_mb(), compute_block))
+    blocks = [f.result() for f in futures]
+    worker.shutdown()
+
+    openness = np.concatenate([r.pop("openness") for r in blocks]) if reader is not None else None
+    pause_rows = []
+    if openness is not None:
+        for a_s, b_s in pauses:
+            a_f, b_f = math.ceil(a_s * fps / sr), min(len(openness), int(b_s * fps // sr))
+            track = openness[a_f:b_f]
+            k = closed_after(track, cfg.closed)
+            late = track[max(1, round(0.2 * fps)):]
+            pause_rows.append({"start_s": round(a_s / sr, 3), "seconds": round((b_s - a_s) / sr, 3),
+                               "closed_after_ms": None if k is None else round(k / fps * 1000, 1),
+                               "max_openness_after_200ms": round(float(late.max()), 4) if len(late) else None,
+                               "mean_openness": round(float(track.mean()), 4)})
+    gt = {"id_psnr": identity_psnr(np.concatenate([f for f, _, _ in data]), reference),
+          "colour_shift": colour_shift(np.concatenate([f for f, _, _ in data]), reference)}
+    if embedder is not None:
+        gt["id_sim"] = identity_similarity(embedder, reference, np.concatenate([f for f, _, _ in data]))
+    if reader is not None:
+        closed_frames = [f[m <= 0.02] for f, _, m in data if m is not None]
+        closed_frames = np.concatenate(closed_frames) if closed_frames else np.zeros((0,))
+        if len(closed_frames):
+            o = reader.openness(closed_frames)
+            gt["closed_openness_mean"], gt["closed_openness_p95"] = float(o.mean()), float(np.percentile(o, 95))
+
+    full = [r for r in blocks if r["frames"] == block_frames] or blocks
+    delays = [p["closed_after_ms"] for p in pause_rows]
+    result = {
+        "model": str(model), "model_kind": info.kind, "identity": person, "runtime": cfg.runtime,
+        "threads": threads, "audio_seconds": round(n_samples / sr, 3), "frames": done_frames,
+        "wall_seconds": round(time.perf_counter() - t0, 2), "warmup_s": round(warmup, 4),
+        "first_frame_s": None if first_frame is None else round(first_frame, 4),
+        "first_chunk_compute_s": None if first_chunk is None else round(first_chunk, 4),
+        "first_frame_audio_s": round((info.frames / fps) + (stream.lookahead_seconds or 0.0), 4),
+        "rtf": round(compute / (n_samples / sr), 4),
+        "latency_p50_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
+        "latency_max_s": round(max(lat), 4) if lat else None,
+        "rss_first_mb": full[0]["rss_mb"], "rss_last_mb": full[-1]["rss_mb"],
+        "rss_growth": round(full[-1]["rss_mb"] / full[0]["rss_mb"] - 1, 4),
+        "colour_shift_max": max(r["colour_shift"] for r in blocks),
+        "pauses": len(pause_rows),
+        "pauses_closed_within_200ms": sum(1 for d in delays if d is not None and d <= 200),
+        "closed_after_ms_max": None if not delays or None in delays else max(delays),
+        "gt": {k: round(v, 5) for k, v in gt.items()},
+        "blocks": blocks, "soak": to_dict(cfg), "sources": ev.sources,
+        "seconds": round(time.perf_counter() - started, 1)}
+    if embedder is not None:
+        result.update({"id_sim_first": full[0]["id_sim"], "id_sim_last": full[-1]["id_sim"],
+                       "id_sim_delta": round(full[-1]["id_sim"] - full[0]["id_sim"], 5)})
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out / "blocks.jsonl", blocks)
+    write_jsonl_atomic(out / "pauses.jsonl", pause_rows)
+    rows_img = [np.concatenate([reference[None], np.stack(sheet)])]
+    if around:
+        rows_img.append(np.stack([around[k] for k in sorted(around)]))
+    write_image(out / "contact_sheet.png", contact_sheet(rows_img, max(len(r) for r in rows_img)))
+    write_json_atomic(out / "soak.json", result)
+    write_text_atomic(out / "soak.md", soak_markdown(result))
+    return result
+
+
+def soak_markdown(r: dict) -> str:
+    """soak.json as a short report: the headline figures, then one row per block."""
+    lines = [f"# soak: {r['model']} ({r['runtime']}), identity {r['identity']}, {r['audio_seconds']:g} s of audio",
+             "", "| measure | value |", "|---|---|"]
+    for key in ("first_frame_s", "first_chunk_compute_s", "first_frame_audio_s", "rtf", "latency_p50_s",
+                "latency_p95_s", "latency_max_s", "rss_first_mb", "rss_last_mb", "rss_growth", "id_sim_first",
+                "id_sim_last", "id_sim_delta", "colour_shift_max", "pauses", "pauses_closed_within_200ms",
+                "closed_after_ms_max"):
+        if key in r:
+            lines.append(f"| {key} | {r[key]} |")
+    lines += ["", "Ground truth (the identity's real frames): "
+              + ", ".join(f"{k} {v:g}" for k, v in r["gt"].items()), "",
+              "| block | start s | frames | RSS MB | RTF | id_sim | id_psnr | colour shift |",
+              "|---|---|---|---|---|---|---|---|"]
+    for b in r["blocks"]:
+        lines.append(f"| {b['block']} | {b['start_s']:g} | {b['frames']} | {b['rss_mb']:g} | {b['rtf']:g} | "
+                     f"{b.get('id_sim', '')} | {b['id_psnr']:g} | {b['colour_shift']:g} |")
+    return "\n".join(lines) + "\n"

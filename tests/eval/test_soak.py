@@ -1,0 +1,34 @@
+"""Pieces of `lipstep soak`: speech cut by pauses, when a mouth counts as closed, the config's checks. The soak
+itself runs on the tiny teacher in tests/eval/test_runner.py (it needs the tiny evaluators)."""
+
+import numpy as np
+import pytest
+
+from lipstep.errors import ConfigError
+from lipstep.eval.soak import SoakConfig, closed_after, with_pauses
+
+
+def test_with_pauses_inserts_silence_after_every_stretch_of_speech():
+    speech = np.arange(1, 8, dtype=np.float32)                 # 7 samples at "10 Hz"
+    audio, pauses = with_pauses(speech, 23, 10, every=0.5, pause=0.3)
+    assert len(audio) == 23 and audio.dtype == np.float32
+    assert pauses == [(5, 8), (13, 16)]                        # the third would not fit whole
+    for a, b in pauses:
+        assert (audio[a:b] == 0).all()
+    assert audio[:5].tolist() == [1, 2, 3, 4, 5] and audio[8:13].tolist() == [6, 7, 1, 2, 3]  # speech resumes in order
+    plain, none = with_pauses(speech, 9, 10, every=0.5, pause=0.0)
+    assert none == [] and plain.tolist() == [1, 2, 3, 4, 5, 6, 7, 1, 2]
+
+
+def test_closed_after_is_when_the_mouth_closes_for_good():
+    assert closed_after(np.array([0.5, 0.3, 0.05, 0.0]), 0.1) == 2
+    assert closed_after(np.array([0.5, 0.05, 0.3, 0.0, 0.0]), 0.1) == 3   # reopened: counted from the last opening
+    assert closed_after(np.array([0.0, 0.0]), 0.1) == 0
+    assert closed_after(np.array([0.0, 0.5]), 0.1) is None                  # open at the end: never closed
+
+
+@pytest.mark.parametrize("bad", [{"seconds": 0}, {"pace": -1}, {"piece": 0}, {"pause": float("nan")},
+                                 {"split": "dev"}, {"runtime": "tensorrt"}, {"steps": 0}, {"identity": -1}])
+def test_soak_config_is_checked(bad):
+    with pytest.raises(ConfigError):
+        SoakConfig(**bad).validate()
