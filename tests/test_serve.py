@@ -202,6 +202,25 @@ def test_stream_sends_frames_before_the_end_and_equals_a_whole_call(client, pipe
     assert states == ["created", "streaming", "closed"]
 
 
+def test_stream_with_previews_sends_a_frame_before_its_chunk_is_complete(client):
+    speech = speech_like(0.5, seed=2)
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_text(_start(preview_every=1))
+        ready = ws.receive_json()
+        assert ready["preview_every"] == 1
+        ws.send_bytes(speech[:640 + 1056].astype("<f4").tobytes())   # frame 0 and the look-ahead; chunk 0 needs 3616
+        header, _ = _frame(ws.receive_bytes())
+        assert header["index"] == 0
+        ws.send_bytes(speech[640 + 1056:].astype("<f4").tobytes())
+        ws.send_text(json.dumps({"type": "end"}))
+        indices = [0]
+        while (msg := ws.receive())["type"] == "websocket.send" and msg.get("bytes"):
+            indices.append(_frame(msg["bytes"])[0]["index"])
+        end = json.loads(msg["text"])
+    assert indices == list(range(len(indices))) and end["frames"] == len(indices), (indices, end)
+    assert end["nfe"] > end["chunks"] * 2 * 3  # previews cost evaluations
+
+
 def test_stream_int16_jpeg_and_an_uploaded_portrait(client):
     r = client.post("/v1/portraits", files={"image": ("me.png", _png())})
     assert r.status_code == 200 and r.json()["size"] == 16
@@ -232,6 +251,7 @@ BAD_STREAMS = {
                      "portrait: not an image", 4400),
     "sample rate": ([_start(sample_rate=44100)], 400, "sample_rate must be 16000", 4400),
     "bad pcm": ([_start(pcm="mp3")], 400, "start.pcm: must be one of", 4400),
+    "bad preview": ([_start(preview_every=9)], 400, "preview_every must be in 0..4", 4400),
     "steps too many": ([_start(steps=10**9)], 400, "steps must be in 1..100", 4400),
     "bad scale": ([_start(cfg_ref=1e9)], 400, "cfg_ref must be a guidance scale", 4400),
     "odd bytes": ([_start(), b"\x00" * 7], 400, "whole number of 4-byte samples", 4400),

@@ -78,6 +78,47 @@ def test_a_chunk_leaves_once_its_audio_and_the_lookahead_arrived(pipe, speech):
     assert [f.index for f in stream.push(speech[need + 4 * 640 - 1:need + 4 * 640])] == [4, 5, 6, 7]
 
 
+def test_previews_send_frames_before_their_chunk_is_complete(pipe, speech, whole):
+    """``preview_every=1``: previews of the arriving chunk send frame t once its own window is in (t + 1 frames and
+    the 66-ms look-ahead), then the chunk is sampled for good; every frame once, in order, for more evaluations."""
+    stream = pipe.open_stream(portrait(), seed=3, preview_every=1)
+    need0 = 640 + 1056  # frame 0: its own 40 ms and the look-ahead
+    assert stream.push(speech[:need0 - 1]) == []
+    assert [f.index for f in stream.push(speech[need0 - 1:need0])] == [0]
+    assert [f.index for f in stream.push(speech[need0:need0 + 640])] == [1]
+    frames = [f.index for f in stream.push(speech[need0 + 640:need0 + 3 * 640])]   # frames 2, 3: chunk 0 complete
+    assert frames == [2, 3] and stream.core.chunks == 1
+    rest = stream.push(speech[need0 + 3 * 640:]) + stream.finish()
+    assert [f.index for f in rest] == list(range(4, 26))
+    assert stream.stats().nfe > whole.nfe  # previews cost evaluations
+    for every in (1, 2, 4):  # any cut, any stride: every frame once, in order
+        cut = list(pipe.stream(portrait(), _cut(speech, 640), seed=3, preview_every=every))
+        assert [f.index for f in cut] == list(range(26)) and _images(cut).shape == whole.frames.shape
+    with pytest.raises(LipstepError, match="preview_every must be in 0..4"):
+        pipe.open_stream(portrait(), preview_every=5)
+
+
+def test_previews_every_two_frames_wait_for_two_new_ones(pipe, speech):
+    stream = pipe.open_stream(portrait(), seed=3, preview_every=2)
+    need0 = 640 + 1056
+    assert [f.index for f in stream.push(speech[:need0])] == [0]           # the stream's first frame at once
+    assert stream.push(speech[need0:need0 + 640]) == []                    # frame 1 alone: not yet
+    assert [f.index for f in stream.push(speech[need0 + 640:need0 + 2 * 640])] == [1, 2]
+    assert stream.core.trials == 2 and stream.core.chunks == 0
+
+
+def test_a_trial_chunk_leaves_the_core_as_it_was(pipe, speech):
+    """`ChunkSampler.trial` draws the noise `step` will draw and carries nothing forward."""
+    a, b = pipe.open_stream(portrait(), seed=3), pipe.open_stream(portrait(), seed=3)
+    feats = pipe.audio_encoder.encode(speech, 8)
+    b.core.trial(feats[4:8])
+    b.core.trial(feats[:4])
+    for k in (0, 1):
+        za, zb = a.core.step(feats[4 * k:4 * k + 4]), b.core.step(feats[4 * k:4 * k + 4])
+        assert torch.equal(za, zb)
+    assert b.core.nfe == a.core.nfe + 2 * a.core.nfe_per_chunk and b.core.chunks == a.core.chunks == 2
+
+
 def test_buffers_stay_bounded_over_many_chunks(pipe):
     stream = pipe.open_stream(portrait(), seed=0)
     rng = np.random.default_rng(0)

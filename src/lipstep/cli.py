@@ -781,6 +781,8 @@ def soak(
     steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the model's)."),
     seed: int = typer.Option(0, help="Noise seed."),
     runtime: str = typer.Option("torch", help="What runs the model's networks: torch, onnx or onnx-int8."),
+    preview_every: int = typer.Option(0, help="0: frames leave a chunk at a time; k: also k at a time from previews "
+                                      "of the chunk still arriving (lower latency, ceil(chunk / k) samplings a chunk)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and ONNX Runtime (default: torch's)."),
     evaluators: Optional[Path] = typer.Option(None, "--evaluators", help="lipstep's own evaluators (default: the "
                                               "bundled ones)."),
@@ -796,7 +798,7 @@ def soak(
     cfg = SoakConfig()
     for key, value in (("seconds", seconds), ("pace", pace), ("piece", piece), ("speech", speech), ("pause", pause),
                        ("block", block), ("split", split), ("identity", identity), ("steps", steps), ("seed", seed),
-                       ("runtime", runtime)):
+                       ("runtime", runtime), ("preview_every", preview_every)):
         set_key(cfg, key, value, parse=False)
     cfg.validate()
     split_rows(data, out, cfg.split)  # bad data fails before any network loads

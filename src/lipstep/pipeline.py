@@ -126,8 +126,11 @@ class AvatarStream:
     def __init__(self, pipe: AvatarPipeline, reference: Tensor, *, steps: int | None = None,
                  cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
                  vad: VADConfig | None = None, callback: Callable[..., None] | None = None,
-                 on_chunk: Callable[[int, Tensor], None] | None = None, timings: dict | None = None):
+                 on_chunk: Callable[[int, Tensor], None] | None = None, timings: dict | None = None,
+                 preview_every: int = 0):
         info = pipe.info
+        if not 0 <= preview_every <= info.frames:
+            raise LipstepError(f"preview_every must be in 0..{info.frames} (frames per chunk), got {preview_every}")
         self.pipe, self.info, self.on_chunk = pipe, info, on_chunk
         self.core = ChunkSampler(pipe.model_fn(), reference, sampler=info.sampler, layout=info.layout(), steps=steps,
                                  cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, callback=callback)
@@ -137,6 +140,8 @@ class AvatarStream:
         self.timings = {"crop_encode": 0.0, **(timings or {}), "audio": 0.0, "denoise": 0.0, "decode": 0.0}
         self.emitted = 0
         self.finished = False
+        self.preview_every = preview_every if self.features.can_preview else 0
+        self.early = 0  # frames of the next chunk already sent from previews
 
     @property
     def lookahead_seconds(self) -> float | None:
@@ -218,15 +223,45 @@ class AvatarStream:
             yield z[:n], [self.activity.popleft() for _ in range(n)]
 
     def _drain(self) -> list[StreamFrame]:
-        """Generate every chunk whose audio is complete; decode and return its frames."""
+        """Generate every chunk whose audio is complete; decode and return its frames (those a preview has not
+        sent already), then, with ``preview_every``, the frames of the next chunk a preview can show now."""
         out = []
         for z, activity in self._chunks():
+            skip, self.early = self.early, 0
             t0 = self.pipe.clock()
-            images = self.pipe.decode(z)
+            images = self.pipe.decode(z[skip:])
             self.timings["decode"] += self.pipe.clock() - t0
-            first = self.emitted - len(images)
-            for i, (image, (voice, level)) in enumerate(zip(images, activity, strict=True)):
+            first = self.emitted - len(z) + skip
+            for i, (image, (voice, level)) in enumerate(zip(images, activity[skip:], strict=True)):
                 out.append(StreamFrame(first + i, (first + i) / self.info.fps, image, voice, level))
+        if self.preview_every and not self.finished:
+            out += self._preview()
+        return out
+
+    def _preview(self) -> list[StreamFrame]:
+        """Sample the next chunk now, the audio still to come read as silence, and send the frames whose own audio
+        windows have all arrived, once ``preview_every`` of them are new (the stream's very first frame at once).
+        The chunk is sampled again (same noise, same motion) at the next preview, and for good once all its audio
+        is in: a frame leaves at most ``preview_every`` frames and one look-ahead after its audio instead of one
+        chunk, for ``ceil(frames / preview_every)`` samplings of each chunk instead of one."""
+        n = self.features.complete_frames()
+        fresh = n - self.early
+        if fresh <= 0 or (fresh < self.preview_every and self.emitted + self.early > 0):
+            return []
+        clock = self.pipe.clock
+        t0 = clock()
+        audio = self.features.peek()
+        t1 = clock()
+        z = self.core.trial(audio)
+        t2 = clock()
+        images = self.pipe.decode(z[self.early:n])
+        self.timings["audio"] += t1 - t0
+        self.timings["denoise"] += t2 - t1
+        self.timings["decode"] += clock() - t2
+        first = self.emitted + self.early
+        out = [StreamFrame(first + i, (first + i) / self.info.fps, image, *self.activity[self.early + i])
+               for i, image in enumerate(images)]
+        self.early = n
         return out
 
 
@@ -326,8 +361,15 @@ class AvatarPipeline:
                     cfg_ref: float | None = None, seed: int = 0, detector: str = "auto",
                     source: str = "the portrait", vad: VADConfig | None = None,
                     callback: Callable[..., None] | None = None,
-                    on_chunk: Callable[[int, Tensor], None] | None = None) -> AvatarStream:
+                    on_chunk: Callable[[int, Tensor], None] | None = None, preview_every: int = 0) -> AvatarStream:
         """Prepare a portrait once (crop, encode the reference) and return its `AvatarStream`.
+
+        ``preview_every`` 0 (default): each chunk is sampled once, when its audio and the look-ahead are in, and its
+        frames leave together (the same frames however the audio is cut). k > 0: frames also leave from previews of
+        the chunk still arriving, k at a time (`AvatarStream._preview`): a frame at most k frames and one
+        look-ahead after its audio instead of a whole chunk, the stream's first frame after 106 ms of audio
+        instead of 386 ms, for ceil(frames / k) samplings per chunk; the frames then depend on how the audio was
+        cut. Mel audio encoders only (others ignore it).
 
         ``callback`` runs after every sampler step (progress bars); ``on_chunk(k, latents [frames, C, h, w])``
         as soon as chunk k is sampled, before it is decoded (`lipstep bench`'s first-chunk latency).
@@ -335,7 +377,8 @@ class AvatarPipeline:
         t0 = self.clock()
         reference = self.encode_image(self.crop(image, detector, source))
         return AvatarStream(self, reference, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, vad=vad,
-                            callback=callback, on_chunk=on_chunk, timings={"crop_encode": self.clock() - t0})
+                            callback=callback, on_chunk=on_chunk, timings={"crop_encode": self.clock() - t0},
+                            preview_every=preview_every)
 
     def warmup(self) -> float:
         """Generate and drop one chunk (a grey portrait, silence) so that the first real frame does not pay the

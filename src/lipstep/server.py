@@ -133,6 +133,7 @@ class StreamStart:
     cfg_ref: float | None = None
     seed: int = 0
     detector: str = "auto"              # face detector for the portrait crop
+    preview_every: int = 0              # 0: frames a chunk at a time; k: also k at a time from previews (lower latency)
 
     def validate(self) -> None:
         check((self.portrait is None) != (self.portrait_id is None), "give exactly one of portrait and portrait_id")
@@ -399,7 +400,8 @@ class AvatarServer:
                 raise ClientError(400, "portrait: not valid base64") from None
             image = _decode_file(data, "", "portrait", read_image)
         return self.pipe.open_stream(image, steps=start.steps, cfg_audio=start.cfg_audio, cfg_ref=start.cfg_ref,
-                                     seed=start.seed, detector=start.detector, source="the portrait")
+                                     seed=start.seed, detector=start.detector, source="the portrait",
+                                     preview_every=start.preview_every)
 
     def _frames(self, frames: list[StreamFrame], fmt: str) -> list[bytes]:
         return [frame_message(f, fmt, self.cfg.jpeg_quality) for f in frames]
@@ -429,7 +431,7 @@ class AvatarServer:
         lookahead = stream.lookahead_seconds
         await ws.send_json({"type": "ready", "session": session.id, "fps": info.fps, "size": info.image_size,
                             "sample_rate": info.sample_rate, "pcm": start.pcm, "format": start.format,
-                            "chunk_frames": info.frames,
+                            "chunk_frames": info.frames, "preview_every": stream.preview_every,
                             "lookahead_ms": None if lookahead is None else round(lookahead * 1000, 1)})
         session.move("streaming", pcm=start.pcm, format=start.format, steps=stream.core.steps, seed=start.seed)
         # Reading and generating run side by side: the reader keeps taking messages off the connection while a

@@ -50,6 +50,8 @@ class FeatureStream:
     (`frame_count` of the audio; 0 without audio) and blocks run to cover it, the last one padded.
     """
 
+    can_preview = False  # whether `peek` works (`complete_frames` > 0 before a block is complete)
+
     def __init__(self, block: int, sample_rate: int, fps: float):
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
@@ -103,6 +105,15 @@ class FeatureStream:
         self.done += 1
         return out
 
+    def complete_frames(self) -> int:
+        """Frames at the start of the next block whose own windows have all arrived (before the end): what a
+        preview of the block (`peek`) can already show. 0 where the stream cannot preview."""
+        return 0
+
+    def peek(self) -> torch.Tensor:
+        """The next block's windows now, the audio that has not arrived read as silence; nothing is consumed."""
+        raise NotImplementedError(f"{type(self).__name__} cannot preview a block")
+
     def _add(self, wav: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -117,6 +128,8 @@ class FeatureStream:
 class MelFeatureStream(FeatureStream):
     """`MelEncoder`'s windows, block by block (see the module docstring); ``log_mel`` computes the spectrogram
     (`features.log_mel`, or a stand-in with its signature, e.g. an ONNX Runtime session)."""
+
+    can_preview = True
 
     def __init__(self, block: int, *, window: int = 16, n_mels: int = 80, fps: float = 25.0,
                  sample_rate: int = 16000, log_mel: Callable[..., np.ndarray] = log_mel):
@@ -157,7 +170,21 @@ class MelFeatureStream(FeatureStream):
         self.pieces.append(wav)
         self.held += wav.size
 
-    def _make(self, k: int) -> torch.Tensor:
+    def complete_frames(self) -> int:
+        if self.finished:
+            return 0
+        first, n = self.done * self.block, 0
+        while n < self.block and self.received >= max(self._needs_frames(first + n, 1),
+                                                      round((first + n + 1) * self.sample_rate / self.fps)):
+            n += 1
+        return n
+
+    def peek(self) -> torch.Tensor:
+        idx, _, mel = self._mel(self.done)
+        return torch.from_numpy(np.ascontiguousarray(mel[idx - idx.min()]))
+
+    def _mel(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(window indices, the held samples joined, log-mel frames) of block k; zeros where no signal has arrived."""
         idx, s0, s1 = self._span(k)
         held = np.concatenate(self.pieces) if len(self.pieces) > 1 else (
             self.pieces[0] if self.pieces else np.zeros(0, np.float32))
@@ -171,6 +198,10 @@ class MelFeatureStream(FeatureStream):
         if self.total is not None:
             silent |= m > self.total // self.hop  # `log_mel` of the whole signal has no such frames
         mel[silent] = np.float32(np.log(LOG_FLOOR))
+        return idx, held, mel
+
+    def _make(self, k: int) -> torch.Tensor:
+        idx, held, mel = self._mel(k)
         # keep only what the next block reads
         keep = max(self._span(k + 1)[1], self.offset)
         drop = min(keep, self.received) - self.offset

@@ -9,10 +9,11 @@ real time: 1 waits for each piece's moment as a live microphone would, 0 pushes 
 Measured (OUT/soak.json, soak.md, blocks.jsonl, pauses.jsonl, contact_sheet.png):
 
 ==================  ============================================================================================
-first_frame_s       wall time from the first piece's arrival to the first frame: the chunk's audio must arrive
-                    first (``chunk_frames`` frames plus the encoder's look-ahead), so with small pieces at pace 1
-                    this is mostly waiting; ``first_chunk_compute_s`` is the compute part alone (the push that
-                    returned the first frames), what a client sending a longer first piece waits
+first_frame_s       wall time from the first piece's arrival to the first frame: the audio the first frame needs
+                    must arrive first (``first_frame_audio_s``: the whole first chunk plus the encoder's
+                    look-ahead, or with ``preview_every`` one frame plus the look-ahead), so with small pieces at
+                    pace 1 this is mostly waiting; ``first_chunk_compute_s`` is the compute part alone (the push
+                    that returned the first frames), what a client sending a longer first piece waits
 latency_p50/p95     per frame: the moment it is returned minus the moment its own audio had been spoken
                     (``(index + 1) / fps`` after the start, at pace 1 only)
 rtf                 seconds inside push/finish over seconds of audio (one stream)
@@ -67,6 +68,7 @@ class SoakConfig:
     steps: int | None = None        # sampler steps (None = the model's)
     seed: int = 0
     runtime: str = "torch"          # torch, onnx or onnx-int8
+    preview_every: int = 0          # 0: frames a chunk at a time; k: k at a time from previews (`open_stream`)
 
     def validate(self) -> None:
         for name in ("seconds", "speech", "pause", "piece", "pace", "block", "closed"):
@@ -78,6 +80,7 @@ class SoakConfig:
         check(self.identity >= 0, f"identity must be >= 0, got {self.identity}")
         check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        check(self.preview_every >= 0, f"preview_every must be >= 0, got {self.preview_every}")
 
 
 def rss_mb() -> float:
@@ -170,7 +173,8 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
         keep = set(range(a_f - 4, a_f + 12))
     compute = compute_block = 0.0
     warmup = pipe.warmup()  # as the server does before it listens
-    stream = pipe.open_stream(reference, steps=cfg.steps, seed=cfg.seed, source=f"{person}'s reference frame")
+    stream = pipe.open_stream(reference, steps=cfg.steps, seed=cfg.seed, source=f"{person}'s reference frame",
+                              preview_every=cfg.preview_every)
     n_pieces = math.ceil(n_samples / piece)
     bar = tqdm(total=round(n_samples / sr), desc=f"soak {person}", unit="s audio", disable=not progress)
     t0 = time.perf_counter()
@@ -253,11 +257,13 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
     delays = [p["closed_after_ms"] for p in pause_rows]
     result = {
         "model": str(model), "model_kind": info.kind, "identity": person, "runtime": cfg.runtime,
+        "preview_every": stream.preview_every, "nfe": stream.stats().nfe,
         "threads": threads, "audio_seconds": round(n_samples / sr, 3), "frames": done_frames,
         "wall_seconds": round(time.perf_counter() - t0, 2), "warmup_s": round(warmup, 4),
         "first_frame_s": None if first_frame is None else round(first_frame, 4),
         "first_chunk_compute_s": None if first_chunk is None else round(first_chunk, 4),
-        "first_frame_audio_s": round((info.frames / fps) + (stream.lookahead_seconds or 0.0), 4),
+        "first_frame_audio_s": round(((1 if stream.preview_every else info.frames) / fps)
+                                     + (stream.lookahead_seconds or 0.0), 4),
         "rtf": round(compute / (n_samples / sr), 4),
         "latency_p50_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
         "latency_max_s": round(max(lat), 4) if lat else None,
@@ -287,9 +293,10 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
 
 def soak_markdown(r: dict) -> str:
     """soak.json as a short report: the headline figures, then one row per block."""
-    lines = [f"# soak: {r['model']} ({r['runtime']}), identity {r['identity']}, {r['audio_seconds']:g} s of audio",
-             "", "| measure | value |", "|---|---|"]
-    for key in ("first_frame_s", "first_chunk_compute_s", "first_frame_audio_s", "rtf", "latency_p50_s",
+    title = (f"# soak: {r['model']} ({r['runtime']}, preview_every {r['preview_every']}), identity {r['identity']}, "
+             f"{r['audio_seconds']:g} s of audio")
+    lines = [title, "", "| measure | value |", "|---|---|"]
+    for key in ("first_frame_s", "first_chunk_compute_s", "first_frame_audio_s", "rtf", "nfe", "latency_p50_s",
                 "latency_p95_s", "latency_max_s", "rss_first_mb", "rss_last_mb", "rss_growth", "id_sim_first",
                 "id_sim_last", "id_sim_delta", "colour_shift_max", "pauses", "pauses_closed_within_200ms",
                 "closed_after_ms_max"):

@@ -79,11 +79,23 @@ class ChunkSampler:
         self.first = torch.zeros_like(self.reference) if layout.residual > 0 else self.reference
         self.motion: Tensor | None = None
         self.chunks = 0  # chunks sampled so far (the index of the next one)
+        self.trials = 0  # `trial` runs so far (their evaluations count in `nfe`)
 
     @property
     def nfe(self) -> int:
         """Network evaluations so far."""
-        return self.chunks * self.nfe_per_chunk
+        return (self.chunks + self.trials) * self.nfe_per_chunk
+
+    def trial(self, audio: Tensor, visemes: Tensor | None = None) -> Tensor:
+        """The latents `step` would give for these windows, with nothing carried forward: the next `step` draws
+        the same noise from the same motion context (a preview of a chunk whose audio is still arriving)."""
+        state, motion, chunks = self.generator.get_state(), self.motion, self.chunks
+        try:
+            return self.step(audio, visemes)
+        finally:
+            self.generator.set_state(state)
+            self.motion, self.chunks = motion, chunks
+            self.trials += 1
 
     @torch.no_grad()
     def step(self, audio: Tensor, visemes: Tensor | None = None) -> Tensor:
