@@ -101,12 +101,14 @@ def _stream_a_file(page, speech_wav):
 
 
 def _stream_the_microphone_then_make_an_mp4(page):
+    page.evaluate("document.getElementById('opt-preview').value = '1'")  # the live stream with previews
     page.click("#mic-button")
     _wait(page, "window.lipstep.session.times.length > 0")
     page.click("#stop-button")
     _wait(page, "window.lipstep.session.finished")
     s = _session(page)
     assert s["ended"]["frames"] == len(s["times"]) > 0
+    page.evaluate("document.getElementById('opt-preview').value = '0'")
     assert page.evaluate("window.lipstep.speech.name") == "recording.wav"
     page.click("#generate-button")
     _wait(page, "document.getElementById('video').src.startsWith('blob:')")

@@ -186,6 +186,8 @@ function startMessage() {
                    sample_rate: page.health.sample_rate, format: $("opt-format").value, seed: option("opt-seed") ?? 0};
   const steps = option("opt-steps");
   if (steps !== null) message.steps = steps;
+  const preview = option("opt-preview");
+  if (preview) message.preview_every = preview;
   return message;
 }
 
