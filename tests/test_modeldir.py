@@ -89,3 +89,36 @@ def test_the_default_model_is_the_fastest_not_judged_below_the_quality_bar(tmp_p
     assert modeldir.default_model() == "slow"                 # never judged counts as usable
     models.pop("slow")
     assert modeldir.default_model() == "fast"                 # only judged-below models: still runs
+
+
+def test_a_sampler_variant_uses_another_directorys_weights(tmp_path):
+    """``components``: a directory with only lipstep.json (the bundled turbo4: turbo1 at 4 steps) loads the weights
+    of the directory it names; a copy of it carries its own; a wrong or chained reference is one line."""
+    turbo4 = bundled_models()["turbo4"]
+    assert sorted(p.name for p in turbo4.iterdir()) == ["lipstep.json"]
+    info = read_info(turbo4)
+    assert info.components == "../turbo1" and info.sampler.steps == 4
+    root, _, _, _, net = load_model("turbo4")
+    _, _, _, _, net1 = load_model("turbo1")
+    assert root == turbo4 and all(np.array_equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                                         net1.state_dict().values(), strict=True))
+    pipe = AvatarPipeline.from_pretrained("turbo4")
+    image, audio = _inputs()
+    assert pipe(image, audio).nfe == 4  # one chunk (0.2 s) at 4 one-pass steps
+    copy = pipe.save_pretrained(tmp_path / "copy")
+    assert read_info(copy).components == "" and (copy / "denoiser" / "model.safetensors").is_file()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for target, what in (("../nowhere", "not a model directory"), ("../variant", "not a model directory")):
+        data = json.loads((turbo4 / "lipstep.json").read_text()) | {"components": target}
+        (bad / "lipstep.json").write_text(json.dumps(data))
+        if target == "../variant":  # a variant of a variant
+            shutil.copytree(bad, tmp_path / "variant")
+            data["components"] = "../bad"
+            (tmp_path / "variant" / "lipstep.json").write_text(json.dumps(data))
+        with pytest.raises(LipstepError, match=what):
+            load_model(bad)
+    data["components"] = "/abs/path"
+    (bad / "lipstep.json").write_text(json.dumps(data))
+    with pytest.raises(LipstepError, match="components must be a relative directory"):
+        read_info(bad)

@@ -39,7 +39,7 @@ from lipstep.data.features import frame_count
 from lipstep.data.media import VideoWriter
 from lipstep.errors import ConfigError, LipstepError
 from lipstep.fsutil import atomic_path, read_checksums
-from lipstep.modeldir import read_info, resolve_model
+from lipstep.modeldir import components_dir, resolve_model
 from lipstep.pipeline import StreamStats, load_inputs
 from lipstep.samplers import decode_frames
 
@@ -157,7 +157,8 @@ def generate_latents_file(model, image_path, audio_path, out_path, *, steps=None
     meta = LatentsMeta(frames=len(latents), fps=info.fps, sample_rate=info.sample_rate, chunk_frames=info.frames,
                        latent_shape=list(latents.shape[1:]), image_size=info.image_size,
                        codec_sha256=pipe.codec.identity(), model=str(Path(pipe.path).resolve()) if pipe.path else "",
-                       denoiser_sha256=(read_checksums(Path(pipe.path) / "denoiser") or {}).get("model.safetensors")
+                       denoiser_sha256=(read_checksums(components_dir(pipe.path) / "denoiser") or {}).get(
+                           "model.safetensors")
                        if pipe.path else None, runtime=pipe.runtime, steps=stats.steps, cfg_audio=cfg_audio,
                        cfg_ref=cfg_ref, seed=seed, nfe=stats.nfe)
     write_latents(out_path, latents, audio, meta)
@@ -186,8 +187,7 @@ def decode_file(latents_path, out_path, *, model=None, device: str = "cpu") -> t
     path = Path(latents_path)
     latents, audio, meta = read_latents(path)
     root = _decode_model(path, meta, model)
-    read_info(root)  # a complete model directory
-    codec = load_codec(root / "codec").to(device)
+    codec = load_codec(components_dir(root) / "codec").to(device)  # a complete model directory's
     if codec.identity() != meta.codec_sha256:
         raise LipstepError(f"{path} was made with codec {meta.codec_sha256[:12]}, but {root / 'codec'} is "
                            f"{codec.identity()[:12]}; decode with the model that made it (--model)")

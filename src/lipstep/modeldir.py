@@ -25,7 +25,7 @@ import copy
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -79,6 +79,8 @@ class ModelInfo:
     #   as for the first chunk), so errors of chained chunks cannot accumulate over long runs; 0 = always chain
     fps: float = 25.0
     sample_rate: int = 16000
+    components: str = ""            # where the codec, audio and denoiser are, relative to this directory, when the
+    #   model is a sampler variant of another model directory (bundled turbo4: turbo1's generator at 4 steps); "" = here
     format: int = FORMAT
     lipstep_version: str = __version__
     trained: dict = field(default_factory=dict)  # provenance: data, steps, seconds, final loss, ...
@@ -90,6 +92,7 @@ class ModelInfo:
         check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
         check(self.residual >= 0, f"residual must be >= 0, got {self.residual}")
         check(self.anchor_every >= 0, f"anchor_every must be >= 0, got {self.anchor_every}")
+        check(not Path(self.components).is_absolute(), f"components must be a relative directory, got {self.components!r}")
         check(self.format <= FORMAT, f"model format {self.format} is newer than this lipstep ({FORMAT}); upgrade lipstep")
         self.sampler.validate()
 
@@ -139,10 +142,24 @@ def read_info(model_dir: str | os.PathLike) -> ModelInfo:
         info = info_from_dict(data)
     except ConfigError as e:
         raise LipstepError(f"{path}: {e}") from None
-    for part in ("codec", "audio", "denoiser"):
+    for part in () if info.components else ("codec", "audio", "denoiser"):  # a variant's: `components_dir`
         if not (root / part / "config.json").is_file():
             raise LipstepError(f"{root} is incomplete: {part}/config.json is missing")
     return info
+
+
+def components_dir(root: str | os.PathLike, info: ModelInfo | None = None) -> Path:
+    """The directory holding a model's codec/, audio/ and denoiser/: the model directory itself, or for a sampler
+    variant (``components`` in its lipstep.json) the directory it names; a one-line `LipstepError` if that is not
+    a model directory of its own (a variant of a variant is refused)."""
+    root = Path(root)
+    info = info or read_info(root)
+    if not info.components:
+        return root
+    target = (root / info.components).resolve()
+    if not (target / INFO_NAME).is_file() or read_info(target).components:  # read_info: its parts are there
+        raise LipstepError(f"{root}: its components '{info.components}' are not a model directory with weights")
+    return target
 
 
 def _guess_kind(root: Path) -> str:
@@ -209,7 +226,7 @@ def describe_models() -> list[dict]:
     for name, path in bundled_models().items():
         info = read_info(path)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        params = _denoiser_params(path / "denoiser")
+        params = _denoiser_params(components_dir(path, info) / "denoiser")
         rows.append({"name": name, "kind": info.kind, "recipe": info.recipe, "steps": info.sampler.steps,
                      "cfg": f"{info.sampler.cfg_audio:g}/{info.sampler.cfg_ref:g}",
                      "nfe_per_chunk": info.nfe_per_chunk(), "params_m": round(params / 1e6, 2),
@@ -290,10 +307,11 @@ def load_model(model: str | os.PathLike | None, *, device: str | torch.device = 
     components checked against each other."""
     root = resolve_model(model)
     info = read_info(root)
-    verify_checksums(root / "audio")  # the codec's are checked by load_codec
-    codec = load_codec(root / "codec").to(device)
-    audio = load_audio_encoder(root / "audio", device=device)
-    net = load_denoiser(root / "denoiser", device=device)
+    parts = components_dir(root, info)
+    verify_checksums(parts / "audio")  # the codec's are checked by load_codec
+    codec = load_codec(parts / "codec").to(device)
+    audio = load_audio_encoder(parts / "audio", device=device)
+    net = load_denoiser(parts / "denoiser", device=device)
     check_components(root, info, codec, audio, net.cfg)
     return root, info, codec, audio, net
 
@@ -340,9 +358,10 @@ def save_model(out: str | os.PathLike, info: ModelInfo, codec, audio_encoder, ne
         save_audio_encoder(audio_encoder, tmp / "audio")
         write_checksums(tmp / "audio")
         save_denoiser(net, tmp / "denoiser", dtype=torch.float16 if half else None)
+        info = replace(info, components="")  # a copy of a variant carries its own weights
         write_json_atomic(tmp / INFO_NAME, {"_type": "ModelInfo", **to_dict(info)})
     return out
 
 
-__all__ = ["BUNDLED_ROOT", "FORMAT", "INFO_NAME", "ModelInfo", "bundled_models", "check_components", "check_data_size", "default_model", "describe_models", "meets_quality_bar",
+__all__ = ["BUNDLED_ROOT", "FORMAT", "INFO_NAME", "ModelInfo", "bundled_models", "check_components", "components_dir", "check_data_size", "default_model", "describe_models", "meets_quality_bar",
            "info_from_dict", "load_denoiser", "load_model", "read_denoiser_config", "read_info", "resolve_model", "save_denoiser", "save_model"]

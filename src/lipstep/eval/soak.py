@@ -194,7 +194,7 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
             done_frames += 1
             if len(block) == block_frames:
                 frames_np = np.stack(block)
-                sheet.append(frames_np[len(frames_np) // 2])
+                sheet.append(frames_np[len(frames_np) // 2].copy())  # a copy: a view would keep the whole block
                 if futures:  # at most two blocks in flight: the soak's memory stays flat when pushing fast
                     futures[-1].result()
                 futures.append(worker.submit(block_metrics, len(futures), frames_np, rss_mb(), compute_block))
@@ -225,7 +225,7 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
     bar.close()
     if block:
         frames_np = np.stack(block)
-        sheet.append(frames_np[len(frames_np) // 2])
+        sheet.append(frames_np[len(frames_np) // 2].copy())  # a copy: a view would keep the whole block
         futures.append(worker.submit(block_metrics, len(futures), frames_np, rss_mb(), compute_block))
     blocks = [f.result() for f in futures]
     worker.shutdown()

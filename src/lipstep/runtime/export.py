@@ -46,7 +46,7 @@ from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.errors import LipstepError
 from lipstep.fsutil import atomic_dir, read_checksums, sha256_file, write_json_atomic
-from lipstep.modeldir import BUNDLED_ROOT, load_model, resolve_model
+from lipstep.modeldir import BUNDLED_ROOT, components_dir, load_model, resolve_model
 from lipstep.runtime.onnx import (
     EXPORT_FORMAT,
     EXPORT_NAME,
@@ -335,7 +335,8 @@ def export_onnx(model, *, int8: bool = False, threads: int | None = None) -> dic
             "format": EXPORT_FORMAT, "opset": OPSET, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "lipstep_version": __version__, "torch": torch.__version__, "onnx": _version("onnx"),
             "onnxruntime": _version("onnxruntime"),
-            "source": {"denoiser_sha256": (read_checksums(root / "denoiser") or {}).get("model.safetensors"),
+            "source": {"denoiser_sha256": (read_checksums(components_dir(root) / "denoiser") or {}).get(
+                "model.safetensors"),
                        "codec_sha256": codec.identity()},
             "layout": {"frames": info.frames, "motion_frames": info.motion_frames,
                        "latent": [net.cfg.latent_channels, net.cfg.latent_size, net.cfg.latent_size],

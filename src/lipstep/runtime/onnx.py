@@ -36,7 +36,7 @@ from lipstep.codecs.vae import load_codec
 from lipstep.diffusion.cond import Cond
 from lipstep.errors import IntegrityError, LipstepError, MissingDependency
 from lipstep.fsutil import read_checksums, sha256_file, verify_checksums
-from lipstep.modeldir import check_components, read_denoiser_config, read_info, resolve_model
+from lipstep.modeldir import check_components, components_dir, read_denoiser_config, read_info, resolve_model
 from lipstep.nets.dit import DiTConfig
 from lipstep.samplers.chunks import ChunkLayout
 
@@ -239,7 +239,7 @@ def _checked_file(root: Path, export: dict, name: str) -> Path:
 def _check_source(root: Path, export: dict, codec) -> None:
     """Refuse an export made from other weights than the directory holds now."""
     source = export.get("source", {})
-    sums = read_checksums(root / "denoiser") or {}
+    sums = read_checksums(components_dir(root) / "denoiser") or {}
     denoiser = source.get("denoiser_sha256")
     if denoiser and sums.get("model.safetensors") and denoiser != sums["model.safetensors"]:
         raise LipstepError(f"{root / ONNX_DIR} was exported from other denoiser weights than {root / 'denoiser'} "
@@ -263,11 +263,12 @@ def load_onnx_model(model: str | os.PathLike | None, runtime: str = "onnx", *, t
         raise LipstepError(f"{root / ONNX_DIR} has no {runtime} files; run lipstep export --onnx"
                            f"{' --int8' if runtime == 'onnx-int8' else ''} again")
     import_onnxruntime()  # the one-line MissingDependency before any work
-    verify_checksums(root / "audio")
-    codec = load_codec(root / "codec")
+    parts = components_dir(root, info)
+    verify_checksums(parts / "audio")
+    codec = load_codec(parts / "codec")
     _check_source(root, export, codec)
-    cfg = read_denoiser_config(root / "denoiser")
-    audio = load_audio_encoder(root / "audio")
+    cfg = read_denoiser_config(parts / "denoiser")
+    audio = load_audio_encoder(parts / "audio")
     check_components(root, info, codec, audio, cfg)
     paths = {part: _checked_file(root, export, name) for part, name in files.items() if name}
     sessions = {part: make_session(path, threads) for part, path in paths.items()}
