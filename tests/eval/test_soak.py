@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lipstep.errors import ConfigError
-from lipstep.eval.soak import SoakConfig, closed_after, with_pauses
+from lipstep.eval.soak import SoakConfig, closed_after, idle_motion, with_pauses
 
 
 def test_with_pauses_inserts_silence_after_every_stretch_of_speech():
@@ -32,3 +32,15 @@ def test_closed_after_is_when_the_mouth_closes_for_good():
 def test_soak_config_is_checked(bad):
     with pytest.raises(ConfigError):
         SoakConfig(**bad).validate()
+
+
+def test_idle_motion_is_change_outside_the_mouth():
+    still = np.full((3, 20, 20, 3), 100, np.uint8)
+    assert idle_motion(still).tolist() == [0.0, 0.0, 0.0]
+    talking = still.copy()
+    talking[1, 12:16, 7:13] = 200                                         # inside the mouth box only
+    assert idle_motion(talking).tolist() == [0.0, 0.0, 0.0]
+    blink = still.copy()
+    blink[1, 4:6] = 130                                                   # rows of the eyes change
+    m = idle_motion(blink, previous=np.full((20, 20, 3), 90, np.uint8))
+    assert m[0] == 10.0 and m[1] > 0 and m[2] == m[1]

@@ -24,6 +24,9 @@ rss_growth          RSS at the last block's end over the first's, minus 1
 id_sim_delta        last block minus first
 pauses              per pause: when the mouth reader reads the mouth closed (openness <= ``closed``) from then to
                     the pause's end (``closed_after_ms``, None if never), and the largest openness after 200 ms
+idle_motion_pauses  mean change from frame to frame outside the mouth box (0..255) in the pauses: blinks and head
+                    motion while nobody speaks (0 = a frozen face); ``motion_speech`` the same while speaking,
+                    ``gt.motion`` on the identity's real frames
 gt_closed_openness  the mouth reader on the identity's real frames labelled closed: its floor
 ==================  ============================================================================================
 
@@ -48,7 +51,7 @@ from lipstep.data.media import write_image
 from lipstep.errors import DataError
 from lipstep.eval.identity import identity_similarity
 from lipstep.eval.longrun import chain_audio, identity_clips
-from lipstep.eval.portrait import colour_shift, identity_psnr
+from lipstep.eval.portrait import colour_shift, identity_mask, identity_psnr
 from lipstep.eval.runner import _clip_data, contact_sheet, load_evaluators, load_for_eval, split_rows
 from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lipstep.runtime import RUNTIMES
@@ -115,6 +118,15 @@ def with_pauses(speech: np.ndarray, n_samples: int, sr: int, every: float, pause
     return np.concatenate(pieces)[:n_samples], pauses
 
 
+def idle_motion(frames: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+    """Per frame, the mean absolute change (0..255) from the frame before over the identity region (the mouth box
+    left out): blinks and head motion, not speech. float32 [N]; the first frame against `previous` (0 without)."""
+    f = np.asarray(frames, np.int16)
+    mask = identity_mask(*f.shape[1:3])
+    prev = np.concatenate([np.asarray(previous if previous is not None else frames[0], np.int16)[None], f[:-1]])
+    return np.abs(f - prev)[:, mask].mean(axis=(1, 2)).astype(np.float32)
+
+
 def closed_after(openness: np.ndarray, closed: float) -> int | None:
     """Frames from the start of `openness` after which every value is <= `closed` (None if the last is not)."""
     above = np.flatnonzero(np.asarray(openness) > closed)
@@ -153,7 +165,7 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
     block_frames = max(1, round(cfg.block * fps))
     piece = max(1, round(cfg.piece * sr))
 
-    def block_metrics(k: int, frames: np.ndarray, rss: float, compute: float) -> dict:
+    def block_metrics(k: int, frames: np.ndarray, rss: float, compute: float, previous) -> dict:
         row = {"block": k, "start_s": round(k * block_frames / fps, 3), "frames": len(frames),
                "rss_mb": round(rss, 1), "compute_s": round(compute, 3),
                "rtf": round(compute / (len(frames) / fps), 4), "id_psnr": round(identity_psnr(frames, reference), 4),
@@ -162,11 +174,12 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
             row["id_sim"] = round(identity_similarity(embedder, reference, frames), 5)
         if reader is not None:
             row["openness"] = reader.openness(frames).astype(np.float32)
+        row["motion"] = idle_motion(frames, previous)
         return row
 
     worker = ThreadPoolExecutor(1, thread_name_prefix="lipstep-soak")
     futures: list[Future] = []
-    block, sheet, lat, first_chunk, around = [], [], [], None, {}
+    block, sheet, lat, first_chunk, around, last = [], [], [], None, {}, [None]
     keep = set()
     if pauses:  # the frames around the first pause, for the contact sheet's second row
         a_f = math.ceil(pauses[0][0] * fps / sr)
@@ -197,7 +210,9 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
                 sheet.append(frames_np[len(frames_np) // 2].copy())  # a copy: a view would keep the whole block
                 if futures:  # at most two blocks in flight: the soak's memory stays flat when pushing fast
                     futures[-1].result()
-                futures.append(worker.submit(block_metrics, len(futures), frames_np, rss_mb(), compute_block))
+                futures.append(worker.submit(block_metrics, len(futures), frames_np, rss_mb(), compute_block,
+                                             last[0]))
+                last[0] = frames_np[-1].copy()
                 block.clear()
                 compute_block = 0.0
 
@@ -226,26 +241,36 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
     if block:
         frames_np = np.stack(block)
         sheet.append(frames_np[len(frames_np) // 2].copy())  # a copy: a view would keep the whole block
-        futures.append(worker.submit(block_metrics, len(futures), frames_np, rss_mb(), compute_block))
+        futures.append(worker.submit(block_metrics, len(futures), frames_np, rss_mb(), compute_block, last[0]))
     blocks = [f.result() for f in futures]
     worker.shutdown()
 
     openness = np.concatenate([r.pop("openness") for r in blocks]) if reader is not None else None
+    motion = np.concatenate([r.pop("motion") for r in blocks])
+    for r in blocks:
+        r["motion"] = None  # replaced below by the block's mean
+    in_pause = np.zeros(len(motion), bool)
     pause_rows = []
-    if openness is not None:
-        for a_s, b_s in pauses:
-            a_f, b_f = math.ceil(a_s * fps / sr), min(len(openness), int(b_s * fps // sr))
+    for a_s, b_s in pauses:
+        a_f, b_f = math.ceil(a_s * fps / sr), min(len(motion), int(b_s * fps // sr))
+        in_pause[a_f:b_f] = True
+        row = {"start_s": round(a_s / sr, 3), "seconds": round((b_s - a_s) / sr, 3),
+               "idle_motion": round(float(motion[a_f + 1:b_f].mean()), 4) if b_f > a_f + 1 else None}
+        if openness is not None:
             track = openness[a_f:b_f]
             k = closed_after(track, cfg.closed)
             late = track[max(1, round(0.2 * fps)):]
-            pause_rows.append({"start_s": round(a_s / sr, 3), "seconds": round((b_s - a_s) / sr, 3),
-                               "closed_after_ms": None if k is None else round(k / fps * 1000, 1),
-                               "max_openness_after_200ms": round(float(late.max()), 4) if len(late) else None,
-                               "mean_openness": round(float(track.mean()), 4)})
+            row.update({"closed_after_ms": None if k is None else round(k / fps * 1000, 1),
+                        "max_openness_after_200ms": round(float(late.max()), 4) if len(late) else None,
+                        "mean_openness": round(float(track.mean()), 4)})
+        pause_rows.append(row)
+    for k, r in enumerate(blocks):
+        r["motion"] = round(float(motion[k * block_frames:(k + 1) * block_frames].mean()), 4)
     gt = {"id_psnr": identity_psnr(np.concatenate([f for f, _, _ in data]), reference),
           "colour_shift": colour_shift(np.concatenate([f for f, _, _ in data]), reference)}
     if embedder is not None:
         gt["id_sim"] = identity_similarity(embedder, reference, np.concatenate([f for f, _, _ in data]))
+    gt["motion"] = float(np.mean(np.concatenate([idle_motion(f)[1:] for f, _, _ in data])))
     if reader is not None:
         closed_frames = [f[m <= 0.02] for f, _, m in data if m is not None]
         closed_frames = np.concatenate(closed_frames) if closed_frames else np.zeros((0,))
@@ -273,6 +298,8 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
         "pauses": len(pause_rows),
         "pauses_closed_within_200ms": sum(1 for d in delays if d is not None and d <= 200),
         "closed_after_ms_max": None if not delays or None in delays else max(delays),
+        "idle_motion_pauses": round(float(motion[in_pause].mean()), 4) if in_pause.any() else None,
+        "motion_speech": round(float(motion[~in_pause][1:].mean()), 4),
         "gt": {k: round(v, 5) for k, v in gt.items()},
         "blocks": blocks, "soak": to_dict(cfg), "sources": ev.sources,
         "seconds": round(time.perf_counter() - started, 1)}
@@ -299,14 +326,14 @@ def soak_markdown(r: dict) -> str:
     for key in ("first_frame_s", "first_chunk_compute_s", "first_frame_audio_s", "rtf", "nfe", "latency_p50_s",
                 "latency_p95_s", "latency_max_s", "rss_first_mb", "rss_last_mb", "rss_growth", "id_sim_first",
                 "id_sim_last", "id_sim_delta", "colour_shift_max", "pauses", "pauses_closed_within_200ms",
-                "closed_after_ms_max"):
+                "closed_after_ms_max", "idle_motion_pauses", "motion_speech"):
         if key in r:
             lines.append(f"| {key} | {r[key]} |")
     lines += ["", "Ground truth (the identity's real frames): "
               + ", ".join(f"{k} {v:g}" for k, v in r["gt"].items()), "",
-              "| block | start s | frames | RSS MB | RTF | id_sim | id_psnr | colour shift |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| block | start s | frames | RSS MB | RTF | id_sim | id_psnr | colour shift | motion |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for b in r["blocks"]:
         lines.append(f"| {b['block']} | {b['start_s']:g} | {b['frames']} | {b['rss_mb']:g} | {b['rtf']:g} | "
-                     f"{b.get('id_sim', '')} | {b['id_psnr']:g} | {b['colour_shift']:g} |")
+                     f"{b.get('id_sim', '')} | {b['id_psnr']:g} | {b['colour_shift']:g} | {b['motion']:g} |")
     return "\n".join(lines) + "\n"
