@@ -616,8 +616,9 @@ def models():
             f"{'size':>8}  quality bar")
     typer.echo(head)
     for r in rows:
+        shared = f"  ({r['weights_of']}'s weights)" if r.get("weights_of") else ""
         typer.echo(f"{r['name']:<10} {r['kind']:<8} {r['recipe']:<11} {r['steps']:>5} {r['cfg']:>8} "
-                   f"{r['nfe_per_chunk']:>9} {r['params_m']:>7.2f}M {r['size_mb']:>6.1f}MB  {r['quality_bar']}")
+                   f"{r['nfe_per_chunk']:>9} {r['params_m']:>7.2f}M {r['size_mb']:>6.1f}MB  {r['quality_bar']}{shared}")
     typer.echo(f"default (the fastest not judged below the bar): {default_model()}")
 
 

@@ -231,7 +231,8 @@ def describe_models() -> list[dict]:
                      "cfg": f"{info.sampler.cfg_audio:g}/{info.sampler.cfg_ref:g}",
                      "nfe_per_chunk": info.nfe_per_chunk(), "params_m": round(params / 1e6, 2),
                      "quality_bar": {True: "met", False: "not met", None: "-"}[meets_quality_bar(info)],
-                     "size_mb": round(size / 2**20, 1), "path": str(path)})
+                     "size_mb": round(size / 2**20, 1), "path": str(path),
+                     "weights_of": components_dir(path, info).name if info.components else None})
     return rows
 
 

@@ -487,8 +487,8 @@ def format_markdown(report: dict, notes: list[str] = ()) -> str:
         (f"- server CPU: {s['server_cpu_s']} s over the run, {s['server_cores_used']} cores on average, "
          f"{s.get('server_cores_while_streaming')} until the last stream ended (at {s.get('streams_ended_at_s')} s); "
          f"{s['frames_per_server_cpu_s']} frames per CPU second"),
-        (f"- worst lateness of a piece the client sent: {s['client_send_lag_s_worst']} s (the server stops "
-         f"reading a stream while it generates: TCP backpressure)"), "",
+        (f"- worst lateness of a piece the client sent: {s['client_send_lag_s_worst']} s (the client's own CPU "
+         f"or TCP backpressure)"), "",
         ("| session | audio s | frames | p50 s | p95 s | max s | excess p95 s | growth s/s | real time | ended s "
          "| error |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["sessions"]:
