@@ -468,7 +468,12 @@ class AvatarServer:
         limit, backlog = self.cfg.max_stream_seconds * rate, self.cfg.max_backlog_s * rate
         try:
             while True:
-                msg = await self._receive(ws)
+                try:
+                    msg = await self._receive(ws)
+                except ClientError as e:  # idle: only while nothing it sent is still being generated
+                    if e.status == 408 and session.pending > 0:
+                        continue
+                    raise
                 if msg.get("bytes") is not None:
                     x = decode_pcm(msg["bytes"], start.pcm)
                     if session.samples + len(x) > limit:
