@@ -410,6 +410,12 @@ CASES = [
     ("bench_emit_bogus", B + " --emit pixels", r"--emit must be frames or latents"),
     ("bench_threads_twice", B + " --threads 1 1", r"names a thread count twice"),
     ("bench_device_gflops_bad", B + " --device-gflops rpi5", r"--device-gflops rpi5: expected NAME=GFLOPS"),
+    ("eval_runtime_bogus", "eval -d {i}/prep -o out --runtime tflite", r"runtime must be one of torch, onnx"),
+    ("soak_no_data", "soak -d {i}/nosuch -o out", r"nosuch"),
+    ("soak_pace_negative", "soak -d {i}/prep -o out --pace -1", r"pace must be a finite number >= 0"),
+    ("soak_seconds_zero", "soak -d {i}/prep -o out --seconds 0", r"seconds, speech, piece and block must be > 0"),
+    ("soak_preview_negative", "soak -d {i}/prep -o out --preview-every -2", r"preview_every must be >= 0"),
+    ("soak_runtime_bogus", "soak -d {i}/prep -o out --runtime tflite", r"runtime must be one of torch, onnx"),
 ]
 
 # --out under an existing file, for every verb (a file output: its folder is the file)
@@ -421,6 +427,7 @@ CASES += [(f"{verb}_out_under_file", command.format(i="{i}", out="taken/run"),
     ("demo", "demo -o {out}"),
     ("export", "export -m teacher -o {out}"),
     ("eval", "eval -d {i}/prep --evaluators {i}/noev -o {out}"),
+    ("soak", "soak -d {i}/prep -o {out}"),
     ("bench", "bench -m teacher -o {out}"),
     ("train_codec", "train codec -d {i}/prep -o {out}"),
     ("train_teacher", "train teacher -d {i}/world_prep -c {i}/codec_damaged -o {out}"),

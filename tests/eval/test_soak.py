@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lipstep.errors import ConfigError
-from lipstep.eval.soak import SoakConfig, closed_after, idle_motion, with_pauses
+from lipstep.eval.soak import SoakConfig, closed_after, eye_brightness, idle_motion, with_pauses
 
 
 def test_with_pauses_inserts_silence_after_every_stretch_of_speech():
@@ -44,3 +44,12 @@ def test_idle_motion_is_change_outside_the_mouth():
     blink[1, 4:6] = 130                                                   # rows of the eyes change
     m = idle_motion(blink, previous=np.full((20, 20, 3), 90, np.uint8))
     assert m[0] == 10.0 and m[1] > 0 and m[2] == m[1]
+
+
+def test_eye_brightness_drops_when_the_whites_are_covered():
+    frames = np.full((2, 50, 50, 3), 60, np.uint8)
+    frames[:, 18:21, 15:20] = 230                                 # the whites of two open eyes
+    frames[:, 18:21, 30:35] = 230
+    frames[1, 18:21, 10:40] = 70                                  # lids shut in the second frame
+    b = eye_brightness(frames)
+    assert b[0] == 230 and b[1] == 70

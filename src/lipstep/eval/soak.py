@@ -27,6 +27,9 @@ pauses              per pause: when the mouth reader reads the mouth closed (ope
 idle_motion_pauses  mean change from frame to frame outside the mouth box (0..255) in the pauses: blinks and head
                     motion while nobody speaks (0 = a frozen face); ``motion_speech`` the same while speaking,
                     ``gt.motion`` on the identity's real frames
+blink_frames_*      share of frames whose eye band dips below the video's median by half the identity's real blink
+                    depth (`eye_brightness`), in pauses and in speech; ``gt.blink_frames`` the share the world's
+                    labels give, ``gt.blink_frames_read`` what the same reading finds on the real frames
 gt_closed_openness  the mouth reader on the identity's real frames labelled closed: its floor
 ==================  ============================================================================================
 
@@ -47,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from lipstep.config import check, to_dict
+from lipstep.data.dataset import open_shard
 from lipstep.data.media import write_image
 from lipstep.errors import DataError
 from lipstep.eval.identity import identity_similarity
@@ -127,6 +131,21 @@ def idle_motion(frames: np.ndarray, previous: np.ndarray | None = None) -> np.nd
     return np.abs(f - prev)[:, mask].mean(axis=(1, 2)).astype(np.float32)
 
 
+EYE_BAND = (0.20, 0.30, 0.80, 0.46)  # x0, y0, x1, y1 (fractions of the crop): both eyes of a world face crop
+
+
+def eye_brightness(frames, band=EYE_BAND) -> np.ndarray:
+    """Per frame, the 99th percentile of the darkest channel over the eye band (0..255): the whites of open eyes,
+    gone while the lids are shut. float32 [N]. `soak` counts a frame as blinking when it dips below the video's
+    own median by half the depth of the identity's real blinks (open minus shut eyes, the world's ``blink``
+    labels), so eyes drawn dimmer overall are not read as shut."""
+    f = np.asarray(frames)
+    h, w = f.shape[1:3]
+    x0, y0, x1, y1 = band
+    eye = f[:, int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)].min(axis=3).reshape(len(f), -1)
+    return np.percentile(eye, 99, axis=1).astype(np.float32)
+
+
 def closed_after(openness: np.ndarray, closed: float) -> int | None:
     """Frames from the start of `openness` after which every value is <= `closed` (None if the last is not)."""
     above = np.flatnonzero(np.asarray(openness) > closed)
@@ -175,6 +194,7 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
         if reader is not None:
             row["openness"] = reader.openness(frames).astype(np.float32)
         row["motion"] = idle_motion(frames, previous)
+        row["eyes"] = eye_brightness(frames)
         return row
 
     # While streaming, the frames go to a raw file and nothing else is kept or computed, so the RSS recorded at
@@ -256,6 +276,7 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
 
     openness = np.concatenate([r.pop("openness") for r in blocks]) if reader is not None else None
     motion = np.concatenate([r.pop("motion") for r in blocks])
+    eyes = np.concatenate([r.pop("eyes") for r in blocks])
     for r in blocks:
         r["motion"] = None  # replaced below by the block's mean
     in_pause = np.zeros(len(motion), bool)
@@ -275,11 +296,31 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
         pause_rows.append(row)
     for k, r in enumerate(blocks):
         r["motion"] = round(float(motion[k * block_frames:(k + 1) * block_frames].mean()), 4)
+    # blinks: the identity's real frames give the eye brightness of open and shut eyes (its blink labels)
+    real = np.concatenate([f for f, _, _ in data])
+    labels = [open_shard(root / row["shard"], ("blink",)).get("blink") for row in clips]
+    blink_result, gt_blink = {}, {}
+    if all(b is not None for b in labels):
+        blink = np.concatenate([np.asarray(b)[:len(f)] for b, (f, _, _) in zip(labels, data, strict=True)])
+        real_eyes = eye_brightness(real[:len(blink)])
+        shut, open_ = real_eyes[blink > 0.5], real_eyes[blink < 0.05]
+        if len(shut) and len(open_):
+            # a dip of half the real lids' depth below the video's own median: robust to eyes drawn dimmer overall
+            half = (float(open_.mean()) - float(shut.mean())) / 2
+            blinking = eyes < float(np.median(eyes)) - half
+            blink_result = {"blink_dip": round(half, 2),
+                            "blink_frames_pauses": round(float(blinking[in_pause].mean()), 4) if in_pause.any() else None,
+                            "blink_frames_speech": round(float(blinking[~in_pause].mean()), 4),
+                            "eye_brightness_p5_p50_p95": [round(float(v), 1) for v in np.percentile(eyes, [5, 50, 95])]}
+            gt_blink = {"blink_frames": float((blink > 0.5).mean()),
+                        "blink_frames_read": float((real_eyes < float(np.median(real_eyes)) - half).mean()),
+                        "eye_open": float(open_.mean()), "eye_shut": float(shut.mean())}
     gt = {"id_psnr": identity_psnr(np.concatenate([f for f, _, _ in data]), reference),
           "colour_shift": colour_shift(np.concatenate([f for f, _, _ in data]), reference)}
     if embedder is not None:
         gt["id_sim"] = identity_similarity(embedder, reference, np.concatenate([f for f, _, _ in data]))
     gt["motion"] = float(np.mean(np.concatenate([idle_motion(f)[1:] for f, _, _ in data])))
+    gt.update(gt_blink)
     if reader is not None:
         closed_frames = [f[m <= 0.02] for f, _, m in data if m is not None]
         closed_frames = np.concatenate(closed_frames) if closed_frames else np.zeros((0,))
@@ -308,7 +349,7 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
         "pauses_closed_within_200ms": sum(1 for d in delays if d is not None and d <= 200),
         "closed_after_ms_max": None if not delays or None in delays else max(delays),
         "idle_motion_pauses": round(float(motion[in_pause].mean()), 4) if in_pause.any() else None,
-        "motion_speech": round(float(motion[~in_pause][1:].mean()), 4),
+        "motion_speech": round(float(motion[~in_pause][1:].mean()), 4), **blink_result,
         "gt": {k: round(v, 5) for k, v in gt.items()},
         "blocks": blocks, "soak": to_dict(cfg), "sources": ev.sources,
         "seconds": round(time.perf_counter() - started, 1)}
@@ -334,7 +375,8 @@ def soak_markdown(r: dict) -> str:
     for key in ("first_frame_s", "first_chunk_compute_s", "first_frame_audio_s", "rtf", "nfe", "latency_p50_s",
                 "latency_p95_s", "latency_max_s", "rss_first_mb", "rss_last_mb", "rss_growth", "id_sim_first",
                 "id_sim_last", "id_sim_delta", "colour_shift_max", "pauses", "pauses_closed_within_200ms",
-                "closed_after_ms_max", "idle_motion_pauses", "motion_speech"):
+                "closed_after_ms_max", "idle_motion_pauses", "motion_speech", "blink_frames_pauses",
+                "blink_frames_speech", "eye_brightness_p5_p50_p95"):
         if key in r:
             lines.append(f"| {key} | {r[key]} |")
     lines += ["", "Ground truth (the identity's real frames): "
