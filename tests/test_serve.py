@@ -300,6 +300,18 @@ def test_sessions_over_the_limit_get_429(client):
     assert r.status_code == 429 and "busy" in r.json()["error"]
 
 
+def test_the_servers_preview_setting_is_the_default_of_streams_that_do_not_ask(pipe):
+    with TestClient(create_app(ServeConfig(preview_every=2), pipe)) as c:
+        assert c.get("/health").json()["preview_every"] == 2
+        for start, expected in ((_start(), 2), (_start(preview_every=0), 0)):
+            with c.websocket_connect("/v1/stream") as ws:
+                ws.send_text(start)
+                assert ws.receive_json()["preview_every"] == expected
+                ws.send_text(json.dumps({"type": "end"}))
+                while ws.receive()["type"] != "websocket.close":
+                    pass
+
+
 def test_a_stream_too_far_behind_is_refused_with_its_backlog(pipe):
     """Audio received and not yet generated over ``max_backlog_s``: 429 at once, naming the delay (not a silent
     keepalive timeout later)."""

@@ -96,6 +96,8 @@ class ServeConfig:
     example_portraits: int = 4          # example portraits (unseen synthetic identities) at GET /v1/portraits
     jpeg_quality: int = 90              # frames sent as JPEG
     max_steps: int = 100                # most sampler steps a request may ask for (the teacher's default is 25)
+    preview_every: int = 0              # streams that do not ask: 0 = frames a chunk at a time; k = also k at a time
+    #   from previews of the arriving chunk (lower latency, more compute; `AvatarPipeline.open_stream`)
 
     def validate(self) -> None:
         check(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
@@ -112,6 +114,7 @@ class ServeConfig:
         check(0 <= self.example_portraits <= 16, f"example_portraits must be in 0..16, got {self.example_portraits}")
         check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        check(self.preview_every >= 0, f"preview_every must be >= 0, got {self.preview_every}")
 
     @property
     def max_bytes(self) -> int:
@@ -133,7 +136,8 @@ class StreamStart:
     cfg_ref: float | None = None
     seed: int = 0
     detector: str = "auto"              # face detector for the portrait crop
-    preview_every: int = 0              # 0: frames a chunk at a time; k: also k at a time from previews (lower latency)
+    preview_every: int | None = None    # 0: frames a chunk at a time; k: also k at a time from previews (lower
+    #   latency, more compute); None = the server's setting
 
     def validate(self) -> None:
         check((self.portrait is None) != (self.portrait_id is None), "give exactly one of portrait and portrait_id")
@@ -304,7 +308,8 @@ class AvatarServer:
                 "sample_rate": info.sample_rate, "chunk_frames": info.frames, "sessions": len(self.active),
                 "limits": {"max_sessions": cfg.max_sessions, "max_upload_mb": cfg.max_upload_mb,
                            "max_audio_seconds": cfg.max_audio_seconds, "max_stream_seconds": cfg.max_stream_seconds,
-                           "idle_timeout_s": cfg.idle_timeout_s, "max_backlog_s": cfg.max_backlog_s}}
+                           "idle_timeout_s": cfg.idle_timeout_s, "max_backlog_s": cfg.max_backlog_s},
+                "preview_every": cfg.preview_every}
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -401,7 +406,8 @@ class AvatarServer:
             image = _decode_file(data, "", "portrait", read_image)
         return self.pipe.open_stream(image, steps=start.steps, cfg_audio=start.cfg_audio, cfg_ref=start.cfg_ref,
                                      seed=start.seed, detector=start.detector, source="the portrait",
-                                     preview_every=start.preview_every)
+                                     preview_every=self.cfg.preview_every if start.preview_every is None
+                                     else start.preview_every)
 
     def _frames(self, frames: list[StreamFrame], fmt: str) -> list[bytes]:
         return [frame_message(f, fmt, self.cfg.jpeg_quality) for f in frames]
