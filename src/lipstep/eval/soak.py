@@ -277,8 +277,6 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
     openness = np.concatenate([r.pop("openness") for r in blocks]) if reader is not None else None
     motion = np.concatenate([r.pop("motion") for r in blocks])
     eyes = np.concatenate([r.pop("eyes") for r in blocks])
-    for r in blocks:
-        r["motion"] = None  # replaced below by the block's mean
     in_pause = np.zeros(len(motion), bool)
     pause_rows = []
     for a_s, b_s in pauses:
@@ -315,10 +313,9 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
             gt_blink = {"blink_frames": float((blink > 0.5).mean()),
                         "blink_frames_read": float((real_eyes < float(np.median(real_eyes)) - half).mean()),
                         "eye_open": float(open_.mean()), "eye_shut": float(shut.mean())}
-    gt = {"id_psnr": identity_psnr(np.concatenate([f for f, _, _ in data]), reference),
-          "colour_shift": colour_shift(np.concatenate([f for f, _, _ in data]), reference)}
+    gt = {"id_psnr": identity_psnr(real, reference), "colour_shift": colour_shift(real, reference)}
     if embedder is not None:
-        gt["id_sim"] = identity_similarity(embedder, reference, np.concatenate([f for f, _, _ in data]))
+        gt["id_sim"] = identity_similarity(embedder, reference, real)
     gt["motion"] = float(np.mean(np.concatenate([idle_motion(f)[1:] for f, _, _ in data])))
     gt.update(gt_blink)
     if reader is not None:

@@ -236,10 +236,10 @@ def _checked_file(root: Path, export: dict, name: str) -> Path:
     return path
 
 
-def _check_source(root: Path, export: dict, codec) -> None:
-    """Refuse an export made from other weights than the directory holds now."""
+def _check_source(root: Path, parts: Path, export: dict, codec) -> None:
+    """Refuse an export made from other weights than the directory holds now (`parts`: its `components_dir`)."""
     source = export.get("source", {})
-    sums = read_checksums(components_dir(root) / "denoiser") or {}
+    sums = read_checksums(parts / "denoiser") or {}
     denoiser = source.get("denoiser_sha256")
     if denoiser and sums.get("model.safetensors") and denoiser != sums["model.safetensors"]:
         raise LipstepError(f"{root / ONNX_DIR} was exported from other denoiser weights than {root / 'denoiser'} "
@@ -266,7 +266,7 @@ def load_onnx_model(model: str | os.PathLike | None, runtime: str = "onnx", *, t
     parts = components_dir(root, info)
     verify_checksums(parts / "audio")
     codec = load_codec(parts / "codec")
-    _check_source(root, export, codec)
+    _check_source(root, parts, export, codec)
     cfg = read_denoiser_config(parts / "denoiser")
     audio = load_audio_encoder(parts / "audio")
     check_components(root, info, codec, audio, cfg)
