@@ -77,6 +77,8 @@ class ModelInfo:
     #   (identity and colours then come from the reference itself; what is generated is what changes); 0 = on z
     anchor_every: int = 0           # > 0: every k-th chunk is re-anchored (its motion context is the reference again,
     #   as for the first chunk), so errors of chained chunks cannot accumulate over long runs; 0 = always chain
+    blinks_per_second: float = 0.0  # > 0: the denoiser reads each frame's eyelid closure (DiTConfig.blink) and chunked
+    #   generation draws blinks at this rate (`lipstep.data.blinks.BlinkSchedule`; the training labels' rate); 0 = none
     fps: float = 25.0
     sample_rate: int = 16000
     components: str = ""            # where the codec, audio and denoiser are, relative to this directory, when the
@@ -92,6 +94,7 @@ class ModelInfo:
         check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
         check(self.residual >= 0, f"residual must be >= 0, got {self.residual}")
         check(self.anchor_every >= 0, f"anchor_every must be >= 0, got {self.anchor_every}")
+        check(self.blinks_per_second >= 0, f"blinks_per_second must be >= 0, got {self.blinks_per_second}")
         check(not Path(self.components).is_absolute(), f"components must be a relative directory, got {self.components!r}")
         check(self.format <= FORMAT, f"model format {self.format} is newer than this lipstep ({FORMAT}); upgrade lipstep")
         self.sampler.validate()
@@ -101,7 +104,7 @@ class ModelInfo:
 
     def layout(self) -> ChunkLayout:
         return ChunkLayout(frames=self.frames, motion_frames=self.motion_frames, residual=self.residual,
-                           anchor_every=self.anchor_every)
+                           anchor_every=self.anchor_every, blinks_per_second=self.blinks_per_second, fps=self.fps)
 
     def nfe_per_chunk(self, steps: int | None = None, cfg_audio: float | None = None,
                       cfg_ref: float | None = None) -> int:

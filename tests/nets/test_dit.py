@@ -218,6 +218,26 @@ def test_out_head_is_local_and_sees_the_reference_and_the_noisy_input():
         assert torch.equal(model(x_t, t, cond.drop(ref=True)), model(x_t, t, moved.drop(ref=True)))
 
 
+@pytest.mark.parametrize("mouth_state", [0, 3])  # 3: added to the head's per-frame conditioning
+def test_zero_init_blink_embedding_then_blinks_move_their_frame_under_any_guidance_pattern(mouth_state):
+    base = _trained(mouth_state=mouth_state)
+    model = AvatarDiT(_cfg(mouth_state=mouth_state, blink=True)).eval()
+    result = model.load_state_dict(base.state_dict(), strict=False)
+    assert {k.split(".")[0] for k in result.missing_keys} == {"blink_embed"}
+    x_t, t, cond = _inputs()
+    cond.blink = torch.zeros(B, T)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x_t, t, cond), base(x_t, t, cond))      # zero-initialised: unchanged
+        _randomise(model.blink_embed)
+        shut = Cond(**{**cond.__dict__, "blink": cond.blink.clone()})
+        shut.blink[:, 2] = 1.0
+        for c, s in ((cond, shut), (cond.drop(audio=True), shut.drop(audio=True))):
+            diff = (model(x_t, t, s) - model(x_t, t, c)).abs().amax(dim=(0, 2, 3, 4))    # per frame
+            assert diff[2] > 1e-4, diff                                           # guidance keeps it
+        with pytest.raises(ValueError, match="cond.blink"):
+            model(x_t, t, Cond(reference=cond.reference, audio=cond.audio, motion=cond.motion))
+
+
 @pytest.mark.parametrize("attention", ["full", "factorized"])
 @pytest.mark.parametrize("mouth_state", [0, 3])
 def test_drop_audio_makes_output_independent_of_audio(attention, mouth_state):
@@ -279,7 +299,7 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(attention, mouth_state
     {}, {"attention": "factorized"}, {"cfg_layer": "tokens"}, {"cfg_layer": "plain"}, {"cfg_layer": "time"},
     {"channel_context": True}, {"channel_context": True, "patch": 2, "motion_frames": 0},
     {"mouth_state": 3}, {"mouth_state": 3, "attention": "factorized"}, {"out_head": 8}, {"out_head": 5, "patch": 2},
-    {"out_head": 4, "patch": 2, "channel_context": True},
+    {"out_head": 4, "patch": 2, "channel_context": True}, {"blink": True}, {"blink": True, "mouth_state": 3},
     {"mouth_state": 2, "mouth_head_width": 8, "audio_dim": 24},
     {"use_visemes": True, "patch": 2, "frames": 4, "motion_frames": 0, "audio_dim": 32, "mlp_ratio": 2.5},
 ])

@@ -42,16 +42,18 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    """A one-step CFG-token student that also reads visemes: the optional inputs cfg_scales and visemes."""
+    """A one-step CFG-token student that also reads visemes and blinks: the optional inputs cfg_scales, visemes and
+    blink."""
     root = tmp_path_factory.mktemp("onnx_student")
     cfg = DiTConfig.preset("tiny", latent_channels=12, latent_size=8, patch=2, frames=4, motion_frames=2,
-                           audio_mean=-8.8, audio_std=3.3, cfg_layer="tokens", use_visemes=True, mouth_state=3)
+                           audio_mean=-8.8, audio_std=3.3, cfg_layer="tokens", use_visemes=True, mouth_state=3,
+                           blink=True)
     net = AvatarDiT(cfg).eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    info = ModelInfo(kind="student", schedule="vp_x0", frames=4, motion_frames=2, image_size=16,
+    info = ModelInfo(kind="student", schedule="vp_x0", frames=4, motion_frames=2, image_size=16, blinks_per_second=3.0,
                      sampler=SamplerInfo(name="fewstep", steps=1, guidance="embedded"))
     codec = build_codec(CodecConfig(kind="pixel", image_size=16, factor=2))
     AvatarPipeline(info, codec, MelEncoder(16, 80), net).save_pretrained(root / "model")
@@ -82,7 +84,8 @@ def _random_cond(cfg: DiTConfig, batch: int, gen: torch.Generator, with_extras: 
                 motion=torch.randn(batch, 2, 12, 8, 8, generator=gen),
                 drop_audio=torch.tensor([False, True, True][:batch]), drop_ref=torch.tensor([False, False, True][:batch]),
                 visemes=torch.randint(0, 15, (batch, 4), generator=gen) if with_extras else None,
-                cfg_scales=1 + 3 * torch.rand(batch, 2, generator=gen) if with_extras else None)
+                cfg_scales=1 + 3 * torch.rand(batch, 2, generator=gen) if with_extras else None,
+                blink=torch.rand(batch, 4, generator=gen) if with_extras else None)
     return x, 1000 * torch.rand(batch, generator=gen), cond
 
 
@@ -99,10 +102,10 @@ def test_denoiser_parity_at_batch_1_and_3(model):
         assert (got - want).abs().max() <= TOL and want.abs().max() > 0.1  # the net reacts: a real comparison
 
 
-def test_cfg_token_and_viseme_inputs(student):
+def test_cfg_token_viseme_and_blink_inputs(student):
     root, manifest = student
     names = [i["name"] for i in manifest["files"]["denoiser.onnx"]["inputs"]]
-    assert names[-2:] == ["cfg_scales", "visemes"]
+    assert names[-3:] == ["cfg_scales", "visemes", "blink"]
     assert manifest["parity_frames"]["max_abs_diff"]["onnx"] <= TOL
     net = AvatarPipeline.from_pretrained(root).denoiser
     _, _, _, _, onnx_net = load_onnx_model(root, threads=1)

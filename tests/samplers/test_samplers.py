@@ -138,3 +138,40 @@ def test_euler_equals_deterministic_ddim_and_flow_euler_formula():
         t = ts[i].expand(16)
         x = x + (ts[i + 1] - ts[i]) * den(x, t, None)  # explicit Euler on dx/dt = u
     assert torch.allclose(out, x, atol=1e-5)
+
+
+class _BlinkRecorder(torch.nn.Module):
+    """A stand-in net that records the eyelid closure each call sees and predicts zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, x_t, t, cond):
+        self.seen.append(None if cond.blink is None else cond.blink.clone())
+        return torch.zeros_like(x_t)
+
+
+def test_chunk_sampler_drives_blinks_by_frame_index():
+    from lipstep.data.blinks import BlinkSchedule
+    from lipstep.diffusion.denoiser import Denoiser
+    from lipstep.samplers.chunks import ChunkLayout, ChunkSampler
+    from lipstep.samplers.registry import SamplerInfo
+
+    info = SamplerInfo(name="ddim", steps=1, cfg_audio=1.0, cfg_ref=1.0)
+    audio = torch.zeros(4, 2, 3)
+    for rate in (0.0, 3.0):
+        net = _BlinkRecorder()
+        core = ChunkSampler(Denoiser(net, make_schedule("vp_x0")), torch.zeros(1, 2, 4, 4), sampler=info,
+                            layout=ChunkLayout(frames=4, motion_frames=1, blinks_per_second=rate), seed=5)
+        for _ in range(60):
+            core.trial(audio)                      # a preview sees the blinks its chunk will see
+            core.step(audio)
+        if rate == 0:
+            assert all(b is None for b in net.seen)    # a model without a blink input gets none
+            continue
+        want = torch.from_numpy(BlinkSchedule(rate, 25.0, seed=5).frames(0, 240))
+        got = torch.cat([b[0] for b in net.seen[1::2]])
+        assert torch.equal(got, want) and got.max() == 1.0
+        assert all(torch.equal(a, b) for a, b in zip(net.seen[0::2], net.seen[1::2], strict=True))

@@ -179,16 +179,48 @@ def test_resumed_teacher_repeats_uninterrupted_losses(world, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _unlabelled_copy(prepared: Path, dest: Path) -> Path:
-    """The prepared world without its mouth track, as real video is prepared."""
+def _relabelled_copy(prepared: Path, dest: Path, edit) -> Path:
+    """The prepared world with each shard's arrays passed through ``edit(arrays, row)``."""
     from lipstep.data.dataset import open_shard, read_manifest
     from lipstep.data.prepare import write_shard
 
     shutil.copytree(prepared, dest, ignore=shutil.ignore_patterns("latents"))
     for row in read_manifest(dest):
-        arrays = {k: np.array(v) for k, v in open_shard(dest / row["shard"]).items() if k != "mouth"}
-        write_shard(dest / row["shard"], arrays)
+        arrays = {k: np.array(v) for k, v in open_shard(dest / row["shard"]).items()}
+        write_shard(dest / row["shard"], edit(arrays, row))
     return dest
+
+
+def _unlabelled_copy(prepared: Path, dest: Path) -> Path:
+    """The prepared world without its mouth track, as real video is prepared."""
+    return _relabelled_copy(prepared, dest, lambda arrays, row: {k: v for k, v in arrays.items() if k != "mouth"})
+
+
+def test_blink_teacher_learns_the_labels_rate_and_generates_with_blinks(world, tmp_path):
+    from lipstep.data.blinks import PROFILE
+    from lipstep.pipeline import load_denoiser
+
+    def one_blink(arrays, row):                       # the tiny world's 1.2-s train clip has no blink of its own
+        if row["split"] == "train":
+            arrays["blink"][:] = 0
+            arrays["blink"][5:10] = PROFILE
+        return arrays
+
+    prepared = _relabelled_copy(world / "prepared", tmp_path / "prepared", one_blink)
+    cfg = _tiny_cfg(steps=1)
+    cfg.blink = True
+    model = train_teacher(prepared, world / "codec", tmp_path / "a", cfg, progress=False)   # + a validation video
+    info = json.loads((model / "lipstep.json").read_text())
+    assert info["blinks_per_second"] == round(25 / 30, 4)              # one blink in 30 labelled frames
+    assert load_denoiser(model / "denoiser").cfg.blink
+    no_blinks = _relabelled_copy(world / "prepared", tmp_path / "none",
+                                 lambda arrays, row: {**arrays, "blink": np.zeros_like(arrays["blink"])})
+    with pytest.raises(DataError, match="hold no blink"):
+        train_teacher(no_blinks, world / "codec", tmp_path / "b", cfg, progress=False)
+    unlabelled = _relabelled_copy(world / "prepared", tmp_path / "unlabelled",
+                                  lambda arrays, row: {k: v for k, v in arrays.items() if k != "blink"})
+    with pytest.raises(DataError, match="pass blink=false"):
+        train_teacher(unlabelled, world / "codec", tmp_path / "c", cfg, progress=False)
 
 
 def test_unlabelled_data_needs_mouth_state_off(world, tmp_path):

@@ -15,7 +15,8 @@ Item ``i`` is window ``(clip, start)`` of the index: every start in ``[M, n - T]
   clip allows (else any frame outside the window; else any frame), drawn from
   ``np.random.default_rng((seed, epoch, i))``;
 - ``audio`` float32 [T, K, D]: the mel windows of the window's frames;
-- ``visemes`` int64 [T] and ``mouth`` float32 [T, 3] when the shard has them (synthetic world);
+- ``visemes`` int64 [T], ``mouth`` float32 [T, 3] and ``blink`` float32 [T] (eyelid closure) when the
+  shard has them (synthetic world);
 - ``clip_index``, ``start``, ``reference_index`` int64 scalars.
 
 With ``latents=CACHE`` (a latent cache, `lipstep.data.latents`), items also hold
@@ -56,7 +57,7 @@ from lipstep.config import check
 from lipstep.data.latents import clip_id_of, is_plain_name, load_latents, read_cache_info
 from lipstep.errors import DataError
 
-_LOADED_KEYS = ("frames", "mel", "visemes", "mouth")
+_LOADED_KEYS = ("frames", "mel", "visemes", "mouth", "blink")
 
 
 @dataclass
@@ -287,6 +288,8 @@ class WindowDataset(torch.utils.data.Dataset):
             item["visemes"] = torch.from_numpy(data["visemes"][s:s + t].astype(np.int64))
         if "mouth" in data:
             item["mouth"] = torch.from_numpy(data["mouth"][s:s + t].astype(np.float32))
+        if "blink" in data:
+            item["blink"] = torch.from_numpy(data["blink"][s:s + t].astype(np.float32))
         return item
 
 

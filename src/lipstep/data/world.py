@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lipstep.config import check, from_dict, load_config, save_config, to_dict, validate
+from lipstep.data.blinks import blink_track
 from lipstep.data.media import read_video, write_image, write_video
 from lipstep.data.render import (
     Identity,
@@ -214,18 +215,6 @@ def head_motion(rng, energy: np.ndarray, scale: float) -> np.ndarray:
     return pose * scale
 
 
-def blink_track(rng, n_frames: int, per_second: float) -> np.ndarray:
-    """Eyelid closure [T] in [0, 1]: blinks of 5 frames at random times."""
-    blink = np.zeros(n_frames, np.float32)
-    profile = np.array([0.35, 0.85, 1.0, 0.7, 0.3], np.float32)
-    t = rng.exponential(1.0 / per_second) * FPS if per_second > 0 else n_frames
-    while t < n_frames - len(profile):
-        i = int(t)
-        blink[i:i + len(profile)] = np.maximum(blink[i:i + len(profile)], profile)
-        t += max(8.0, rng.exponential(1.0 / per_second) * FPS)
-    return blink
-
-
 def frame_pose(head_pose, jitter=(0.0, 0.0)):
     """The renderer's `Pose` for one labelled head pose (yaw, pitch, roll); jitter in image units."""
     yaw, pitch, roll = (float(v) for v in head_pose)
@@ -282,7 +271,7 @@ def render_clip(cfg: WorldConfig, out: Path, index: int, clip: int, split: str) 
     visemes = viseme_track(phonemes, n_frames, FPS)
     mouth = mouth_track(phonemes, n_frames, FPS)
     pose = head_motion(rng, speech_energy(wav, n_frames), cfg.head_motion)
-    blink = blink_track(rng, n_frames, cfg.blinks_per_second)
+    blink = blink_track(rng, n_frames, cfg.blinks_per_second, FPS)
     deg = _degradations(rng, cfg) if cfg.quality == "moderate" else {}
     jitter = rng.normal(0, deg["jitter_px"], (n_frames, 2)) if "jitter_px" in deg else None
     frames = render_frames(idn, mouth, pose, blink, cfg.size, jitter)

@@ -1,7 +1,8 @@
 """The condition bundle every denoiser, sampler and distillation method passes along.
 
 Shapes (design.md §3): reference latent [B, C, h, w]; audio features [B, T, K, D] (K audio frames
-around each of the T video frames); motion-frame latents [B, M, C, h, w]; visemes [B, T].
+around each of the T video frames); motion-frame latents [B, M, C, h, w]; visemes [B, T]; eyelid
+closure [B, T] in [0, 1] (`blink`, for nets conditioned on it).
 `drop_audio` / `drop_ref` are bool [B] masks: True means "this sample sees the null condition"
 (used for classifier-free guidance and condition dropout). `cfg_scales` [B, 2] = (audio, reference)
 guidance scales, only for students that take them as an input (FADA's CFG tokens).
@@ -26,6 +27,7 @@ class Cond:
     drop_audio: Tensor | None = None
     drop_ref: Tensor | None = None
     cfg_scales: Tensor | None = None
+    blink: Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -207,7 +207,8 @@ def flops_ratio(student: AvatarDiT, source: AvatarDiT) -> tuple[float, float]:
     c = source.cfg
     lat = (1, c.latent_channels, c.latent_size, c.latent_size)
     cond = Cond(reference=torch.zeros(lat), audio=torch.zeros(1, c.frames, c.audio_window, c.audio_dim),
-                motion=torch.zeros(1, c.motion_frames, *lat[1:]) if c.motion_frames else None)
+                motion=torch.zeros(1, c.motion_frames, *lat[1:]) if c.motion_frames else None,
+                blink=torch.zeros(1, c.frames) if c.blink else None)
     x, t = torch.zeros(1, c.frames, *lat[1:]), torch.ones(1)
     s = student.cfg
     own = dataclasses.replace(cond, audio=torch.zeros(1, c.frames, s.audio_window, s.audio_dim))

@@ -95,7 +95,7 @@ def batch_cond(batch: dict, generator: torch.Generator | None = None, p_motion_r
         first = torch.zeros_like(ref) if residual else ref
         motion = torch.where(use_ref, first[:, None].expand_as(motion), motion)
     return Cond(reference=ref, audio=batch["audio"], motion=motion,
-                visemes=batch.get("visemes") if use_visemes else None)
+                visemes=batch.get("visemes") if use_visemes else None, blink=batch.get("blink"))
 
 
 # ---------------------------------------------------------------------------------------------

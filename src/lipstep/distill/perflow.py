@@ -292,6 +292,7 @@ class PerflowMethod(Method):
 # the pair bank: teacher window solves computed once, reused by every epoch (and by other runs)
 
 PAIR_KEYS = ("latents", "reference_latent", "motion_latents", "audio", "eps", "window", "scales", "z_end")
+OPTIONAL_PAIR_KEYS = ("blink",)  # stored when the data has them (eyelid closure, for a teacher conditioned on it)
 PART_SIZE = 64  # pairs per bank file
 
 
@@ -330,7 +331,7 @@ def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Pat
         items = [dataset[i] for i in next(order)]
         batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in items[0] if torch.is_tensor(items[0][k])}
         gen = torch.Generator(device="cpu").manual_seed(settings["seed"] * 1000003 + p)
-        out = {k: [] for k in PAIR_KEYS}
+        out = {k: [] for k in (*PAIR_KEYS, *(k for k in OPTIONAL_PAIR_KEYS if k in batch))}
         for lo in range(0, count, batch_size):
             sub = {k: v[lo:lo + batch_size] for k, v in batch.items()}
             b = len(sub["latents"])
@@ -343,7 +344,8 @@ def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Pat
             z_end = teacher_window_solve(method.teacher_fn, z_start, start, end, cond, scales, cfg.solver_steps)
             motion = cond.motion if cond.motion is not None else sub["latents"][:, :0]
             for key, v in (("latents", sub["latents"]), ("reference_latent", cond.reference), ("motion_latents", motion),
-                           ("audio", cond.audio), ("eps", eps), ("window", k), ("scales", scales), ("z_end", z_end)):
+                           ("audio", cond.audio), ("eps", eps), ("window", k), ("scales", scales), ("z_end", z_end),
+                           *((key, sub[key]) for key in OPTIONAL_PAIR_KEYS if key in out)):
                 out[key].append(v.detach().cpu())
             bar.update(b)
         with atomic_path(path) as tmp:
@@ -360,7 +362,8 @@ class PairBank(torch.utils.data.Dataset):
         if not parts:
             raise LipstepError(f"{directory}: no pair bank files")
         data = [load_file(str(p)) for p in parts]
-        self.data = {k: torch.cat([d[k] for d in data])[:n_pairs] for k in PAIR_KEYS}
+        keys = [*PAIR_KEYS, *(k for k in OPTIONAL_PAIR_KEYS if all(k in d for d in data))]
+        self.data = {k: torch.cat([d[k] for d in data])[:n_pairs] for k in keys}
         if len(self.data["latents"]) < n_pairs:
             raise LipstepError(f"{directory}: the pair bank holds {len(self.data['latents'])} pairs, {n_pairs} asked")
 

@@ -63,6 +63,7 @@ def denoiser_flops(net, info) -> int:
     cond = Cond(reference=torch.zeros(1, C, s, s), audio=torch.zeros(1, T, cfg.audio_window, cfg.audio_dim),
                 motion=torch.zeros(1, M, C, s, s) if M else None,
                 visemes=torch.zeros(1, T, dtype=torch.long) if cfg.use_visemes else None,
+                blink=torch.zeros(1, T) if cfg.blink else None,
                 cfg_scales=torch.ones(1, 2) if cfg.cfg_layer != "none" else None)
     return count_flops(net, torch.zeros(1, T, C, s, s), torch.full((1,), 500.0), cond)
 

@@ -121,6 +121,9 @@ class DiTConfig:
     #   denoiser and then frozen, `lipstep.train.mouth_head`) whose reading of each frame's audio window conditions
     #   that frame: an embedding of it joins the frame's audio tokens and its adaLN (zero-initialised); 0 = none
     mouth_head_width: int = 128   # channels of the mouth-state head's convolutions
+    blink: bool = False           # condition every frame on its eyelid closure (cond.blink [B, T] in [0, 1]: the world's
+    #   blink labels in training, a `lipstep.data.blinks.BlinkSchedule` at inference): an embedding of it joins the
+    #   frame's adaLN (zero-initialised); never dropped, so guidance leaves it alone. Off = no blink input
     out_head: int = 0             # hidden channels of a convolutional output head (`ConvOutputHead`) that refines
     #   the unpatchified output at latent resolution from it, the noisy input and the aligned last-motion and
     #   reference latents, modulated by the time embedding (zero-initialised: the net is unchanged at the
@@ -218,6 +221,8 @@ def _embedding_n(cfg: DiTConfig) -> int:
         hw = cfg.mouth_head_width
         n += 3 * cfg.audio_dim * hw + hw + 3 * hw * hw + hw + _linear_n(hw, hw) + _linear_n(hw, cfg.mouth_state)
         n += _linear_n(2 * MOUTH_FREQS * cfg.mouth_state, w) + _linear_n(w, w)
+    if cfg.blink:                                                     # eyelid-closure embedding
+        n += _linear_n(2 * MOUTH_FREQS, w) + _linear_n(w, w)
     return n + (cfg.n_visemes * w if cfg.use_visemes else 0)
 
 
@@ -665,6 +670,9 @@ class AvatarDiT(nn.Module):
             self.mouth_head = MouthStateHead(cfg.audio_dim, cfg.mouth_head_width, cfg.mouth_state).requires_grad_(False)
             self.mouth_embed = nn.Sequential(_linear(2 * MOUTH_FREQS * cfg.mouth_state, w), nn.SiLU(),
                                              _linear(w, w, zero=True))
+        self.blink_embed = None
+        if cfg.blink:
+            self.blink_embed = nn.Sequential(_linear(2 * MOUTH_FREQS, w), nn.SiLU(), _linear(w, w, zero=True))
         self.cfg_embed = _guidance_embedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
@@ -713,6 +721,8 @@ class AvatarDiT(nn.Module):
         if self.cfg.cfg_layer == "time":
             c, emb = c + emb, None
         c_video = c if mouth is None else c[:, None] + mouth               # [B, W] or per frame [B, T, W]
+        if self.blink_embed is not None:                                   # eyelid closure, per frame
+            c_video = (c_video if c_video.dim() == 3 else c_video[:, None]) + self.embed_blink(cond.blink)
         return x, ctx, audio, c_video, c, emb, drop_ref
 
     # --- tokens ------------------------------------------------------------------------------
@@ -782,6 +792,10 @@ class AvatarDiT(nn.Module):
         e = self.mouth_embed(mouth_features(self.read_mouth_state(audio).detach()))   # [B, T, W]
         return torch.where(_per_sample(drop_audio, e), torch.zeros_like(e), e)
 
+    def embed_blink(self, blink: Tensor) -> Tensor:
+        """Eyelid closure [B, T] in [0, 1] -> its embedding [B, T, W] (the mouth state's sin/cos features)."""
+        return self.blink_embed(mouth_features(blink[..., None].to(self.pos_space.dtype)))
+
     def embed_audio(self, audio: Tensor, visemes: Tensor | None, drop_audio: Tensor,
                     mouth: Tensor | None = None) -> Tensor:
         """Audio [B, T, K, D] (+ visemes [B, T], + a mouth-state embedding [B, T, W]) -> audio tokens
@@ -834,6 +848,9 @@ class AvatarDiT(nn.Module):
                     and m <= cfg.motion_frames,
                     f"cond.motion must be [{b}, M<={cfg.motion_frames}, {cfg.latent_channels}, {s}, {s}], "
                     f"got {list(cond.motion.shape)}")
+        if cfg.blink:
+            _expect(cond.blink is not None and tuple(cond.blink.shape) == (b, t),
+                    f"blink=True needs cond.blink [{b}, {t}] (eyelid closure per frame)")
         if cfg.use_visemes:
             _expect(cond.visemes is not None and tuple(cond.visemes.shape) == (b, t),
                     f"use_visemes=True needs cond.visemes [{b}, {t}]")

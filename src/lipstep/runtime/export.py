@@ -77,7 +77,8 @@ class DenoiserGraph(nn.Module):
     def forward(self, *inputs: Tensor) -> Tensor:
         x = dict(zip(self.names, inputs, strict=True))
         cond = Cond(reference=x["reference"], audio=x["audio"], motion=x.get("motion"), visemes=x.get("visemes"),
-                    drop_audio=x["drop_audio"], drop_ref=x["drop_ref"], cfg_scales=x.get("cfg_scales"))
+                    drop_audio=x["drop_audio"], drop_ref=x["drop_ref"], cfg_scales=x.get("cfg_scales"),
+                    blink=x.get("blink"))
         return self.net(x["x_t"], x["t"], cond)
 
 
@@ -170,6 +171,8 @@ def _random_cond_inputs(inputs, cfg, info, batch: int, gen: torch.Generator) -> 
             out.append(1 + 3 * torch.rand(shape, generator=gen))
         elif name == "visemes":
             out.append(torch.randint(0, cfg.n_visemes, shape, generator=gen))
+        elif name == "blink":
+            out.append(torch.rand(shape, generator=gen))
         else:
             out.append(torch.randn(shape, generator=gen))
     return out

@@ -86,7 +86,7 @@ def denoiser_inputs(cfg: DiTConfig, layout: ChunkLayout) -> list[tuple[str, list
 
     ``t`` is model time (`Schedule.model_time`); the drop masks are always inputs (classifier-free guidance
     batches three condition patterns into one call); ``motion`` only for a layout with motion frames,
-    ``cfg_scales`` only for a net with a CFG layer, ``visemes`` only for a net that reads them.
+    ``cfg_scales`` only for a net with a CFG layer, ``visemes`` and ``blink`` only for a net that reads them.
     """
     T, M, C, s = layout.frames, layout.motion_frames, cfg.latent_channels, cfg.latent_size
     inputs = [("x_t", ["B", T, C, s, s], "float32"), ("t", ["B"], "float32"),
@@ -99,6 +99,8 @@ def denoiser_inputs(cfg: DiTConfig, layout: ChunkLayout) -> list[tuple[str, list
         inputs.append(("cfg_scales", ["B", 2], "float32"))
     if cfg.use_visemes:
         inputs.append(("visemes", ["B", T], "int64"))
+    if cfg.blink:
+        inputs.append(("blink", ["B", T], "float32"))
     return inputs
 
 
@@ -109,7 +111,7 @@ def cond_values(x_t: Tensor, t: Tensor, cond: Cond) -> dict[str, Tensor | None]:
     scales = cond.cfg_scales if cond.cfg_scales is not None else torch.ones(b, 2)
     return {"x_t": x_t, "t": torch.as_tensor(t).reshape(-1).expand(b), "reference": cond.reference,
             "audio": cond.audio, "motion": cond.motion, "drop_audio": drop_audio, "drop_ref": drop_ref,
-            "cfg_scales": scales, "visemes": cond.visemes}
+            "cfg_scales": scales, "visemes": cond.visemes, "blink": cond.blink}
 
 
 class OnnxNet:

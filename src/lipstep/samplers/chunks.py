@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lipstep.data.blinks import BlinkSchedule
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import check_scale, multi_cfg, nfe_per_step
@@ -38,6 +39,8 @@ class ChunkLayout:
     motion_frames: int = 2          # latents of motion context per chunk
     residual: float = 0.0           # > 0: the model samples (z − z_ref)·residual
     anchor_every: int = 0           # > 0: every k-th chunk sees the reference as motion context again
+    blinks_per_second: float = 0.0  # > 0: the model reads eyelid closure per frame, drawn at this rate
+    fps: float = 25.0               # frames per second (the blink schedule's clock)
 
 
 def net_device(net) -> torch.device:
@@ -78,6 +81,8 @@ class ChunkSampler:
         # the reference in model space: the motion context of the first (and every re-anchored) chunk
         self.first = torch.zeros_like(self.reference) if layout.residual > 0 else self.reference
         self.motion: Tensor | None = None
+        # eyelid closure per frame, a function of (seed, frame index) alone: chunk k's frames are k·T .. k·T + T − 1
+        self.blinks = BlinkSchedule(layout.blinks_per_second, layout.fps, seed) if layout.blinks_per_second else None
         self.chunks = 0  # chunks sampled so far (the index of the next one)
         self.trials = 0  # `trial` runs so far (their evaluations count in `nfe`)
 
@@ -109,7 +114,11 @@ class ChunkSampler:
             self.motion = self.first[:, None].expand(1, M, C, h, w)  # the first chunk, or a re-anchored one
         a = audio[None].to(self.device, torch.float32)
         v = visemes[None].to(self.device) if visemes is not None else None
-        cond = Cond(reference=self.reference, audio=a, motion=self.motion, visemes=v, cfg_scales=self.scales)
+        blink = None
+        if self.blinks is not None:
+            blink = torch.from_numpy(self.blinks.frames(k * T, T))[None].to(self.device)
+        cond = Cond(reference=self.reference, audio=a, motion=self.motion, visemes=v, cfg_scales=self.scales,
+                    blink=blink)
         noise = torch.randn((1, T, C, h, w), generator=self.generator).to(self.device)
         callback = self.callback or (lambda *_: None)
         z = self.sampler.kind(self.fn, noise, self.timesteps, cond, schedule=self.schedule,

@@ -65,7 +65,9 @@ from lipstep.audio.encoders import AudioConfig, build_audio_encoder
 from lipstep.codecs.cache import encode_prepared
 from lipstep.codecs.vae import load_codec
 from lipstep.config import check
+from lipstep.data.blinks import blink_rate
 from lipstep.data.dataset import WindowConfig, WindowDataset, open_shard, read_manifest
+from lipstep.data.media import FPS
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import condition_dropout
@@ -124,6 +126,9 @@ class TeacherConfig:
     mouth_state: bool = True         # an audio -> mouth-state head, fitted first and frozen, conditions every frame
     #   (DiTConfig.mouth_state, lipstep.train.mouth_head); needs mouth labels (the synthetic world):
     #   pass mouth_state=false for unlabelled (real) data
+    blink: bool = False              # condition every frame on its eyelid closure (DiTConfig.blink) from the world's
+    #   blink labels; generation then draws blinks at the labels' rate (ModelInfo.blinks_per_second); needs blink
+    #   labels (the synthetic world)
     schedule: Literal["vp_eps", "vp_v", "vp_x0", "flow"] = "vp_x0"  # x0: the net outputs the clean (offset)
     #   sample, not full-rank noise; with 192-value pixel patches on a 192-wide net, eps / v prediction
     #   leaves uncorrected noise (experiments/teacher/README.md, teacher v6)
@@ -228,6 +233,25 @@ def audio_stats(prepared: str | Path, split: str = "train", max_clips: int = 64)
     return float(mean), std
 
 
+def label_blink_rate(prepared: str | Path, fps: float, split: str = "train") -> float:
+    """Blinks per second in the blink labels of a split's clips (`lipstep.data.blinks.blink_rate`); a one-line
+    error when a clip has none (``blink=true`` needs labelled data: the synthetic world)."""
+    prepared = Path(prepared)
+    tracks = []
+    for row in (r for r in read_manifest(prepared) if r["split"] == split):
+        arrays = open_shard(prepared / row["shard"], keys=("blink",))
+        if "blink" not in arrays:
+            raise DataError(f"{prepared / row['shard']}: no blink labels. blink=true needs data with a blink track "
+                            "(the synthetic world); pass blink=false for unlabelled (real) data")
+        tracks.append(np.asarray(arrays["blink"], np.float32))
+    if not tracks:
+        raise DataError(f"{prepared}: no {split} clips to read blink labels from")
+    rate = round(blink_rate(tracks, fps), 4)
+    if rate == 0:
+        raise DataError(f"{prepared}: the {split} clips' blink labels hold no blink; blink=true has nothing to learn")
+    return rate
+
+
 def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: int,
                       audio_norm: tuple[float, float] = (0.0, 1.0)):
     latent_size = codec.cfg.image_size // codec.downsample
@@ -237,7 +261,7 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
                            audio_mean=round(audio_norm[0], 4), audio_std=round(audio_norm[1], 4),
                            attention=cfg.attention, use_visemes=False, grad_checkpointing=cfg.grad_checkpointing,
                            channel_context=cfg.channel_context, mouth_state=3 if cfg.mouth_state else 0,
-                           out_head=cfg.out_head)
+                           out_head=cfg.out_head, blink=cfg.blink)
     return AvatarDiT(dit)
 
 
@@ -273,6 +297,7 @@ class TeacherRecipe:
         fit_head = cfg.mouth_state and (not resume or latest_checkpoint(out) is None)  # a resumed run restores it
         if fit_head:
             check_mouth_labels(prepared)  # before minutes of latent encoding
+        blinks = label_blink_rate(prepared, FPS) if cfg.blink else 0.0
         size = check_data_size(codec, prepared)
         codec.cfg.image_size = size
         cache = encode_prepared(prepared, codec, progress=progress)
@@ -292,7 +317,8 @@ class TeacherRecipe:
             fit_mouth_head(net, prepared, out, cfg.mouth_head, encode=encode, progress=progress)
         info = ModelInfo(kind="teacher", recipe="teacher", schedule=cfg.schedule, flow_shift=cfg.flow_shift,
                          sampler=cfg.sampler, frames=cfg.window.frames, motion_frames=cfg.window.motion_frames,
-                         image_size=size, residual=cfg.residual, anchor_every=cfg.anchor_every)
+                         image_size=size, residual=cfg.residual, anchor_every=cfg.anchor_every,
+                         blinks_per_second=blinks, fps=FPS)
         method = TeacherMethod(net, info.make_schedule(), cfg.loss, residual=cfg.residual > 0)
         print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
               f"{net.cfg.tokens_per_frame} tokens/frame, {cfg.attention} attention), schedule {cfg.schedule}, "
@@ -310,4 +336,4 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
 
 
 __all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "TeacherRecipe", "audio_stats", "build_teacher_net",
-           "resolve_patch", "train_teacher"]
+           "label_blink_rate", "resolve_patch", "train_teacher"]
