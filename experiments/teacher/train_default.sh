@@ -25,7 +25,7 @@ stage prepare $LIPSTEP prepare "$RUN/world" --out "$RUN/prepared" --size 64
 stage codec $LIPSTEP train codec --data "$RUN/prepared" --out "$RUN/codec" ${CODEC_ARGS:-codec.kind=pixel}
 # shellcheck disable=SC2086
 stage teacher $LIPSTEP train teacher --data "$RUN/prepared" --codec "$RUN/codec" --out "$RUN/teacher" \
-    --preset small --steps "${TEACHER_STEPS:-2700}" ${TEACHER_ARGS:-}
+    --preset small --steps "${TEACHER_STEPS:-3400}" ${TEACHER_ARGS:-}
 stage bundle $LIPSTEP export --model "$RUN/teacher/model" --out "${BUNDLE:-src/lipstep/weights/teacher}" --half
 TOTAL=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$START" "$(date +%s.%N)")
 {

@@ -138,7 +138,7 @@ class TeacherConfig:
     loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
     mouth_head: MouthHeadConfig = field(default_factory=MouthHeadConfig)  # fitted only when mouth_state is on
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=2700, batch_size=8, lr=4e-4, ema_decay=0.995, checkpoint_every=250, validate_every=500, log_every=20))
+        steps=3400, batch_size=8, lr=4e-4, ema_decay=0.995, checkpoint_every=250, validate_every=500, log_every=20))
     sampler: SamplerInfo = field(default_factory=SamplerInfo)
     val_clips: int = 2               # held-out clips rendered as validation videos
     val_steps: int = 10              # sampler steps of validation videos (cheaper than the default 25)
