@@ -53,3 +53,18 @@ def test_eye_brightness_drops_when_the_whites_are_covered():
     frames[1, 18:21, 10:40] = 70                                  # lids shut in the second frame
     b = eye_brightness(frames)
     assert b[0] == 230 and b[1] == 70
+
+
+def test_scheduled_blink_agreement_scores_told_blinks():
+    from lipstep.eval.soak import scheduled_blink_agreement
+
+    closure = np.zeros(100, np.float32)
+    closure[[10, 11, 12, 50, 51, 52]] = [0.85, 1.0, 0.7, 0.85, 1.0, 0.7]
+    eyes = np.full(100, 160.0)
+    eyes[[11, 12, 13]] = 100.0                      # the first blink drawn a frame late, the second not at all
+    eyes[80] = 100.0                                # and one blink nobody asked for
+    r = scheduled_blink_agreement(eyes, eyes < 130, closure)
+    assert r["blink_frames_scheduled"] == 0.06 and r["blink_recall"] == round(2 / 6, 4)
+    assert r["blink_precision"] == 0.75 and r["blink_eye_drop"] == 0.0
+    none = scheduled_blink_agreement(eyes, np.zeros(100, bool), np.zeros(100, np.float32))
+    assert none["blink_recall"] is None and none["blink_precision"] is None

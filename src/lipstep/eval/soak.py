@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from lipstep.config import check, to_dict
+from lipstep.data.blinks import BlinkSchedule
 from lipstep.data.dataset import open_shard
 from lipstep.data.media import write_image
 from lipstep.errors import DataError
@@ -156,6 +157,19 @@ def closed_after(openness: np.ndarray, closed: float) -> int | None:
 
 def percentile(values, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4) if len(values) else None
+
+
+def scheduled_blink_agreement(eyes: np.ndarray, blinking: np.ndarray, closure: np.ndarray) -> dict:
+    """How well the frames follow the blinks a model was told to draw (eyelid closure ``closure`` [N], the
+    `BlinkSchedule` its chunks read): the share of scheduled blink frames (closure ≥ 0.5) read as blinking
+    (``blink_recall``), the share of frames read as blinking that fall within a frame of a scheduled blink
+    (``blink_precision``), and the eye band's median drop on scheduled blink frames (0..255)."""
+    shut = closure >= 0.5
+    near = shut | np.r_[shut[1:], False] | np.r_[False, shut[:-1]]
+    return {"blink_frames_scheduled": round(float(shut.mean()), 4),
+            "blink_recall": round(float(blinking[shut].mean()), 4) if shut.any() else None,
+            "blink_precision": round(float(near[blinking].mean()), 4) if blinking.any() else None,
+            "blink_eye_drop": round(float(np.median(eyes[~shut]) - np.median(eyes[shut])), 2) if shut.any() else None}
 
 
 def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakConfig | None = None,
@@ -310,6 +324,9 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
                             "blink_frames_pauses": round(float(blinking[in_pause].mean()), 4) if in_pause.any() else None,
                             "blink_frames_speech": round(float(blinking[~in_pause].mean()), 4),
                             "eye_brightness_p5_p50_p95": [round(float(v), 1) for v in np.percentile(eyes, [5, 50, 95])]}
+            if info.blinks_per_second > 0:  # a blink-conditioned model: were its scheduled blinks drawn?
+                told = BlinkSchedule(info.blinks_per_second, fps, cfg.seed).frames(0, len(eyes))
+                blink_result.update(scheduled_blink_agreement(eyes, blinking, told))
             gt_blink = {"blink_frames": float((blink > 0.5).mean()),
                         "blink_frames_read": float((real_eyes < float(np.median(real_eyes)) - half).mean()),
                         "eye_open": float(open_.mean()), "eye_shut": float(shut.mean())}
