@@ -112,6 +112,14 @@ def read_manifest(root: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def split_track(root: str | os.PathLike, key: str, split: str = "train") -> list[tuple[Path, np.ndarray | None]]:
+    """(shard path, its ``key`` array or None when the shard has none) for every clip of a split, in manifest
+    order: one member of each shard is read (a label track: ``mouth``, ``blink``, ...)."""
+    root = Path(root)
+    return [(root / r["shard"], open_shard(root / r["shard"], keys=(key,)).get(key))
+            for r in read_manifest(root) if r["split"] == split]
+
+
 def _member_memmap(path: Path, fh, info: zipfile.ZipInfo) -> np.ndarray | None:
     """Memory-map one stored (uncompressed) ``.npy`` member of a zip; None if it is compressed."""
     if info.compress_type != zipfile.ZIP_STORED:
@@ -311,4 +319,4 @@ def batch_indices(n: int, batch_size: int, seed: int, rank: int = 0, world: int 
         step += 1
 
 
-__all__ = ["WindowConfig", "WindowDataset", "batch_indices", "open_shard", "read_manifest"]
+__all__ = ["WindowConfig", "WindowDataset", "batch_indices", "open_shard", "read_manifest", "split_track"]

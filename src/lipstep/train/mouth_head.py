@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lipstep.config import check, to_dict
-from lipstep.data.dataset import open_shard, read_manifest
+from lipstep.data.dataset import open_shard, read_manifest, split_track
 from lipstep.errors import DataError, LipstepError
 from lipstep.fit import fit, pearson
 from lipstep.fsutil import write_json_atomic
@@ -64,10 +64,9 @@ def _no_mouth_labels(shard: Path) -> DataError:
 def check_mouth_labels(prepared: str | Path, split: str = "train") -> None:
     """Raise the DataError of `split_windows` now if a clip of ``split`` has no mouth labels (a cheap check,
     made before any latent is encoded)."""
-    prepared = Path(prepared)
-    for row in (r for r in read_manifest(prepared) if r["split"] == split):
-        if "mouth" not in open_shard(prepared / row["shard"], keys=("mouth",)):
-            raise _no_mouth_labels(prepared / row["shard"])
+    for shard, mouth in split_track(prepared, "mouth", split):
+        if mouth is None:
+            raise _no_mouth_labels(shard)
 
 
 def split_windows(prepared: str | Path, split: str, encode=None) -> tuple[np.ndarray, np.ndarray]:

@@ -66,7 +66,7 @@ from lipstep.codecs.cache import encode_prepared
 from lipstep.codecs.vae import load_codec
 from lipstep.config import check
 from lipstep.data.blinks import blink_rate
-from lipstep.data.dataset import WindowConfig, WindowDataset, open_shard, read_manifest
+from lipstep.data.dataset import WindowConfig, WindowDataset, open_shard, read_manifest, split_track
 from lipstep.data.media import FPS
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
@@ -236,17 +236,14 @@ def audio_stats(prepared: str | Path, split: str = "train", max_clips: int = 64)
 def label_blink_rate(prepared: str | Path, fps: float, split: str = "train") -> float:
     """Blinks per second in the blink labels of a split's clips (`lipstep.data.blinks.blink_rate`); a one-line
     error when a clip has none (``blink=true`` needs labelled data: the synthetic world)."""
-    prepared = Path(prepared)
-    tracks = []
-    for row in (r for r in read_manifest(prepared) if r["split"] == split):
-        arrays = open_shard(prepared / row["shard"], keys=("blink",))
-        if "blink" not in arrays:
-            raise DataError(f"{prepared / row['shard']}: no blink labels. blink=true needs data with a blink track "
-                            "(the synthetic world); pass blink=false for unlabelled (real) data")
-        tracks.append(np.asarray(arrays["blink"], np.float32))
+    tracks = split_track(prepared, "blink", split)
+    for shard, blink in tracks:
+        if blink is None:
+            raise DataError(f"{shard}: no blink labels. blink=true needs data with a blink track (the synthetic "
+                            "world); pass blink=false for unlabelled (real) data")
     if not tracks:
         raise DataError(f"{prepared}: no {split} clips to read blink labels from")
-    rate = round(blink_rate(tracks, fps), 4)
+    rate = round(blink_rate([np.asarray(b, np.float32) for _, b in tracks], fps), 4)
     if rate == 0:
         raise DataError(f"{prepared}: the {split} clips' blink labels hold no blink; blink=true has nothing to learn")
     return rate
