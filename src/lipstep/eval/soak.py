@@ -172,6 +172,33 @@ def scheduled_blink_agreement(eyes: np.ndarray, blinking: np.ndarray, closure: n
             "blink_eye_drop": round(float(np.median(eyes[~shut]) - np.median(eyes[shut])), 2) if shut.any() else None}
 
 
+def blink_readings(eyes: np.ndarray, in_pause: np.ndarray, real: np.ndarray, labels: list,
+                   told: np.ndarray | None) -> tuple[dict, dict]:
+    """(the generated frames' blink readings, the real frames') from their eye-band brightness ``eyes`` [N], the
+    identity's real frames and their blink labels, clip by clip (the depth of its real blinks; nothing without
+    labels) and, for a blink-conditioned model, the closure its chunks were told (`scheduled_blink_agreement`)."""
+    if not labels or any(b is None for b in labels):
+        return {}, {}
+    blink = np.concatenate(labels)
+    real_eyes = eye_brightness(real[:len(blink)])
+    shut, open_ = real_eyes[blink > 0.5], real_eyes[blink < 0.05]
+    if not len(shut) or not len(open_):
+        return {}, {}
+    # a dip of half the real lids' depth below the video's own median: robust to eyes drawn dimmer overall
+    half = (float(open_.mean()) - float(shut.mean())) / 2
+    blinking = eyes < float(np.median(eyes)) - half
+    result = {"blink_dip": round(half, 2),
+              "blink_frames_pauses": round(float(blinking[in_pause].mean()), 4) if in_pause.any() else None,
+              "blink_frames_speech": round(float(blinking[~in_pause].mean()), 4),
+              "eye_brightness_p5_p50_p95": [round(float(v), 1) for v in np.percentile(eyes, [5, 50, 95])]}
+    if told is not None:  # a blink-conditioned model: were its scheduled blinks drawn?
+        result.update(scheduled_blink_agreement(eyes, blinking, told))
+    gt = {"blink_frames": float((blink > 0.5).mean()),
+          "blink_frames_read": float((real_eyes < float(np.median(real_eyes)) - half).mean()),
+          "eye_open": float(open_.mean()), "eye_shut": float(shut.mean())}
+    return result, gt
+
+
 def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakConfig | None = None,
          evaluators=None, *, threads: int | None = None, progress: bool = True) -> dict:
     """Stream `cfg.seconds` of speech with pauses into one avatar stream and measure it (module docstring)."""
@@ -308,28 +335,12 @@ def soak(model, prepared: str | os.PathLike, out: str | os.PathLike, cfg: SoakCo
         pause_rows.append(row)
     for k, r in enumerate(blocks):
         r["motion"] = round(float(motion[k * block_frames:(k + 1) * block_frames].mean()), 4)
-    # blinks: the identity's real frames give the eye brightness of open and shut eyes (its blink labels)
     real = np.concatenate([f for f, _, _ in data])
     labels = [open_shard(root / row["shard"], ("blink",)).get("blink") for row in clips]
-    blink_result, gt_blink = {}, {}
-    if all(b is not None for b in labels):
-        blink = np.concatenate([np.asarray(b)[:len(f)] for b, (f, _, _) in zip(labels, data, strict=True)])
-        real_eyes = eye_brightness(real[:len(blink)])
-        shut, open_ = real_eyes[blink > 0.5], real_eyes[blink < 0.05]
-        if len(shut) and len(open_):
-            # a dip of half the real lids' depth below the video's own median: robust to eyes drawn dimmer overall
-            half = (float(open_.mean()) - float(shut.mean())) / 2
-            blinking = eyes < float(np.median(eyes)) - half
-            blink_result = {"blink_dip": round(half, 2),
-                            "blink_frames_pauses": round(float(blinking[in_pause].mean()), 4) if in_pause.any() else None,
-                            "blink_frames_speech": round(float(blinking[~in_pause].mean()), 4),
-                            "eye_brightness_p5_p50_p95": [round(float(v), 1) for v in np.percentile(eyes, [5, 50, 95])]}
-            if info.blinks_per_second > 0:  # a blink-conditioned model: were its scheduled blinks drawn?
-                told = BlinkSchedule(info.blinks_per_second, fps, cfg.seed).frames(0, len(eyes))
-                blink_result.update(scheduled_blink_agreement(eyes, blinking, told))
-            gt_blink = {"blink_frames": float((blink > 0.5).mean()),
-                        "blink_frames_read": float((real_eyes < float(np.median(real_eyes)) - half).mean()),
-                        "eye_open": float(open_.mean()), "eye_shut": float(shut.mean())}
+    labels = [None if b is None else np.asarray(b)[:len(f)] for b, (f, _, _) in zip(labels, data, strict=True)]
+    told = BlinkSchedule(info.blinks_per_second, fps, cfg.seed).frames(0, len(eyes)) if info.blinks_per_second > 0 \
+        else None
+    blink_result, gt_blink = blink_readings(eyes, in_pause, real, labels, told)
     gt = {"id_psnr": identity_psnr(real, reference), "colour_shift": colour_shift(real, reference)}
     if embedder is not None:
         gt["id_sim"] = identity_similarity(embedder, reference, real)
