@@ -219,16 +219,23 @@ def test_out_head_is_local_and_sees_the_reference_and_the_noisy_input():
 
 
 @pytest.mark.parametrize("mouth_state", [0, 3])  # 3: added to the head's per-frame conditioning
-def test_zero_init_blink_embedding_then_blinks_move_their_frame_under_any_guidance_pattern(mouth_state):
+@pytest.mark.parametrize("path", ["blink_embed", "blink_space"])  # the adaLN path, the spatial map on the tokens
+def test_zero_init_blink_paths_then_blinks_move_their_frame_under_any_guidance_pattern(mouth_state, path):
     base = _trained(mouth_state=mouth_state)
     model = AvatarDiT(_cfg(mouth_state=mouth_state, blink=True)).eval()
     result = model.load_state_dict(base.state_dict(), strict=False)
-    assert {k.split(".")[0] for k in result.missing_keys} == {"blink_embed"}
+    assert {k.split(".")[0] for k in result.missing_keys} == {"blink_embed", "blink_space"}
     x_t, t, cond = _inputs()
     cond.blink = torch.zeros(B, T)
     with torch.no_grad():
         torch.testing.assert_close(model(x_t, t, cond), base(x_t, t, cond))      # zero-initialised: unchanged
-        _randomise(model.blink_embed)
+        cond.blink[:, 5] = 0.5                                                  # still zero-initialised: unchanged
+        torch.testing.assert_close(model(x_t, t, cond), base(x_t, t, cond))
+        cond.blink[:, 5] = 0.0
+        if path == "blink_embed":
+            _randomise(model.blink_embed)
+        else:
+            model.blink_space.normal_(0.0, 0.5)
         shut = Cond(**{**cond.__dict__, "blink": cond.blink.clone()})
         shut.blink[:, 2] = 1.0
         for c, s in ((cond, shut), (cond.drop(audio=True), shut.drop(audio=True))):

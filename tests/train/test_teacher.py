@@ -1,5 +1,6 @@
 """The teacher: objective pieces, overfitting one clip, the whole `train teacher` run with resume."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ from tests.mediafixtures import make_tiny_avatar_data
 
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.diffusion.schedules import make_schedule
-from lipstep.distill.losses import motion_weights, snr_weight
+from lipstep.distill.losses import blink_weights, motion_weights, snr_weight
 from lipstep.errors import DataError, LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
 from lipstep.train.loop import TrainConfig
@@ -22,6 +23,7 @@ from lipstep.train.teacher import (
     TeacherMethod,
     audio_stats,
     resolve_patch,
+    start_from,
     train_teacher,
 )
 
@@ -196,17 +198,20 @@ def _unlabelled_copy(prepared: Path, dest: Path) -> Path:
     return _relabelled_copy(prepared, dest, lambda arrays, row: {k: v for k, v in arrays.items() if k != "mouth"})
 
 
-def test_blink_teacher_learns_the_labels_rate_and_generates_with_blinks(world, tmp_path):
+def _one_blink(arrays, row):
+    """The tiny world's 1.2-s train clip has no blink of its own: give it one."""
     from lipstep.data.blinks import PROFILE
+
+    if row["split"] == "train":
+        arrays["blink"][:] = 0
+        arrays["blink"][5:10] = PROFILE
+    return arrays
+
+
+def test_blink_teacher_learns_the_labels_rate_and_generates_with_blinks(world, tmp_path):
     from lipstep.pipeline import load_denoiser
 
-    def one_blink(arrays, row):                       # the tiny world's 1.2-s train clip has no blink of its own
-        if row["split"] == "train":
-            arrays["blink"][:] = 0
-            arrays["blink"][5:10] = PROFILE
-        return arrays
-
-    prepared = _relabelled_copy(world / "prepared", tmp_path / "prepared", one_blink)
+    prepared = _relabelled_copy(world / "prepared", tmp_path / "prepared", _one_blink)
     cfg = _tiny_cfg(steps=1)
     cfg.blink = True
     model = train_teacher(prepared, world / "codec", tmp_path / "a", cfg, progress=False)   # + a validation video
@@ -221,6 +226,43 @@ def test_blink_teacher_learns_the_labels_rate_and_generates_with_blinks(world, t
                                   lambda arrays, row: {k: v for k, v in arrays.items() if k != "blink"})
     with pytest.raises(DataError, match="pass blink=false"):
         train_teacher(unlabelled, world / "codec", tmp_path / "c", cfg, progress=False)
+
+
+def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_path):
+    from lipstep.pipeline import load_denoiser
+
+    prepared = _relabelled_copy(world / "prepared", tmp_path / "prepared", _one_blink)
+    cfg = _tiny_cfg(steps=1)
+    cfg.val_clips = 0
+    base = train_teacher(prepared, world / "codec", tmp_path / "base", cfg, progress=False)
+    trained = load_denoiser(base / "denoiser")
+    grown = AvatarDiT(dataclasses.replace(trained.cfg, blink=True))
+    added = start_from(grown, base)
+    assert {name.split(".")[0] for name in added} == {"blink_embed", "blink_space"}
+    mine = grown.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in trained.state_dict().items())   # every trained tensor, the head too
+    assert not grown.blink_space.any() and not grown.blink_embed[2].weight.any()     # new paths start at zero
+    with pytest.raises(LipstepError, match=r"not this run's net: width=64 \(this run: 128\)"):
+        start_from(AvatarDiT(dataclasses.replace(trained.cfg, width=128, heads=4)), base)
+
+    cfg.init, cfg.blink = str(base), True                                            # the whole run
+    tuned = train_teacher(prepared, world / "codec", tmp_path / "tuned", cfg, progress=False)
+    info = json.loads((tuned / "lipstep.json").read_text())
+    assert info["trained"]["init"] == str(base.resolve()) and info["blinks_per_second"] > 0
+    after = load_denoiser(tuned / "denoiser")
+    assert after.cfg.blink and torch.equal(after.mouth_head.state_dict()["head.2.weight"],
+                                           trained.mouth_head.state_dict()["head.2.weight"])  # brought, not refitted
+    cfg.blink = False                                                                # a blink model into a run without
+    with pytest.raises(LipstepError, match="blink=true"):
+        train_teacher(prepared, world / "codec", tmp_path / "shrunk", dataclasses.replace(cfg, init=str(tuned)),
+                      progress=False)
+
+
+def test_blink_frames_weigh_more_in_the_loss():
+    blink = torch.tensor([[0.0, 0.3, 1.0]])
+    w = blink_weights({"blink": blink}, 4.0)
+    assert w.shape == (1, 3, 1, 1, 1) and torch.allclose(w.flatten(), torch.tensor([1.0, 2.2, 5.0]))
+    assert blink_weights({}, 4.0) == 1.0 and blink_weights({"blink": blink}, 0.0) == 1.0
 
 
 def test_unlabelled_data_needs_mouth_state_off(world, tmp_path):

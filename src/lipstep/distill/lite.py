@@ -68,7 +68,7 @@ from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import multi_cfg
 from lipstep.diffusion.schedules import SPACINGS, Schedule
 from lipstep.distill.adversarial import check_same_layout
-from lipstep.distill.losses import batch_cond, motion_weights
+from lipstep.distill.losses import batch_cond, blink_weights, motion_weights
 from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.distill.perflow import open_teacher
 from lipstep.errors import LipstepError
@@ -102,6 +102,8 @@ class LiteConfig:
     #   audio front end: speech -> labels -> tokens)
     viseme_window: int = 5                  # audio="viseme": frames per token window (±2, coarticulation)
     match_motion_weight: float = 2.0        # `losses.motion_weights` strength on the matching loss (0 = plain MSE)
+    match_blink_weight: float = 4.0         # a source that reads blinks: frames weigh 1 + w · their eyelid closure
+    #   (`losses.blink_weights`, as the teacher trained); 0 = off
     id_weight: float = 0.1                  # λ_id
     id_t_max: float = 1.0                   # identity anchoring at grid times t_k <= id_t_max
     identity_net: str = ""                  # a frozen identity encoder directory, not the evaluator's ("" = the
@@ -134,8 +136,9 @@ class LiteConfig:
         check(self.viseme_window >= 1, f"viseme_window must be >= 1, got {self.viseme_window}")
         check(self.init == "scratch" or self.width_factor == 1,
               "init=source copies the source's layers: it needs width_factor=1 (shrink the depth instead)")
-        check(min(self.match_motion_weight, self.id_weight, self.temp_weight, self.temp_mouth_weight) >= 0,
-              "match_motion_weight, id_weight, temp_weight and temp_mouth_weight must be >= 0")
+        check(min(self.match_motion_weight, self.match_blink_weight, self.id_weight, self.temp_weight,
+                  self.temp_mouth_weight) >= 0,
+              "match_motion_weight, match_blink_weight, id_weight, temp_weight and temp_mouth_weight must be >= 0")
         check(0 <= self.id_t_max <= 1, f"id_t_max must be in [0, 1], got {self.id_t_max}")
         check(0 < self.mouth_rows <= 1, f"mouth_rows must be in (0, 1], got {self.mouth_rows}")
         check(0 <= self.p_motion_ref <= 1, "p_motion_ref must be in [0, 1]")
@@ -350,7 +353,10 @@ class LiteMethod(Method):
         x_k, target = self.state_and_target(x0, cond, k, generator)
         t = self.grid[k].to(x0.device).expand(x0.shape[0])
         pred = self.student_fn.x0(x_k, t, self.student_cond(cond, batch)).float()
-        match = ((pred - target).square() * motion_weights(target, cfg.match_motion_weight)).flatten(1).mean(1)
+        err = (pred - target).square() * motion_weights(target, cfg.match_motion_weight)
+        if self.student.cfg.blink:
+            err = err * blink_weights(batch, cfg.match_blink_weight)
+        match = err.flatten(1).mean(1)
         loss = match.mean()
         logs = {"l_match": float(match.detach().mean()), "k": float(k)}
         if "codec" in self.modules:

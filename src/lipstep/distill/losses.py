@@ -1,7 +1,7 @@
 """Loss math shared by every recipe (the teacher's denoising objective and the distillation methods).
 
 - `sample_times`, `snr_weight` (min-SNR-γ per prediction type), `motion_weights` (moving positions
-  count more), `noisy_motion`, `batch_cond` (the Cond of a latent batch, with first-chunk training):
+  count more), `blink_weights` (frames that blink count more), `noisy_motion`, `batch_cond` (the Cond of a latent batch, with first-chunk training):
   the pieces of the teacher's loss that students reuse so that they weigh what the teacher weighed;
 - DMD's distribution-matching gradient and the surrogate loss that applies it (`dm_gradient`,
   `dm_surrogate_loss`);
@@ -68,6 +68,17 @@ def motion_weights(x0: Tensor, strength: float) -> Tensor:
     d = x0.float().std(dim=1).mean(dim=1, keepdim=True)             # [B, 1, h, w]
     d = d / d.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     return (1.0 + strength * d)[:, None]
+
+
+def blink_weights(batch: dict, strength: float) -> Tensor | float:
+    """Per-frame weight [B, T, 1, 1, 1]: 1 + strength · closure, from the batch's blink labels (1.0 without them
+    or at strength 0). Blinks cover a few percent of the frames and a few pixels of each, so an unweighted loss
+    hardly asks for them; with `motion_weights` (the eyes move in a window that holds a blink) the weight lands
+    on the eyelids of the frames that blink."""
+    blink = batch.get("blink")
+    if blink is None or strength <= 0:
+        return 1.0
+    return append_dims(1.0 + strength * blink.float(), 5)
 
 
 def noisy_motion(motion: Tensor, generator: torch.Generator, max_std: float) -> Tensor:
@@ -188,5 +199,5 @@ def mixed_weight(cfg: MixedConfig, r: Tensor) -> Tensor:
     return adaptive_weight(r, cfg.w0, cfg.s, cfg.r_p, cfg.r_d, limited=name == "adaptive")
 
 
-__all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "batch_cond", "dm_gradient", "dm_surrogate_loss",
+__all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "batch_cond", "blink_weights", "dm_gradient", "dm_surrogate_loss",
            "mixed_weight", "motion_weights", "noisy_motion", "parse_mixed_mode", "sample_times", "snr_weight"]

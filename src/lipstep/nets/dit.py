@@ -122,8 +122,11 @@ class DiTConfig:
     #   that frame: an embedding of it joins the frame's audio tokens and its adaLN (zero-initialised); 0 = none
     mouth_head_width: int = 128   # channels of the mouth-state head's convolutions
     blink: bool = False           # condition every frame on its eyelid closure (cond.blink [B, T] in [0, 1]: the world's
-    #   blink labels in training, a `lipstep.data.blinks.BlinkSchedule` at inference): an embedding of it joins the
-    #   frame's adaLN (zero-initialised); never dropped, so guidance leaves it alone. Off = no blink input
+    #   blink labels in training, a `lipstep.data.blinks.BlinkSchedule` at inference) along two paths, both
+    #   zero-initialised: an embedding of it joins the frame's adaLN, and the closure times a learned map over the
+    #   token grid (one vector per position) is added to the frame's video tokens, so "shut the lids" has a place
+    #   to go (the adaLN path alone drew a fifth of a blink: experiments/streaming/README.md). Never dropped, so
+    #   guidance leaves it alone. Off = no blink input
     out_head: int = 0             # hidden channels of a convolutional output head (`ConvOutputHead`) that refines
     #   the unpatchified output at latent resolution from it, the noisy input and the aligned last-motion and
     #   reference latents, modulated by the time embedding (zero-initialised: the net is unchanged at the
@@ -221,8 +224,8 @@ def _embedding_n(cfg: DiTConfig) -> int:
         hw = cfg.mouth_head_width
         n += 3 * cfg.audio_dim * hw + hw + 3 * hw * hw + hw + _linear_n(hw, hw) + _linear_n(hw, cfg.mouth_state)
         n += _linear_n(2 * MOUTH_FREQS * cfg.mouth_state, w) + _linear_n(w, w)
-    if cfg.blink:                                                     # eyelid-closure embedding
-        n += _linear_n(2 * MOUTH_FREQS, w) + _linear_n(w, w)
+    if cfg.blink:                                                     # eyelid-closure embedding + spatial map
+        n += _linear_n(2 * MOUTH_FREQS, w) + _linear_n(w, w) + n_tok * w
     return n + (cfg.n_visemes * w if cfg.use_visemes else 0)
 
 
@@ -670,9 +673,10 @@ class AvatarDiT(nn.Module):
             self.mouth_head = MouthStateHead(cfg.audio_dim, cfg.mouth_head_width, cfg.mouth_state).requires_grad_(False)
             self.mouth_embed = nn.Sequential(_linear(2 * MOUTH_FREQS * cfg.mouth_state, w), nn.SiLU(),
                                              _linear(w, w, zero=True))
-        self.blink_embed = None
+        self.blink_embed = self.blink_space = None
         if cfg.blink:
             self.blink_embed = nn.Sequential(_linear(2 * MOUTH_FREQS, w), nn.SiLU(), _linear(w, w, zero=True))
+            self.blink_space = nn.Parameter(torch.zeros(n, w))          # [N, W], scaled by each frame's closure
         self.cfg_embed = _guidance_embedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
@@ -711,6 +715,8 @@ class AvatarDiT(nn.Module):
         self._check_inputs(x_t, cond)
         drop_audio, drop_ref = cond.masks()
         x = self.embed_video(x_t)                                          # [B, T, N, W]
+        if self.blink_space is not None:                                   # closure x the learned eyelid map
+            x = x + cond.blink[..., None, None].to(x.dtype) * self.blink_space
         if self.context_embed is not None:
             x = x + self.embed_aligned_context(cond.reference, cond.motion, drop_ref)
         ctx = self.embed_context(cond.reference, cond.motion, drop_ref)    # [B, 1+M, N, W]

@@ -54,6 +54,7 @@ The loss pieces a student reuses (`batch_cond`, `motion_weights`, `snr_weight`, 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -72,10 +73,17 @@ from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import condition_dropout
 from lipstep.diffusion.schedules import Schedule
-from lipstep.distill.losses import batch_cond, motion_weights, noisy_motion, sample_times, snr_weight
+from lipstep.distill.losses import (
+    batch_cond,
+    blink_weights,
+    motion_weights,
+    noisy_motion,
+    sample_times,
+    snr_weight,
+)
 from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.errors import DataError, LipstepError
-from lipstep.modeldir import ModelInfo, check_data_size
+from lipstep.modeldir import ModelInfo, check_data_size, components_dir, load_denoiser, resolve_model
 from lipstep.nets.dit import AvatarDiT, DiTConfig, param_count
 from lipstep.samplers import SamplerInfo
 from lipstep.train.loop import latest_checkpoint
@@ -92,6 +100,8 @@ class TeacherLossConfig:
     min_snr_gamma: float = 5.0       # min-SNR-γ weighting; 0 = plain MSE
     motion_weight: float = 2.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
+    blink_weight: float = 4.0        # nets that read blinks (blink=true): frames weigh 1 + w · their eyelid closure
+    #   (`losses.blink_weights`); blinks cover ~4 % of the frames, so unweighted they are hardly asked for; 0 = off
     motion_noise: float = 0.1        # Gaussian noise of std ~ U(0, motion_noise) per sample on the motion latents:
     #   generated motion frames are imperfect, and a net trained on clean ones copies (and compounds) their
     #   errors chunk after chunk; 0 = off
@@ -100,8 +110,8 @@ class TeacherLossConfig:
         check(0 <= self.p_drop_audio and 0 <= self.p_drop_both and self.p_drop_audio + self.p_drop_both <= 1,
               "loss.p_drop_audio and p_drop_both must be >= 0 with a sum <= 1")
         check(0 <= self.p_motion_ref <= 1, "loss.p_motion_ref must be in [0, 1]")
-        check(self.min_snr_gamma >= 0 and self.motion_weight >= 0 and self.motion_noise >= 0,
-              "loss.min_snr_gamma, motion_weight and motion_noise must be >= 0")
+        check(min(self.min_snr_gamma, self.motion_weight, self.motion_noise, self.blink_weight) >= 0,
+              "loss.min_snr_gamma, motion_weight, motion_noise and blink_weight must be >= 0")
         check(0 <= self.t_min < 1, "loss.t_min must be in [0, 1)")
 
 
@@ -129,6 +139,10 @@ class TeacherConfig:
     blink: bool = False              # condition every frame on its eyelid closure (DiTConfig.blink) from the world's
     #   blink labels; generation then draws blinks at the labels' rate (ModelInfo.blinks_per_second); needs blink
     #   labels (the synthetic world)
+    init: str = ""                   # a model directory or bundled name whose denoiser starts this run (fine-tuning):
+    #   the same net (preset, codec, data, options), except that options in `GROWABLE` may be switched on, their
+    #   zero-initialised tensors then start at zero (e.g. init=teacher blink=true); its fitted mouth-state head
+    #   comes with it. "" = random initialisation
     schedule: Literal["vp_eps", "vp_v", "vp_x0", "flow"] = "vp_x0"  # x0: the net outputs the clean (offset)
     #   sample, not full-rank noise; with 192-value pixel patches on a 192-wide net, eps / v prediction
     #   leaves uncorrected noise (experiments/teacher/README.md, teacher v6)
@@ -193,6 +207,8 @@ class TeacherMethod(Method):
         pred = Denoiser(self.modules["denoiser"], self.schedule)(x_t, t, cond)
         target = self.schedule.target(x0, eps, t).float()
         err = (pred - target).square() * motion_weights(x0, self.cfg.motion_weight)
+        if self.net.cfg.blink:
+            err = err * blink_weights(batch, self.cfg.blink_weight)
         per_sample = err.flatten(1).mean(1)
         w = snr_weight(self.schedule, t, self.cfg.min_snr_gamma)
         loss = (w * per_sample).mean()
@@ -262,6 +278,27 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
     return AvatarDiT(dit)
 
 
+# DiTConfig options a fine-tuning run (TeacherConfig.init) may switch on: each adds zero-initialised tensors, so the
+# started net computes what the trained one did until training moves them
+GROWABLE = ("blink",)
+
+
+def start_from(net: AvatarDiT, model: str | Path) -> list[str]:
+    """Copy a trained model's denoiser weights into ``net``; returns the names of the tensors ``net`` adds (they keep
+    their initialisation). A one-line `LipstepError` when the trained denoiser is not the same net."""
+    root = resolve_model(model)
+    source = load_denoiser(components_dir(root) / "denoiser")
+    mine, theirs = dataclasses.asdict(net.cfg), dataclasses.asdict(source.cfg)
+    differ = [k for k in mine if k not in (*GROWABLE, "grad_checkpointing") and mine[k] != theirs.get(k)]
+    differ += [k for k in GROWABLE if theirs.get(k) and not mine[k]]
+    if differ:
+        said = ", ".join(f"{k}={json.dumps(theirs.get(k))} (this run: {json.dumps(mine[k])})" for k in differ[:3])
+        raise LipstepError(f"init={model}: its denoiser is not this run's net: {said}. init fine-tunes the same net "
+                           f"(preset, codec, training data and options); only {', '.join(GROWABLE)} may be added")
+    added, _ = net.load_state_dict(source.state_dict(), strict=False)
+    return list(added)
+
+
 class _VisemeAudio(torch.utils.data.Dataset):
     """Wraps a window dataset so that ``audio`` holds one-hot viseme windows instead of log-mel."""
 
@@ -291,7 +328,8 @@ class TeacherRecipe:
     def build(self, prepared: Path, out: Path, *, resume: bool, progress: bool) -> Built:
         cfg = self.cfg
         codec = load_codec(self.codec_dir)
-        fit_head = cfg.mouth_state and (not resume or latest_checkpoint(out) is None)  # a resumed run restores it
+        fresh = not resume or latest_checkpoint(out) is None  # a resumed run restores the net and its head
+        fit_head = cfg.mouth_state and fresh and not cfg.init  # an init model brings its fitted head
         if fit_head:
             check_mouth_labels(prepared)  # before minutes of latent encoding
         blinks = label_blink_rate(prepared, FPS) if cfg.blink else 0.0
@@ -308,6 +346,10 @@ class TeacherRecipe:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             net = build_teacher_net(cfg, codec, audio.feature_dim, audio.window, norm)
+        if cfg.init and fresh:
+            added = start_from(net, cfg.init)
+            print(f"teacher: started from {cfg.init}'s denoiser; new (zero-initialised) tensors: "
+                  f"{', '.join(added) or 'none'}", flush=True)
         if fit_head:
             encode = (lambda shard: audio.encode(shard["visemes"], len(shard["visemes"]))) \
                 if cfg.audio.kind == "viseme" else None
@@ -323,7 +365,9 @@ class TeacherRecipe:
         return Built(method=method, dataset=dataset, train=cfg.train, info=info, codec=codec, audio=audio,
                      export_role="denoiser", latents=cache,
                      validation=Validation(cfg.val_clips, cfg.val_steps, cfg.val_seconds),
-                     provenance={"data": str(prepared.resolve()), "preset": cfg.preset}, run_config=cfg)
+                     provenance={"data": str(prepared.resolve()), "preset": cfg.preset,
+                                 **({"init": str(resolve_model(cfg.init).resolve())} if cfg.init else {})},
+                     run_config=cfg)
 
 
 def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, cfg: TeacherConfig | None = None,
@@ -332,5 +376,5 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
     return run_recipe(TeacherRecipe(codec_dir, cfg), prepared, out, resume=resume, progress=progress)
 
 
-__all__ = ["TeacherConfig", "TeacherLossConfig", "TeacherMethod", "TeacherRecipe", "audio_stats", "build_teacher_net",
-           "label_blink_rate", "resolve_patch", "train_teacher"]
+__all__ = ["GROWABLE", "TeacherConfig", "TeacherLossConfig", "TeacherMethod", "TeacherRecipe", "audio_stats", "build_teacher_net",
+           "label_blink_rate", "resolve_patch", "start_from", "train_teacher"]
