@@ -102,8 +102,8 @@ class LiteConfig:
     #   audio front end: speech -> labels -> tokens)
     viseme_window: int = 5                  # audio="viseme": frames per token window (±2, coarticulation)
     match_motion_weight: float = 2.0        # `losses.motion_weights` strength on the matching loss (0 = plain MSE)
-    match_blink_weight: float = 4.0         # a source that reads blinks: frames weigh 1 + w · their eyelid closure
-    #   (`losses.blink_weights`, as the teacher trained); 0 = off
+    match_blink_weight: float = 16.0        # a source that reads blinks: frames weigh 1 + w · their eyelid closure
+    #   (`losses.blink_weights`, as the teacher's loss.blink_weight); 0 = off
     id_weight: float = 0.1                  # λ_id
     id_t_max: float = 1.0                   # identity anchoring at grid times t_k <= id_t_max
     identity_net: str = ""                  # a frozen identity encoder directory, not the evaluator's ("" = the

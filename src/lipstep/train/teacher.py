@@ -100,8 +100,9 @@ class TeacherLossConfig:
     min_snr_gamma: float = 5.0       # min-SNR-γ weighting; 0 = plain MSE
     motion_weight: float = 2.0       # extra weight on positions that move within the window; 0 = off
     t_min: float = 0.001             # training times t ~ U(t_min, 1]
-    blink_weight: float = 4.0        # nets that read blinks (blink=true): frames weigh 1 + w · their eyelid closure
-    #   (`losses.blink_weights`); blinks cover ~4 % of the frames, so unweighted they are hardly asked for; 0 = off
+    blink_weight: float = 16.0       # nets that read blinks (blink=true): frames weigh 1 + w · their eyelid closure
+    #   (`losses.blink_weights`); blinks cover ~4 % of the frames, so unweighted they are hardly asked for. 16 gave
+    #   the deepest blinks measured (experiments/streaming/README.md); 0 = off
     motion_noise: float = 0.1        # Gaussian noise of std ~ U(0, motion_noise) per sample on the motion latents:
     #   generated motion frames are imperfect, and a net trained on clean ones copies (and compounds) their
     #   errors chunk after chunk; 0 = off
