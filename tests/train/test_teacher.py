@@ -229,6 +229,7 @@ def test_blink_teacher_learns_the_labels_rate_and_generates_with_blinks(world, t
 
 
 def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_path):
+    from lipstep.codecs.vae import CodecConfig, build_codec, save_codec
     from lipstep.pipeline import load_denoiser
 
     prepared = _relabelled_copy(world / "prepared", tmp_path / "prepared", _one_blink)
@@ -256,6 +257,14 @@ def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_p
     with pytest.raises(LipstepError, match="blink=true"):
         train_teacher(prepared, world / "codec", tmp_path / "shrunk", dataclasses.replace(cfg, init=str(tuned)),
                       progress=False)
+    with torch.random.fork_rng(devices=[]):                                          # latents of another codec
+        torch.manual_seed(7)
+        save_codec(build_codec(CodecConfig(image_size=32, block_out_channels=(8, 8, 8), norm_num_groups=8)),
+                   tmp_path / "other_codec")
+    with pytest.raises(LipstepError, match="does not make this run's latents"):
+        train_teacher(prepared, tmp_path / "other_codec", tmp_path / "recoded", dataclasses.replace(cfg, init=str(base)),
+                      progress=False)
+    assert not (tmp_path / "recoded" / "checkpoints").exists()
 
 
 def test_blink_frames_weigh_more_in_the_loss():

@@ -1,8 +1,9 @@
 """Loss math shared by every recipe (the teacher's denoising objective and the distillation methods).
 
 - `sample_times`, `snr_weight` (min-SNR-γ per prediction type), `motion_weights` (moving positions
-  count more), `blink_weights` (frames that blink count more), `noisy_motion`, `batch_cond` (the Cond of a latent batch, with first-chunk training):
-  the pieces of the teacher's loss that students reuse so that they weigh what the teacher weighed;
+  count more), `blink_weights` (frames that blink count more), `noisy_motion`, `batch_cond` (the Cond of a
+  latent batch, with first-chunk training): the pieces of the teacher's loss that students reuse so that
+  they weigh what the teacher weighed;
 - DMD's distribution-matching gradient and the surrogate loss that applies it (`dm_gradient`,
   `dm_surrogate_loss`);
 - FADA's adaptive mixed supervision (below).
@@ -199,5 +200,6 @@ def mixed_weight(cfg: MixedConfig, r: Tensor) -> Tensor:
     return adaptive_weight(r, cfg.w0, cfg.s, cfg.r_p, cfg.r_d, limited=name == "adaptive")
 
 
-__all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "batch_cond", "blink_weights", "dm_gradient", "dm_surrogate_loss",
-           "mixed_weight", "motion_weights", "noisy_motion", "parse_mixed_mode", "sample_times", "snr_weight"]
+__all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "batch_cond", "blink_weights", "dm_gradient",
+           "dm_surrogate_loss", "mixed_weight", "motion_weights", "noisy_motion", "parse_mixed_mode", "sample_times",
+           "snr_weight"]

@@ -284,11 +284,23 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
 GROWABLE = ("blink",)
 
 
+def check_init_codec(model: str | Path, codec) -> None:
+    """A one-line `LipstepError` unless the init model's codec makes the latents ``codec`` makes (the same probe
+    image encoded by both; float16-stored weights pass): its denoiser learned those latents."""
+    theirs = load_codec(components_dir(resolve_model(model)) / "codec")
+    size = 8 * codec.downsample
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        a, b = codec.encode(image), theirs.encode(image) if theirs.downsample == codec.downsample else None
+    if b is None or a.shape != b.shape or float((a - b).abs().max()) > 0.05:
+        raise LipstepError(f"init={model}: its codec ({theirs.name}) does not make this run's latents (--codec, "
+                           f"{codec.name}); fine-tune with the codec the model was trained on")
+
+
 def start_from(net: AvatarDiT, model: str | Path) -> list[str]:
     """Copy a trained model's denoiser weights into ``net``; returns the names of the tensors ``net`` adds (they keep
     their initialisation). A one-line `LipstepError` when the trained denoiser is not the same net."""
-    root = resolve_model(model)
-    source = load_denoiser(components_dir(root) / "denoiser")
+    source = load_denoiser(components_dir(resolve_model(model)) / "denoiser")
     mine, theirs = dataclasses.asdict(net.cfg), dataclasses.asdict(source.cfg)
     differ = [k for k in mine if k not in (*GROWABLE, "grad_checkpointing") and mine[k] != theirs.get(k)]
     differ += [k for k in GROWABLE if theirs.get(k) and not mine[k]]
@@ -330,6 +342,8 @@ class TeacherRecipe:
         cfg = self.cfg
         codec = load_codec(self.codec_dir)
         fresh = not resume or latest_checkpoint(out) is None  # a resumed run restores the net and its head
+        if cfg.init and fresh:
+            check_init_codec(cfg.init, codec)  # before minutes of latent encoding
         fit_head = cfg.mouth_state and fresh and not cfg.init  # an init model brings its fitted head
         if fit_head:
             check_mouth_labels(prepared)  # before minutes of latent encoding
@@ -377,5 +391,5 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
     return run_recipe(TeacherRecipe(codec_dir, cfg), prepared, out, resume=resume, progress=progress)
 
 
-__all__ = ["GROWABLE", "TeacherConfig", "TeacherLossConfig", "TeacherMethod", "TeacherRecipe", "audio_stats", "build_teacher_net",
-           "label_blink_rate", "resolve_patch", "start_from", "train_teacher"]
+__all__ = ["GROWABLE", "TeacherConfig", "TeacherLossConfig", "TeacherMethod", "TeacherRecipe", "audio_stats",
+           "build_teacher_net", "check_init_codec", "label_blink_rate", "resolve_patch", "start_from", "train_teacher"]
