@@ -265,6 +265,9 @@ def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_p
         train_teacher(prepared, tmp_path / "other_codec", tmp_path / "recoded", dataclasses.replace(cfg, init=str(base)),
                       progress=False)
     assert not (tmp_path / "recoded" / "checkpoints").exists()
+    with pytest.raises(LipstepError, match="init=.*neither a directory nor a bundled model"):
+        train_teacher(prepared, world / "codec", tmp_path / "nowhere", dataclasses.replace(cfg, init=str(tmp_path / "no")),
+                      progress=False)
 
 
 def test_blink_frames_weigh_more_in_the_loss():

@@ -287,7 +287,10 @@ GROWABLE = ("blink",)
 def check_init_codec(model: str | Path, codec) -> None:
     """A one-line `LipstepError` unless the init model's codec makes the latents ``codec`` makes (the same probe
     image encoded by both; float16-stored weights pass): its denoiser learned those latents."""
-    theirs = load_codec(components_dir(resolve_model(model)) / "codec")
+    try:
+        theirs = load_codec(components_dir(resolve_model(model)) / "codec")
+    except LipstepError as e:
+        raise LipstepError(f"init={model}: {e}") from None
     size = 8 * codec.downsample
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
