@@ -1,6 +1,6 @@
 """Where does a blink get lost: the net's clean estimate, or the sampler? (2026-12-06, eighth session)
 
-python experiments/streaming/blinks/diag.py MODEL PREPARED SPLIT [--windows N] [--out FILE]
+python experiments/streaming/blinks/diag.py MODEL PREPARED SPLIT [--windows N] [--identity ID] [--out FILE]
 
 Takes N windows of SPLIT that hold a full blink (closure 1), with the reference as motion context (what
 generation feeds every re-anchored chunk), and reads the eye band (`lipstep.eval.soak.eye_brightness`) of
@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("prepared")
     p.add_argument("split")
     p.add_argument("--windows", type=int, default=12)
+    p.add_argument("--identity", default="", help="only this identity's windows (e.g. id0005)")
     p.add_argument("--out", default="")
     a = p.parse_args()
     _, info, codec, _, net = load_model(a.model)
@@ -41,7 +42,8 @@ def main() -> None:
     ds = WindowDataset(a.prepared, a.split, WindowConfig(frames=info.frames, motion_frames=info.motion_frames,
                                                          stride=info.frames), latents=cache, pixels=False,
                        residual=info.residual)
-    items = [it for it in (ds[i] for i in range(len(ds))) if "blink" in it and float(it["blink"].max()) >= 1.0]
+    items = [it for it in (ds[i] for i in range(len(ds))) if "blink" in it and float(it["blink"].max()) >= 1.0
+             and a.identity in ("", ds.clips[int(it["clip_index"])]["identity"])]
     items = items[:a.windows]
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if torch.is_tensor(items[0][k])}
     cond = batch_cond(batch, torch.Generator().manual_seed(1), 1.0, residual=True)   # reference as motion
