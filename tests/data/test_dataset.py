@@ -216,3 +216,30 @@ def test_open_shard_memory_maps_what_np_load_reads(prepared, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="cannot read shard"):
         open_shard(tmp_path / "bad.npz")
+
+
+def test_blink_repeat_adds_copies_of_the_windows_that_hold_a_blink(prepared, tmp_path):
+    root = tmp_path / "blinky"
+    blinks = {0: 30, 1: 23}
+    for c, n in blinks.items():
+        arrays = _shard(c, n, "train")
+        closure = np.zeros(n, np.float32)
+        if c == 0:
+            closure[12:15] = [0.5, 1.0, 0.5]  # one blink, frames 12-14
+        arrays["blink"] = closure
+        write_shard(root / "shards" / f"clip{c}.npz", arrays)
+    build_manifest(root, PrepareConfig())
+    cfg = {"frames": 8, "motion_frames": 2, "stride": 4}
+    plain = WindowDataset(root, "train", WindowConfig(**cfg))
+    more = WindowDataset(root, "train", WindowConfig(**cfg, blink_repeat=2))
+    holding = [w for w in (plain.window(i) for i in range(len(plain))) if w[0] == 0 and w[1] <= 14 and w[1] + 8 > 12]
+    assert holding == [(0, 6), (0, 10), (0, 14)] and plain.blink_windows == 0 and more.blink_windows == 3
+    assert len(more) == len(plain) + 2 * len(holding)
+    assert [more.window(i) for i in range(len(plain))] == [plain.window(i) for i in range(len(plain))]
+    assert sorted(more.window(i) for i in range(len(plain), len(more))) == sorted(holding * 2)
+    item = more[len(plain)]  # a copy is a full item: its blink frames come along
+    assert float(item["blink"].max()) == 1.0
+    with pytest.raises(DataError, match="blink_repeat: the 'train' clips .* have no blink labels"):
+        WindowDataset(prepared, "train", WindowConfig(**cfg, blink_repeat=1))
+    with pytest.raises(ConfigError, match="blink_repeat must be >= 0"):
+        WindowConfig(blink_repeat=-1).validate()

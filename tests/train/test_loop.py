@@ -48,7 +48,7 @@ class ToyMethod(Method):
         return loss, {}
 
 
-CFG = dict(batch_size=8, lr=0.05, warmup_steps=2, ema_decay=0.9, log_every=5, seed=3)
+CFG = {"batch_size": 8, "lr": 0.05, "warmup_steps": 2, "ema_decay": 0.9, "log_every": 5, "seed": 3}
 
 
 def test_loss_falls(tmp_path):
@@ -126,3 +126,38 @@ def test_each_role_is_logged_every_log_every_of_its_own_updates(tmp_path):
     slow = [e.step for e in events.Scalars("slow/loss")]
     assert len(slow) == 3 and slow == [6, 18, 36]   # its 1st, 3rd and 6th update (every 6th step)
     assert len(fast) == 11 and fast[:3] == [1, 3, 7]  # its 1st, 3rd, 6th update (steps 1-5 are updates 1-5)...
+
+
+class TwoRates(Method):
+    """One role whose bias learns at 10x the weight's lr (Role.lr_scale)."""
+
+    def __init__(self, scale):
+        torch.manual_seed(0)
+        self.model = nn.Linear(4, 1)
+        self.scale = scale
+
+    def roles(self):
+        return {"model": Role(self.model, lr_scale=self.scale)}
+
+    def loss(self, role, batch, step, generator):
+        return ((self.modules["model"](batch["x"]).squeeze(-1) - batch["y"]) ** 2).mean(), {}
+
+
+def test_lr_scale_gives_named_tensors_their_own_rate_and_resumes(tmp_path):
+    cfg = dict(CFG, warmup_steps=0)
+    state = train(TwoRates({"bias": 10.0}), ToyData(), TrainConfig(steps=4, checkpoint_every=2, **cfg), tmp_path,
+                  progress=False)
+    groups = state.optimizers["model"].param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([0.05, 0.5]) and [len(g["params"]) for g in groups] == [1, 1]
+    state = train(TwoRates({"bias": 10.0}), ToyData(), TrainConfig(steps=6, checkpoint_every=2, **cfg), tmp_path,
+                  resume=True, progress=False)
+    assert state.step == 6 and [g["lr"] for g in state.optimizers["model"].param_groups] == pytest.approx([0.05, 0.5])
+    one = train(TwoRates({}), ToyData(), TrainConfig(steps=1, **cfg), tmp_path / "plain", progress=False)
+    assert len(one.optimizers["model"].param_groups) == 1
+
+
+def test_lr_scale_of_a_tensor_the_module_lacks_is_an_error(tmp_path):
+    from lipstep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_scale names tensors the module lacks: beta"):
+        train(TwoRates({"beta": 2.0}), ToyData(), TrainConfig(steps=1, **CFG), tmp_path, progress=False)

@@ -22,6 +22,7 @@ from lipstep.train.teacher import (
     TeacherLossConfig,
     TeacherMethod,
     audio_stats,
+    grown_tensors,
     resolve_patch,
     start_from,
     train_teacher,
@@ -240,13 +241,14 @@ def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_p
     grown = AvatarDiT(dataclasses.replace(trained.cfg, blink=True))
     added = start_from(grown, base)
     assert {name.split(".")[0] for name in added} == {"blink_embed", "blink_space"}
+    assert sorted(grown_tensors(grown)) == sorted(added) and grown_tensors(trained) == []  # what grown_lr_scale moves
     mine = grown.state_dict()
     assert all(torch.equal(mine[k], v) for k, v in trained.state_dict().items())   # every trained tensor, the head too
     assert not grown.blink_space.any() and not grown.blink_embed[2].weight.any()     # new paths start at zero
     with pytest.raises(LipstepError, match=r"not this run's net: width=64 \(this run: 128\)"):
         start_from(AvatarDiT(dataclasses.replace(trained.cfg, width=128, heads=4)), base)
 
-    cfg.init, cfg.blink = str(base), True                                            # the whole run
+    cfg.init, cfg.blink, cfg.grown_lr_scale = str(base), True, 10.0                  # the whole run
     tuned = train_teacher(prepared, world / "codec", tmp_path / "tuned", cfg, progress=False)
     info = json.loads((tuned / "lipstep.json").read_text())
     assert info["trained"]["init"] == str(base.resolve()) and info["blinks_per_second"] > 0

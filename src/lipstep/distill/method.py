@@ -4,7 +4,8 @@ A method (the teacher's denoising objective, or a distillation recipe) is one sm
 shared loop (`lipstep.train.loop.train`), as NVIDIA FastGen's methods are. It declares:
 
 - ``roles() -> {name: Role}``: every network it uses. A *trainable* role gets its own optimizer with
-  its own settings (lr, betas, weight decay; ``None`` = the run's `TrainConfig`), an EMA if asked, and
+  its own settings (lr, betas, weight decay; ``None`` = the run's `TrainConfig`; ``lr_scale`` multiplies the lr
+  of named tensors, e.g. the zero-initialised ones a fine-tune adds), an EMA if asked, and
   ``updates`` consecutive steps per cycle (two-time-scale updates: a fake score 5, a generator 1). A
   *frozen* role (a teacher, a frozen reference) is placed on the device and kept in eval mode by the
   loop and never given to an optimizer; it is not checkpointed (it comes from its own directory).
@@ -76,6 +77,7 @@ class Role:
     lr: float | None = None                         # None = TrainConfig.lr
     betas: tuple[float, float] | None = None        # None = TrainConfig.betas
     weight_decay: float | None = None               # None = TrainConfig.weight_decay
+    lr_scale: dict[str, float] = field(default_factory=dict)  # parameter name -> lr multiplier (others: 1)
     updates: int = 1                                # consecutive steps of this role per cycle (`Method.phase`)
     ema: bool = True                                # keep an EMA of it (when TrainConfig.ema_decay > 0)
 
@@ -85,6 +87,10 @@ class Role:
         check(self.lr is None or self.lr > 0, f"role '{name}': lr must be > 0")
         check(self.weight_decay is None or self.weight_decay >= 0, f"role '{name}': weight_decay must be >= 0")
         check(self.updates >= 1, f"role '{name}': updates must be >= 1")
+        check(all(v > 0 for v in self.lr_scale.values()), f"role '{name}': lr_scale values must be > 0")
+        names = {n for n, _ in self.module.named_parameters()}
+        unknown = sorted(set(self.lr_scale) - names)
+        check(not unknown, f"role '{name}': lr_scale names tensors the module lacks: {', '.join(unknown[:3])}")
 
 
 class Method:

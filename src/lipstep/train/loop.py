@@ -398,6 +398,17 @@ def _declared_roles(method: Method) -> dict[str, Role]:
     return roles
 
 
+def _param_groups(role: Role, lr: float) -> list[dict]:
+    """The role's trainable tensors as AdamW groups: one at its lr, one more per distinct ``lr_scale`` value (in
+    first-seen order, so a resumed run builds the same groups)."""
+    base = role.lr if role.lr is not None else lr
+    groups: dict[float, list] = {1.0: []}
+    for name, p in role.module.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(float(role.lr_scale.get(name, 1.0)), []).append(p)
+    return [{"params": ps, "lr": base * k} for k, ps in groups.items() if ps]
+
+
 def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = False, run_config=None,
           validate: Callable[[int, dict[str, nn.Module]], dict] | None = None,
           progress: bool = True, accelerator=None) -> State:
@@ -418,12 +429,11 @@ def train(method: Method, dataset, cfg: TrainConfig, out, *, resume: bool = Fals
     frozen = {r: role.module.to(acc.device).eval().requires_grad_(False)
               for r, role in roles.items() if not role.trainable}
     modules = {r: role.module for r, role in roles.items() if role.trainable}
-    optimizers = {r: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad],
-                                       lr=roles[r].lr if roles[r].lr is not None else cfg.lr,
+    optimizers = {r: torch.optim.AdamW(_param_groups(roles[r], cfg.lr),
                                        betas=roles[r].betas if roles[r].betas is not None else cfg.betas,
                                        weight_decay=roles[r].weight_decay if roles[r].weight_decay is not None
                                        else cfg.weight_decay)
-                  for r, m in modules.items()}
+                  for r in modules}
     prepared = acc.prepare(*modules.values(), *optimizers.values())
     modules = dict(zip(modules, prepared[: len(modules)]))
     optimizers = dict(zip(optimizers, prepared[len(modules):]))

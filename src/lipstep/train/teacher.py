@@ -144,6 +144,8 @@ class TeacherConfig:
     #   the same net (preset, codec, data, options), except that options in `GROWABLE` may be switched on, their
     #   zero-initialised tensors then start at zero (e.g. init=teacher blink=true); its fitted mouth-state head
     #   comes with it. "" = random initialisation
+    grown_lr_scale: float = 1.0      # learning-rate multiplier of the tensors that switched-on `GROWABLE` options add
+    #   (blink_*): in a fine-tune (init) they start at zero while the rest is trained
     schedule: Literal["vp_eps", "vp_v", "vp_x0", "flow"] = "vp_x0"  # x0: the net outputs the clean (offset)
     #   sample, not full-rank noise; with 192-value pixel patches on a 192-wide net, eps / v prediction
     #   leaves uncorrected noise (experiments/teacher/README.md, teacher v6)
@@ -163,6 +165,7 @@ class TeacherConfig:
         check(self.patch >= 0, "patch must be >= 0")
         check(self.out_head >= 0, "out_head must be >= 0")
         check(self.residual >= 0, "residual must be >= 0 (0 = off)")
+        check(self.grown_lr_scale > 0, f"grown_lr_scale must be > 0, got {self.grown_lr_scale}")
         check(self.anchor_every >= 0, "anchor_every must be >= 0 (0 = always chain)")
         check(self.audio.kind in ("mel", "viseme"),
               "train teacher supports audio.kind mel (from the shards) or viseme (from labels)")
@@ -178,8 +181,9 @@ class TeacherMethod(Method):
     """Denoising objective with condition dropout (see the module docstring); one role, ``denoiser``."""
 
     def __init__(self, net, schedule: Schedule, cfg: TeacherLossConfig | None = None, *, use_visemes: bool = False,
-                 residual: bool = False):
+                 residual: bool = False, lr_scale: dict[str, float] | None = None):
         self.net, self.schedule = net, schedule
+        self.lr_scale = dict(lr_scale or {})  # parameter name -> lr multiplier (Role.lr_scale)
         self.cfg = cfg or TeacherLossConfig()
         self.cfg.validate()
         self.use_visemes = use_visemes
@@ -187,7 +191,7 @@ class TeacherMethod(Method):
         self.bind({"denoiser": net})
 
     def roles(self) -> dict[str, Role]:
-        return {"denoiser": Role(self.net)}
+        return {"denoiser": Role(self.net, lr_scale=self.lr_scale)}
 
     def cond_from_batch(self, batch: dict, generator: torch.Generator | None = None) -> Cond:
         """The Cond of a latent batch; with a generator, first-chunk motion replacement (and the motion
@@ -279,9 +283,15 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
     return AvatarDiT(dit)
 
 
-# DiTConfig options a fine-tuning run (TeacherConfig.init) may switch on: each adds zero-initialised tensors, so the
-# started net computes what the trained one did until training moves them
-GROWABLE = ("blink",)
+# DiTConfig options a fine-tuning run (TeacherConfig.init) may switch on, with the tensors each adds (name prefixes):
+# they are zero-initialised, so the started net computes what the trained one did until training moves them
+GROWABLE = {"blink": ("blink_embed.", "blink_space")}
+
+
+def grown_tensors(net: AvatarDiT) -> list[str]:
+    """Names of the parameters of ``net`` that its switched-on `GROWABLE` options add."""
+    prefixes = tuple(p for option, ps in GROWABLE.items() if getattr(net.cfg, option) for p in ps)
+    return [n for n, _ in net.named_parameters() if prefixes and n.startswith(prefixes)]
 
 
 def check_init_codec(model: str | Path, codec) -> None:
@@ -357,7 +367,8 @@ class TeacherRecipe:
         audio = build_audio_encoder(cfg.audio)
         if cfg.audio.kind == "mel" and (audio.window, audio.feature_dim) != (16, 80):
             raise LipstepError("train teacher uses the shards' log-mel windows: audio.window must be 16 and n_mels 80")
-        dataset = WindowDataset(prepared, "train", cfg.window, latents=cache, pixels=False, residual=cfg.residual)
+        dataset = windows = WindowDataset(prepared, "train", cfg.window, latents=cache, pixels=False,
+                                          residual=cfg.residual)
         if cfg.audio.kind == "viseme":
             dataset = _VisemeAudio(dataset, audio)
         norm = audio_stats(prepared) if cfg.audio_norm and cfg.audio.kind == "mel" else (0.0, 1.0)
@@ -376,10 +387,13 @@ class TeacherRecipe:
                          sampler=cfg.sampler, frames=cfg.window.frames, motion_frames=cfg.window.motion_frames,
                          image_size=size, residual=cfg.residual, anchor_every=cfg.anchor_every,
                          blinks_per_second=blinks, fps=FPS)
-        method = TeacherMethod(net, info.make_schedule(), cfg.loss, residual=cfg.residual > 0)
+        method = TeacherMethod(net, info.make_schedule(), cfg.loss, residual=cfg.residual > 0,
+                               lr_scale=dict.fromkeys(grown_tensors(net), cfg.grown_lr_scale))
         print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
               f"{net.cfg.tokens_per_frame} tokens/frame, {cfg.attention} attention), schedule {cfg.schedule}, "
-              f"{len(dataset)} training windows", flush=True)
+              f"{len(dataset)} training windows"
+              + (f" ({windows.blink_windows} holding a blink, each {1 + cfg.window.blink_repeat}x)"
+                 if cfg.window.blink_repeat else ""), flush=True)
         return Built(method=method, dataset=dataset, train=cfg.train, info=info, codec=codec, audio=audio,
                      export_role="denoiser", latents=cache,
                      validation=Validation(cfg.val_clips, cfg.val_steps, cfg.val_seconds),
@@ -395,4 +409,4 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
 
 
 __all__ = ["GROWABLE", "TeacherConfig", "TeacherLossConfig", "TeacherMethod", "TeacherRecipe", "audio_stats",
-           "build_teacher_net", "check_init_codec", "label_blink_rate", "resolve_patch", "start_from", "train_teacher"]
+           "build_teacher_net", "check_init_codec", "grown_tensors", "label_blink_rate", "resolve_patch", "start_from", "train_teacher"]
