@@ -231,7 +231,7 @@ def test_blink_repeat_adds_copies_of_the_windows_that_hold_a_blink(prepared, tmp
     build_manifest(root, PrepareConfig())
     cfg = {"frames": 8, "motion_frames": 2, "stride": 4}
     plain = WindowDataset(root, "train", WindowConfig(**cfg))
-    more = WindowDataset(root, "train", WindowConfig(**cfg, blink_repeat=2))
+    more = WindowDataset(root, "train", WindowConfig(**cfg), blink_repeat=2)
     holding = [w for w in (plain.window(i) for i in range(len(plain))) if w[0] == 0 and w[1] <= 14 and w[1] + 8 > 12]
     assert holding == [(0, 6), (0, 10), (0, 14)] and plain.blink_windows == 0 and more.blink_windows == 3
     assert len(more) == len(plain) + 2 * len(holding)
@@ -240,6 +240,6 @@ def test_blink_repeat_adds_copies_of_the_windows_that_hold_a_blink(prepared, tmp
     item = more[len(plain)]  # a copy is a full item: its blink frames come along
     assert float(item["blink"].max()) == 1.0
     with pytest.raises(DataError, match="blink_repeat: the 'train' clips .* have no blink labels"):
-        WindowDataset(prepared, "train", WindowConfig(**cfg, blink_repeat=1))
+        WindowDataset(prepared, "train", WindowConfig(**cfg), blink_repeat=1)
     with pytest.raises(ConfigError, match="blink_repeat must be >= 0"):
-        WindowConfig(blink_repeat=-1).validate()
+        WindowDataset(root, "train", WindowConfig(**cfg), blink_repeat=-1)

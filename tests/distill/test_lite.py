@@ -226,7 +226,7 @@ def test_without_distillation_the_target_is_the_data_and_no_source_is_needed():
 
 def test_config_and_construction_errors():
     for bad in ({"width_factor": 0}, {"depth_factor": 1.5}, {"target": "teacher"}, {"first_step_share": 2},
-                {"mouth_rows": 0}, {"max_flops_ratio": 0}):
+                {"mouth_rows": 0}, {"max_flops_ratio": 0}, {"blink_repeat": -1}):
         with pytest.raises(ConfigError):
             LiteConfig(**{"identity_net": "x", **bad}).validate()
     cfg = LiteConfig(student_steps=2, id_weight=0)

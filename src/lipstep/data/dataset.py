@@ -55,7 +55,7 @@ import torch
 
 from lipstep.config import check
 from lipstep.data.latents import clip_id_of, is_plain_name, load_latents, read_cache_info
-from lipstep.errors import DataError
+from lipstep.errors import ConfigError, DataError
 
 _LOADED_KEYS = ("frames", "mel", "visemes", "mouth", "blink")
 
@@ -70,14 +70,11 @@ class WindowConfig:
     max_ref_distance: int = 6       # ... and at most this far (0 = anywhere in the clip): a near reference keeps
     #   the offsets a residual model learns to the mouth, blinks and small head motion; references from
     #   anywhere in a clip make it learn large pose changes it cannot predict (experiments/teacher/, v7)
-    blink_repeat: int = 0           # windows holding a blink (a frame with eyelid closure >= 0.5 in the blink
-    #   labels) appear 1 + blink_repeat times per epoch: blinks cover ~4 % of the frames (0 = as the clips have them)
 
     def validate(self) -> None:
         check(self.frames >= 1, f"frames must be >= 1, got {self.frames}")
         check(self.motion_frames >= 0, f"motion_frames must be >= 0, got {self.motion_frames}")
         check(self.stride >= 1, f"stride must be >= 1, got {self.stride}")
-        check(self.blink_repeat >= 0, f"blink_repeat must be >= 0, got {self.blink_repeat}")
         check(self.min_ref_distance >= 1, f"min_ref_distance must be >= 1, got {self.min_ref_distance}")
         check(self.max_ref_distance == 0 or self.max_ref_distance >= self.min_ref_distance,
               f"max_ref_distance must be 0 (anywhere) or >= min_ref_distance ({self.min_ref_distance}), "
@@ -187,8 +184,12 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", cfg: WindowConfig | None = None, *,
                  cache_size: int = 8, latents: str | os.PathLike | None = None, pixels: bool = True,
-                 residual: float = 0.0):
+                 residual: float = 0.0, blink_repeat: int = 0):
         self.root, self.split = Path(root), split
+        if blink_repeat < 0:
+            raise ConfigError(f"blink_repeat must be >= 0, got {blink_repeat}")
+        self.blink_repeat = int(blink_repeat)  # windows holding a blink (a frame of eyelid closure >= 0.5 in the
+        #   blink labels) appear 1 + blink_repeat times per epoch: blinks cover ~4 % of the frames
         self.residual = float(residual)  # > 0: latents / motion_latents become (z - reference_latent) · residual
         self.latents = Path(latents) if latents is not None else None
         self.pixels = pixels or self.latents is None
@@ -216,7 +217,7 @@ class WindowDataset(torch.utils.data.Dataset):
             raise DataError(f"no clip in split '{split}' has at least {need} frames "
                             f"(frames {self.cfg.frames} + motion_frames {self.cfg.motion_frames})")
         self.blink_windows = 0  # distinct windows repeated by blink_repeat
-        if self.cfg.blink_repeat:
+        if self.blink_repeat:
             self._repeat_blink_windows()
         self._cache: OrderedDict[int, dict] = OrderedDict()
 
@@ -224,14 +225,14 @@ class WindowDataset(torch.utils.data.Dataset):
         return len(self._clip)
 
     def _repeat_blink_windows(self) -> None:
-        """Append ``blink_repeat`` more copies of every window that holds a blink (`WindowConfig.blink_repeat`)."""
+        """Append ``blink_repeat`` more copies of every window that holds a blink."""
         tracks = [open_shard(self.root / row["shard"], keys=("blink",)).get("blink") for row in self.clips]
         if all(b is None for b in tracks):
-            raise DataError(f"window.blink_repeat: the '{self.split}' clips of {self.root} have no blink labels")
+            raise DataError(f"blink_repeat: the '{self.split}' clips of {self.root} have no blink labels")
         t = self.cfg.frames
         hold = np.array([tracks[c] is not None and float(np.max(tracks[c][s:s + t])) >= 0.5
                          for c, s in zip(self._clip, self._start)], bool)
-        k = self.cfg.blink_repeat
+        k = self.blink_repeat
         self._clip = np.concatenate([self._clip, *[self._clip[hold]] * k])
         self._start = np.concatenate([self._start, *[self._start[hold]] * k])
         self.blink_windows = int(hold.sum())

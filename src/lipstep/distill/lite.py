@@ -104,6 +104,8 @@ class LiteConfig:
     match_motion_weight: float = 2.0        # `losses.motion_weights` strength on the matching loss (0 = plain MSE)
     match_blink_weight: float = 16.0        # a source that reads blinks: frames weigh 1 + w · their eyelid closure
     #   (`losses.blink_weights`, as the teacher's loss.blink_weight); 0 = off
+    blink_repeat: int = 3                   # a student that reads blinks: windows holding a blink appear 1 + k
+    #   times per epoch (`WindowDataset`, as the teacher's blink_repeat); 0 = as the clips have them
     id_weight: float = 0.1                  # λ_id
     id_t_max: float = 1.0                   # identity anchoring at grid times t_k <= id_t_max
     identity_net: str = ""                  # a frozen identity encoder directory, not the evaluator's ("" = the
@@ -136,6 +138,7 @@ class LiteConfig:
         check(self.viseme_window >= 1, f"viseme_window must be >= 1, got {self.viseme_window}")
         check(self.init == "scratch" or self.width_factor == 1,
               "init=source copies the source's layers: it needs width_factor=1 (shrink the depth instead)")
+        check(self.blink_repeat >= 0, f"blink_repeat must be >= 0, got {self.blink_repeat}")
         check(min(self.match_motion_weight, self.match_blink_weight, self.id_weight, self.temp_weight,
                   self.temp_mouth_weight) >= 0,
               "match_motion_weight, match_blink_weight, id_weight, temp_weight and temp_mouth_weight must be >= 0")
@@ -424,7 +427,8 @@ class LiteRecipe:
                                                            window=cfg.viseme_window))
         anchor_dir = Path(cfg.identity_net) if cfg.identity_net else ANCHOR_IDENTITY
         anchor = load_identity(anchor_dir) if cfg.id_weight > 0 else None
-        src = open_teacher(self.teacher, prepared, "distill lite", progress=progress)
+        src = open_teacher(self.teacher, prepared, "distill lite", progress=progress,
+                           blink_repeat=cfg.blink_repeat if student.cfg.blink else 0)
         check_same_layout(root, info, src.root, src.info)
         scales = source_scales(info, cfg)
         codec = src.codec if cfg.temp_weight > 0 or cfg.id_weight > 0 else None

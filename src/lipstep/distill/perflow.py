@@ -404,9 +404,11 @@ class TeacherRun:
     dataset: WindowDataset          # training windows (offsets from the reference for a residual teacher)
 
 
-def open_teacher(teacher: str | Path, prepared: Path, command: str, *, progress: bool) -> TeacherRun:
+def open_teacher(teacher: str | Path, prepared: Path, command: str, *, progress: bool,
+                 blink_repeat: int = 0) -> TeacherRun:
     """Load a teacher for ``command`` (e.g. "distill perflow") and its windows of ``prepared``, encoded with the
-    teacher's codec (cached); one-line errors when the model is not a teacher or the data does not fit it."""
+    teacher's codec (cached); one-line errors when the model is not a teacher or the data does not fit it.
+    ``blink_repeat``: windows holding a blink appear 1 + k times per epoch (`WindowDataset`)."""
     root, tinfo, codec, audio, net = load_model(teacher, device="cuda" if torch.cuda.is_available() else "cpu")
     if tinfo.kind != "teacher":
         raise LipstepError(f"{root}: is a {tinfo.kind} ({tinfo.recipe}); {command} needs a teacher")
@@ -419,7 +421,8 @@ def open_teacher(teacher: str | Path, prepared: Path, command: str, *, progress:
                            f"prepare the data with --size {tinfo.image_size}")
     cache = encode_prepared(prepared, codec, progress=progress)
     window = WindowConfig(frames=tinfo.frames, motion_frames=tinfo.motion_frames)
-    dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=tinfo.residual)
+    dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=tinfo.residual,
+                            blink_repeat=blink_repeat)
     return TeacherRun(root, tinfo, codec, audio, net, cache, dataset)
 
 

@@ -140,6 +140,8 @@ class TeacherConfig:
     blink: bool = False              # condition every frame on its eyelid closure (DiTConfig.blink) from the world's
     #   blink labels; generation then draws blinks at the labels' rate (ModelInfo.blinks_per_second); needs blink
     #   labels (the synthetic world)
+    blink_repeat: int = 0            # blink=true: training windows holding a blink appear 1 + k times per epoch
+    #   (`WindowDataset`); blinks cover ~4 % of the frames. 0 = as the clips have them
     init: str = ""                   # a model directory or bundled name whose denoiser starts this run (fine-tuning):
     #   the same net (preset, codec, data, options), except that options in `GROWABLE` may be switched on, their
     #   zero-initialised tensors then start at zero (e.g. init=teacher blink=true); its fitted mouth-state head
@@ -165,6 +167,9 @@ class TeacherConfig:
         check(self.patch >= 0, "patch must be >= 0")
         check(self.out_head >= 0, "out_head must be >= 0")
         check(self.residual >= 0, "residual must be >= 0 (0 = off)")
+        check(self.blink_repeat >= 0, f"blink_repeat must be >= 0, got {self.blink_repeat}")
+        check(self.blink or not self.blink_repeat, "blink_repeat needs blink=true (it repeats the windows holding a "
+              "blink for a net that reads them)")
         check(self.grown_lr_scale > 0, f"grown_lr_scale must be > 0, got {self.grown_lr_scale}")
         check(self.anchor_every >= 0, "anchor_every must be >= 0 (0 = always chain)")
         check(self.audio.kind in ("mel", "viseme"),
@@ -368,7 +373,7 @@ class TeacherRecipe:
         if cfg.audio.kind == "mel" and (audio.window, audio.feature_dim) != (16, 80):
             raise LipstepError("train teacher uses the shards' log-mel windows: audio.window must be 16 and n_mels 80")
         dataset = windows = WindowDataset(prepared, "train", cfg.window, latents=cache, pixels=False,
-                                          residual=cfg.residual)
+                                          residual=cfg.residual, blink_repeat=cfg.blink_repeat)
         if cfg.audio.kind == "viseme":
             dataset = _VisemeAudio(dataset, audio)
         norm = audio_stats(prepared) if cfg.audio_norm and cfg.audio.kind == "mel" else (0.0, 1.0)
@@ -392,8 +397,8 @@ class TeacherRecipe:
         print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
               f"{net.cfg.tokens_per_frame} tokens/frame, {cfg.attention} attention), schedule {cfg.schedule}, "
               f"{len(dataset)} training windows"
-              + (f" ({windows.blink_windows} holding a blink, each {1 + cfg.window.blink_repeat}x)"
-                 if cfg.window.blink_repeat else ""), flush=True)
+              + (f" ({windows.blink_windows} holding a blink, each {1 + cfg.blink_repeat}x)"
+                 if cfg.blink_repeat else ""), flush=True)
         return Built(method=method, dataset=dataset, train=cfg.train, info=info, codec=codec, audio=audio,
                      export_role="denoiser", latents=cache,
                      validation=Validation(cfg.val_clips, cfg.val_steps, cfg.val_seconds),
