@@ -219,12 +219,16 @@ def test_out_head_is_local_and_sees_the_reference_and_the_noisy_input():
 
 
 @pytest.mark.parametrize("mouth_state", [0, 3])  # 3: added to the head's per-frame conditioning
-@pytest.mark.parametrize("path", ["blink_embed", "blink_space"])  # the adaLN path, the spatial map on the tokens
+# the adaLN path, the spatial map on the tokens, the map in the convolutional output head
+@pytest.mark.parametrize("path", ["blink_embed", "blink_space", "head_map"])
 def test_zero_init_blink_paths_then_blinks_move_their_frame_under_any_guidance_pattern(mouth_state, path):
-    base = _trained(mouth_state=mouth_state)
-    model = AvatarDiT(_cfg(mouth_state=mouth_state, blink=True)).eval()
+    head = 8 if path == "head_map" else 0
+    base = _trained(mouth_state=mouth_state, out_head=head)
+    model = AvatarDiT(_cfg(mouth_state=mouth_state, blink=True, out_head=head)).eval()
+    assert sum(p.numel() for p in model.parameters()) == param_count(model.cfg)
     result = model.load_state_dict(base.state_dict(), strict=False)
-    assert {k.split(".")[0] for k in result.missing_keys} == {"blink_embed", "blink_space"}
+    grown = {"blink_embed", "blink_space"} | ({"out_head.blink_map"} if head else set())
+    assert {k.rsplit(".", 2)[0] if k.startswith("blink_embed") else k for k in result.missing_keys} == grown
     x_t, t, cond = _inputs()
     cond.blink = torch.zeros(B, T)
     with torch.no_grad():
@@ -234,8 +238,10 @@ def test_zero_init_blink_paths_then_blinks_move_their_frame_under_any_guidance_p
         cond.blink[:, 5] = 0.0
         if path == "blink_embed":
             _randomise(model.blink_embed)
-        else:
+        elif path == "blink_space":
             model.blink_space.normal_(0.0, 0.5)
+        else:
+            model.out_head.blink_map.normal_(0.0, 0.5)
         shut = Cond(**{**cond.__dict__, "blink": cond.blink.clone()})
         shut.blink[:, 2] = 1.0
         for c, s in ((cond, shut), (cond.drop(audio=True), shut.drop(audio=True))):

@@ -122,11 +122,11 @@ class DiTConfig:
     #   that frame: an embedding of it joins the frame's audio tokens and its adaLN (zero-initialised); 0 = none
     mouth_head_width: int = 128   # channels of the mouth-state head's convolutions
     blink: bool = False           # condition every frame on its eyelid closure (cond.blink [B, T] in [0, 1]: the world's
-    #   blink labels in training, a `lipstep.data.blinks.BlinkSchedule` at inference) along two paths, both
-    #   zero-initialised: an embedding of it joins the frame's adaLN, and the closure times a learned map over the
-    #   token grid (one vector per position) is added to the frame's video tokens, so "shut the lids" has a place
-    #   to go (the adaLN path alone drew a fifth of a blink: experiments/streaming/README.md). Never dropped, so
-    #   guidance leaves it alone. Off = no blink input
+    #   blink labels in training, a `lipstep.data.blinks.BlinkSchedule` at inference) along three paths, all
+    #   zero-initialised: an embedding of it joins the frame's adaLN (and the output head's FiLM), the closure times
+    #   a learned map over the token grid (one vector per position) is added to the frame's video tokens, and with
+    #   `out_head` the closure times a learned map over the latent grid enters the head, where the lids get drawn
+    #   (experiments/streaming/README.md). Never dropped, so guidance leaves it alone. Off = no blink input
     out_head: int = 0             # hidden channels of a convolutional output head (`ConvOutputHead`) that refines
     #   the unpatchified output at latent resolution from it, the noisy input and the aligned last-motion and
     #   reference latents, modulated by the time embedding (zero-initialised: the net is unchanged at the
@@ -240,7 +240,8 @@ def _out_head_n(cfg: DiTConfig) -> int:
     c, hid = cfg.latent_channels, cfg.out_head
     if not hid:
         return 0
-    return (4 * c * 9 * hid + hid) + _linear_n(cfg.width, 2 * hid) + (hid * 9 * c + c)  # conv, FiLM, conv
+    blink = hid * cfg.latent_size ** 2 if cfg.blink else 0                              # the head's eyelid map
+    return (4 * c * 9 * hid + hid) + _linear_n(cfg.width, 2 * hid) + (hid * 9 * c + c) + blink  # conv, FiLM, conv
 
 
 def param_count(cfg: DiTConfig) -> int:
@@ -609,21 +610,30 @@ class ConvOutputHead(nn.Module):
     pixel of the latent grid, the transformer's output, the noisy input and the aligned last-motion
     and reference latents (their local colour: the same mouth offset differs in sign on a dark and a
     light face); conv 3×3 -> time/mouth FiLM -> SiLU -> conv 3×3, zero-initialised, added to the output.
+
+    With ``blink_size`` (nets that read blinks) each frame's eyelid closure times a learned map over the latent
+    grid [hidden, h, w] (zero-initialised) is added after the first conv: the head is where a blink gets drawn
+    (the transformer's own output keeps the reference's open eyes, experiments/streaming/README.md), and a
+    per-frame FiLM alone does not tell it where the eyes are.
     """
 
-    def __init__(self, channels: int, hidden: int, width: int):
+    def __init__(self, channels: int, hidden: int, width: int, blink_size: int = 0):
         super().__init__()
         self.conv_in = nn.Conv2d(4 * channels, hidden, 3, padding=1)
         self.film = nn.Sequential(nn.SiLU(), _linear(width, 2 * hidden, zero=True))
         self.conv_out = nn.Conv2d(hidden, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.blink_map = nn.Parameter(torch.zeros(hidden, blink_size, blink_size)) if blink_size else None
 
-    def forward(self, y: Tensor, x_t: Tensor, context: Tensor, c: Tensor) -> Tensor:
-        """y, x_t [B, T, C, h, w], context [B, 2C, h, w], c [B, W] or [B, T, W] -> correction [B, T, C, h, w]."""
+    def forward(self, y: Tensor, x_t: Tensor, context: Tensor, c: Tensor, blink: Tensor | None = None) -> Tensor:
+        """y, x_t [B, T, C, h, w], context [B, 2C, h, w], c [B, W] or [B, T, W], blink [B, T] (with a blink map)
+        -> correction [B, T, C, h, w]."""
         b, t = y.shape[:2]
         ctx = context[:, None].expand(b, t, *context.shape[1:])
         h = self.conv_in(torch.cat([y, x_t, ctx], dim=2).flatten(0, 1))          # [B·T, hidden, h, w]
+        if self.blink_map is not None:
+            h = h + blink.flatten().to(h.dtype)[:, None, None, None] * self.blink_map
         shift, scale = self.film(c).chunk(2, dim=-1)                             # [B, (T,) hidden]
         if shift.dim() == 2:
             shift, scale = (v[:, None].expand(b, t, v.shape[-1]) for v in (shift, scale))
@@ -680,7 +690,8 @@ class AvatarDiT(nn.Module):
         self.cfg_embed = _guidance_embedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(w, cfg.patch_dim)
-        self.out_head = ConvOutputHead(cfg.latent_channels, cfg.out_head, w) if cfg.out_head else None
+        self.out_head = (ConvOutputHead(cfg.latent_channels, cfg.out_head, w, cfg.latent_size if cfg.blink else 0)
+                         if cfg.out_head else None)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """x_t [B, T, C, h, w], t [B] (model time, e.g. 1000·σ), cond -> raw output [B, T, C, h, w]."""
@@ -689,7 +700,8 @@ class AvatarDiT(nn.Module):
             x, ctx = self._run_block(block, x, ctx, audio, c_video, c, emb)
         y = self.unpatchify(self.final(x, c_video))                        # [B, T, C, h, w]
         if self.out_head is not None:
-            y = y + self.out_head(y, x_t, self.aligned_context(cond.reference, cond.motion, drop_ref), c_video)
+            y = y + self.out_head(y, x_t, self.aligned_context(cond.reference, cond.motion, drop_ref), c_video,
+                                  cond.blink)
         return y
 
     def features(self, x_t: Tensor, t: Tensor, cond: Cond, blocks: Sequence[int]) -> BlockFeatures:

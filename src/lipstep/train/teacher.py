@@ -290,7 +290,7 @@ def build_teacher_net(cfg: TeacherConfig, codec, audio_dim: int, audio_window: i
 
 # DiTConfig options a fine-tuning run (TeacherConfig.init) may switch on, with the tensors each adds (name prefixes):
 # they are zero-initialised, so the started net computes what the trained one did until training moves them
-GROWABLE = {"blink": ("blink_embed.", "blink_space")}
+GROWABLE = {"blink": ("blink_embed.", "blink_space", "out_head.blink_map")}
 
 
 def grown_tensors(net: AvatarDiT) -> list[str]:
