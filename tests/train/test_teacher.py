@@ -240,11 +240,12 @@ def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_p
     trained = load_denoiser(base / "denoiser")
     grown = AvatarDiT(dataclasses.replace(trained.cfg, blink=True))
     added = start_from(grown, base)
-    assert {name.split(".")[0] for name in added} == {"blink_embed", "blink_space"}
+    assert {name.split(".")[0] for name in added} == {"blink_embed", "blink_space", "out_head"}  # + the head's map
     assert sorted(grown_tensors(grown)) == sorted(added) and grown_tensors(trained) == []  # what grown_lr_scale moves
     mine = grown.state_dict()
     assert all(torch.equal(mine[k], v) for k, v in trained.state_dict().items())   # every trained tensor, the head too
     assert not grown.blink_space.any() and not grown.blink_embed[2].weight.any()     # new paths start at zero
+    assert not grown.out_head.blink_map.any()
     with pytest.raises(LipstepError, match=r"not this run's net: width=64 \(this run: 128\)"):
         start_from(AvatarDiT(dataclasses.replace(trained.cfg, width=128, heads=4)), base)
 
