@@ -13,7 +13,7 @@ from tests.mediafixtures import make_tiny_avatar_data
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.diffusion.schedules import make_schedule
 from lipstep.distill.losses import blink_weights, motion_weights, snr_weight
-from lipstep.errors import ConfigError, DataError, LipstepError
+from lipstep.errors import DataError, LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
 from lipstep.train.loop import TrainConfig
 from lipstep.train.mouth_head import MouthHeadConfig
@@ -249,8 +249,6 @@ def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_p
     with pytest.raises(LipstepError, match=r"not this run's net: width=64 \(this run: 128\)"):
         start_from(AvatarDiT(dataclasses.replace(trained.cfg, width=128, heads=4)), base)
 
-    with pytest.raises(ConfigError, match="blink_repeat needs blink=true"):
-        dataclasses.replace(cfg, blink_repeat=2).validate()
     cfg.init, cfg.blink, cfg.grown_lr_scale, cfg.blink_repeat = str(base), True, 10.0, 2  # the whole run
     tuned = train_teacher(prepared, world / "codec", tmp_path / "tuned", cfg, progress=False)
     info = json.loads((tuned / "lipstep.json").read_text())
@@ -258,7 +256,7 @@ def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_p
     after = load_denoiser(tuned / "denoiser")
     assert after.cfg.blink and torch.equal(after.mouth_head.state_dict()["head.2.weight"],
                                            trained.mouth_head.state_dict()["head.2.weight"])  # brought, not refitted
-    cfg.blink, cfg.blink_repeat = False, 0                                           # a blink model into a run without
+    cfg.blink = False                                                                # a blink model into a run without
     with pytest.raises(LipstepError, match="blink=true"):
         train_teacher(prepared, world / "codec", tmp_path / "shrunk", dataclasses.replace(cfg, init=str(tuned)),
                       progress=False)

@@ -7,8 +7,9 @@ generation feeds every re-anchored chunk), and reads the eye band (`lipstep.eval
 (a) the ground truth, (b) the net's clean estimate x0(x_t, t) from the real latents diffused to t, told the
 labelled blinks and told open eyes, at t = 0.2, 0.5, 0.8, 1 (no guidance), and (c) full samples from noise with
 the model's own sampler, with and without its guidance scales; (d) the guided clean estimate at t = 1 from pure
-noise, which a one-step student distilled by output matching learns to make. Prints one line per reading (eyes on frames of
-closure 1 and of closure 0) and writes them as JSON to --out.
+noise, which a one-step student distilled by output matching learns to make; (e) the clean estimate at t = 0.5 and 1
+without the convolutional output head's correction (the transformer's own output). Prints one line per reading (eyes
+on frames of closure 1 and of closure 0) and writes them as JSON to --out.
 """
 
 import argparse
@@ -63,6 +64,12 @@ def main() -> None:
             x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=g), torch.full((len(items),), t))
             for name, blink in (("told", told), ("told_open", torch.zeros_like(told))):
                 rows[f"x0_t{t}_{name}"] = eyes(den(x_t, torch.full((len(items),), t), dataclasses.replace(cond, blink=blink)))
+        if net.out_head is not None:  # the transformer's own output: the convolutional head's correction zeroed
+            handle = net.out_head.register_forward_hook(lambda module, args, out: torch.zeros_like(out))
+            for t in (0.5, 1.0):
+                x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=g), torch.full((len(items),), t))
+                rows[f"x0_t{t}_told_without_head"] = eyes(den(x_t, torch.full((len(items),), t), cond))
+            handle.remove()
         smp = info.sampler
         opts = smp.sampler_options()
         guided = multi_cfg(den, smp.cfg_audio, smp.cfg_ref)     # what a one-step student learns to output at t = 1
