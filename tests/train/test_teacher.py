@@ -12,7 +12,7 @@ from tests.mediafixtures import make_tiny_avatar_data
 
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.diffusion.schedules import make_schedule
-from lipstep.distill.losses import blink_weights, eye_weights, motion_weights, snr_weight
+from lipstep.distill.losses import blink_weights, motion_weights, snr_weight
 from lipstep.errors import DataError, LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
 from lipstep.train.loop import TrainConfig
@@ -278,18 +278,6 @@ def test_blink_frames_weigh_more_in_the_loss():
     w = blink_weights({"blink": blink}, 4.0)
     assert w.shape == (1, 3, 1, 1, 1) and torch.allclose(w.flatten(), torch.tensor([1.0, 2.2, 5.0]))
     assert blink_weights({}, 4.0) == 1.0 and blink_weights({"blink": blink}, 0.0) == 1.0
-
-
-def test_the_eye_band_of_blinking_frames_weighs_more():
-    blink = torch.tensor([[0.0, 0.5, 1.0]])
-    x0 = torch.zeros(1, 3, 4, 10, 20)
-    w = eye_weights(x0, {"blink": blink}, 4.0, band=(0.25, 0.3, 0.75, 0.5))   # rows 3-4, columns 5-14
-    assert w.shape == (1, 3, 1, 10, 20)
-    inside = torch.zeros(10, 20, dtype=torch.bool)
-    inside[3:5, 5:15] = True
-    assert (w[0, :, 0][:, ~inside] == 1).all()                                  # outside the band: untouched
-    assert torch.equal(w[0, :, 0][:, inside].unique(dim=1).flatten(), torch.tensor([1.0, 3.0, 5.0]))
-    assert eye_weights(x0, {}, 4.0) == 1.0 and eye_weights(x0, {"blink": blink}, 0.0) == 1.0
 
 
 def test_unlabelled_data_needs_mouth_state_off(world, tmp_path):

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from lipstep.config import check
-from lipstep.data.blinks import EYE_BAND
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.schedules import Schedule, append_dims
 from lipstep.errors import ConfigError
@@ -81,20 +80,6 @@ def blink_weights(batch: dict, strength: float) -> Tensor | float:
     if blink is None or strength <= 0:
         return 1.0
     return append_dims(1.0 + strength * blink.float(), 5)
-
-
-def eye_weights(x0: Tensor, batch: dict, strength: float, band=EYE_BAND) -> Tensor | float:
-    """Per-position weight [B, T, 1, h, w]: 1 + strength · closure inside the eye band (fractions x0, y0, x1, y1
-    of the frame; `lipstep.data.blinks.EYE_BAND`: both eyes of a world face crop), 1 elsewhere (1.0 without blink
-    labels or at strength 0). On top of `blink_weights`, which weighs the whole blinking frame: the lids are a
-    few latent pixels of it."""
-    blink = batch.get("blink")
-    if blink is None or strength <= 0:
-        return 1.0
-    h, w = x0.shape[-2:]
-    mask = torch.zeros(h, w, device=x0.device)
-    mask[round(band[1] * h):round(band[3] * h), round(band[0] * w):round(band[2] * w)] = 1.0
-    return 1.0 + strength * blink.float().to(x0.device)[:, :, None, None, None] * mask
 
 
 def noisy_motion(motion: Tensor, generator: torch.Generator, max_std: float) -> Tensor:
@@ -216,5 +201,5 @@ def mixed_weight(cfg: MixedConfig, r: Tensor) -> Tensor:
 
 
 __all__ = ["MIXED_MODES", "MixedConfig", "adaptive_weight", "batch_cond", "blink_weights", "dm_gradient",
-           "dm_surrogate_loss", "eye_weights", "mixed_weight", "motion_weights", "noisy_motion", "parse_mixed_mode", "sample_times",
+           "dm_surrogate_loss", "mixed_weight", "motion_weights", "noisy_motion", "parse_mixed_mode", "sample_times",
            "snr_weight"]

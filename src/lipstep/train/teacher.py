@@ -76,7 +76,6 @@ from lipstep.diffusion.schedules import Schedule
 from lipstep.distill.losses import (
     batch_cond,
     blink_weights,
-    eye_weights,
     motion_weights,
     noisy_motion,
     sample_times,
@@ -104,8 +103,6 @@ class TeacherLossConfig:
     blink_weight: float = 16.0       # nets that read blinks (blink=true): frames weigh 1 + w · their eyelid closure
     #   (`losses.blink_weights`); blinks cover ~4 % of the frames, so unweighted they are hardly asked for. 16 gave
     #   the deepest blinks measured (experiments/streaming/README.md); 0 = off
-    eye_weight: float = 0.0          # nets that read blinks: positions in the eye band of a blinking frame weigh a
-    #   further 1 + w · closure (`losses.eye_weights`); 0 = off
     motion_noise: float = 0.1        # Gaussian noise of std ~ U(0, motion_noise) per sample on the motion latents:
     #   generated motion frames are imperfect, and a net trained on clean ones copies (and compounds) their
     #   errors chunk after chunk; 0 = off
@@ -114,8 +111,8 @@ class TeacherLossConfig:
         check(0 <= self.p_drop_audio and 0 <= self.p_drop_both and self.p_drop_audio + self.p_drop_both <= 1,
               "loss.p_drop_audio and p_drop_both must be >= 0 with a sum <= 1")
         check(0 <= self.p_motion_ref <= 1, "loss.p_motion_ref must be in [0, 1]")
-        check(min(self.min_snr_gamma, self.motion_weight, self.motion_noise, self.blink_weight, self.eye_weight) >= 0,
-              "loss.min_snr_gamma, motion_weight, motion_noise, blink_weight and eye_weight must be >= 0")
+        check(min(self.min_snr_gamma, self.motion_weight, self.motion_noise, self.blink_weight) >= 0,
+              "loss.min_snr_gamma, motion_weight, motion_noise and blink_weight must be >= 0")
         check(0 <= self.t_min < 1, "loss.t_min must be in [0, 1)")
 
 
@@ -220,7 +217,7 @@ class TeacherMethod(Method):
         target = self.schedule.target(x0, eps, t).float()
         err = (pred - target).square() * motion_weights(x0, self.cfg.motion_weight)
         if self.net.cfg.blink:
-            err = err * blink_weights(batch, self.cfg.blink_weight) * eye_weights(x0, batch, self.cfg.eye_weight)
+            err = err * blink_weights(batch, self.cfg.blink_weight)
         per_sample = err.flatten(1).mean(1)
         w = snr_weight(self.schedule, t, self.cfg.min_snr_gamma)
         loss = (w * per_sample).mean()
