@@ -226,7 +226,7 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def _repeat_blink_windows(self) -> None:
         """Append ``blink_repeat`` more copies of every window that holds a blink."""
-        tracks = [open_shard(self.root / row["shard"], keys=("blink",)).get("blink") for row in self.clips]
+        tracks = [blink for _, blink in split_track(self.root, "blink", self.split)]  # in self.clips' order
         if all(b is None for b in tracks):
             raise DataError(f"blink_repeat: the '{self.split}' clips of {self.root} have no blink labels")
         t = self.cfg.frames

@@ -413,4 +413,5 @@ def train_teacher(prepared: str | Path, codec_dir: str | Path, out: str | Path, 
 
 
 __all__ = ["GROWABLE", "TeacherConfig", "TeacherLossConfig", "TeacherMethod", "TeacherRecipe", "audio_stats",
-           "build_teacher_net", "check_init_codec", "grown_tensors", "label_blink_rate", "resolve_patch", "start_from", "train_teacher"]
+           "build_teacher_net", "check_init_codec", "grown_tensors", "label_blink_rate", "resolve_patch", "start_from",
+           "train_teacher"]
