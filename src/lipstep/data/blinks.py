@@ -15,7 +15,6 @@ import numpy as np
 
 PROFILE = np.array([0.35, 0.85, 1.0, 0.7, 0.3], np.float32)   # eyelid closure over one blink's frames
 MIN_GAP = 8.0                                                 # frames between two onsets, at least
-EYE_BAND = (0.20, 0.30, 0.80, 0.46)  # x0, y0, x1, y1 (fractions of the crop): both eyes of a world face crop
 
 
 def blink_onsets(rng: np.random.Generator, per_second: float, fps: float) -> Iterator[float]:

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from lipstep.config import check, to_dict
-from lipstep.data.blinks import EYE_BAND, BlinkSchedule
+from lipstep.data.blinks import BlinkSchedule
 from lipstep.data.dataset import open_shard
 from lipstep.data.media import write_image
 from lipstep.errors import DataError
@@ -130,6 +130,9 @@ def idle_motion(frames: np.ndarray, previous: np.ndarray | None = None) -> np.nd
     mask = identity_mask(*f.shape[1:3])
     prev = np.concatenate([np.asarray(previous if previous is not None else frames[0], np.int16)[None], f[:-1]])
     return np.abs(f - prev)[:, mask].mean(axis=(1, 2)).astype(np.float32)
+
+
+EYE_BAND = (0.20, 0.30, 0.80, 0.46)  # x0, y0, x1, y1 (fractions of the crop): both eyes of a world face crop
 
 
 def eye_brightness(frames, band=EYE_BAND) -> np.ndarray:
