@@ -203,6 +203,8 @@ def test_config_checks_and_the_exported_sampler_record():
         DMDConfig(t_min=0.5, t_max=0.4).validate()
     with pytest.raises(ConfigError, match="fake_updates"):
         DMDConfig(fake_updates=0).validate()
+    with pytest.raises(ConfigError, match="blink_repeat must be >= 0"):
+        DMDConfig(blink_repeat=-1).validate()
     info = student_info(ModelInfo(schedule="vp_x0"), DMDConfig())
     assert (info.kind, info.recipe, info.sampler.name, info.sampler.guidance) == ("student", "dmd", "fewstep", "embedded")
     assert info.nfe_per_chunk() == 4 and info.nfe_per_chunk(cfg_audio=5.0) == 4  # one pass at any scales

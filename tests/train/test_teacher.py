@@ -13,6 +13,7 @@ from tests.mediafixtures import make_tiny_avatar_data
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.diffusion.schedules import make_schedule
 from lipstep.distill.losses import blink_weights, motion_weights, snr_weight
+from lipstep.distill.perflow import open_teacher
 from lipstep.errors import DataError, LipstepError
 from lipstep.nets.dit import AvatarDiT, DiTConfig
 from lipstep.train.loop import TrainConfig
@@ -256,6 +257,10 @@ def test_init_fine_tunes_a_trained_teacher_and_may_switch_blinks_on(world, tmp_p
     after = load_denoiser(tuned / "denoiser")
     assert after.cfg.blink and torch.equal(after.mouth_head.state_dict()["head.2.weight"],
                                            trained.mouth_head.state_dict()["head.2.weight"])  # brought, not refitted
+    repeated = {name: open_teacher(model, prepared, "distill dmd", progress=False, blink_repeat=2).dataset
+                for name, model in (("base", base), ("tuned", tuned))}
+    assert repeated["tuned"].blink_windows > 0 and repeated["tuned"].blink_repeat == 2  # a distiller's windows
+    assert repeated["base"].blink_windows == 0  # ignored for a teacher that does not read blinks
     cfg.blink = False                                                                # a blink model into a run without
     with pytest.raises(LipstepError, match="blink=true"):
         train_teacher(prepared, world / "codec", tmp_path / "shrunk", dataclasses.replace(cfg, init=str(tuned)),

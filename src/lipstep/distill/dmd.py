@@ -114,6 +114,8 @@ class DMDConfig:
     pairs: int = 0                          # teacher ODE pairs solved once into a pair bank (0 = none)
     pairs_dir: str = ""                     # the pair bank's directory ("" = OUT/pairs; reused when it matches)
     solver_steps: int = 10                  # teacher DDIM steps of one ODE pair (t = 1 → 0)
+    blink_repeat: int = 3                   # a teacher that reads blinks: windows holding a blink appear 1 + k
+    #   times per epoch (`WindowDataset`, as the teacher's blink_repeat); 0 = as the clips have them
     gan_weight: float = 0.0                 # λ_G of DMD2's GAN head on the fake score (0 = no head)
     gan_d_weight: float = 1e-2              # λ_D: the heads' loss in the fake score's step
     gan_head: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(conditional=False))
@@ -136,6 +138,7 @@ class DMDConfig:
         check(self.pairs >= 0 and self.solver_steps >= 1, "pairs must be >= 0 and solver_steps >= 1")
         check(self.reg_weight == 0 or self.pairs > 0, "reg_weight > 0 needs teacher pairs: set pairs=N")
         check(self.val_clips >= 0 and self.val_seconds > 0, "val_clips >= 0 and val_seconds > 0 required")
+        check(self.blink_repeat >= 0, f"blink_repeat must be >= 0, got {self.blink_repeat}")
         check(self.gan_weight >= 0 and self.gan_d_weight >= 0, "gan_weight and gan_d_weight must be >= 0")
         check(not self.gan_head.conditional, "gan_head.conditional must be false (the head judges a sample alone)")
         self.gan_head.validate()
@@ -380,7 +383,7 @@ class DMDRecipe:
 
     def build(self, prepared: Path, out: Path, *, resume: bool, progress: bool):
         cfg = self.cfg
-        src = open_teacher(self.teacher, prepared, "distill dmd", progress=progress)
+        src = open_teacher(self.teacher, prepared, "distill dmd", progress=progress, blink_repeat=cfg.blink_repeat)
         seed = cfg.train.seed
         generator = guided_copy(src.net, cfg.cfg_mode, cfg.cfg_tokens, seed).cpu()
         fake = guided_copy(src.net, cfg.cfg_mode if cfg.fake_cfg else "none", cfg.cfg_tokens, seed).cpu()
@@ -399,7 +402,9 @@ class DMDRecipe:
         print(f"dmd: {cfg.student_steps}-step generator AvatarDiT ({param_count(generator.cfg) / 1e6:.2f} M parameters, "
               f"cfg_mode {cfg.cfg_mode}) and fake score from the teacher {src.root}; {cfg.fake_updates} fake-score "
               f"updates per generator update, backward simulation {'on' if cfg.backward_simulation else 'off'}; "
-              f"{len(dataset)} {'teacher pairs from ' + str(bank) if bank else 'training windows'}", flush=True)
+              f"{len(dataset)} {'teacher pairs from ' + str(bank) if bank else 'training windows'}"
+              + (f" ({src.dataset.blink_windows} holding a blink, each {1 + src.dataset.blink_repeat}x)"
+                 if src.dataset.blink_windows and not bank else ""), flush=True)
         provenance = {"teacher": str(src.root), "data": str(prepared.resolve()), "student_steps": cfg.student_steps,
                       "cfg_mode": cfg.cfg_mode, "fake_updates": cfg.fake_updates,
                       "backward_simulation": cfg.backward_simulation, "reg_weight": cfg.reg_weight,

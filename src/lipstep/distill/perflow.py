@@ -408,7 +408,8 @@ def open_teacher(teacher: str | Path, prepared: Path, command: str, *, progress:
                  blink_repeat: int = 0) -> TeacherRun:
     """Load a teacher for ``command`` (e.g. "distill perflow") and its windows of ``prepared``, encoded with the
     teacher's codec (cached); one-line errors when the model is not a teacher or the data does not fit it.
-    ``blink_repeat``: windows holding a blink appear 1 + k times per epoch (`WindowDataset`)."""
+    ``blink_repeat``: windows holding a blink appear 1 + k times per epoch (`WindowDataset`) when the teacher
+    reads blinks (ignored otherwise)."""
     root, tinfo, codec, audio, net = load_model(teacher, device="cuda" if torch.cuda.is_available() else "cpu")
     if tinfo.kind != "teacher":
         raise LipstepError(f"{root}: is a {tinfo.kind} ({tinfo.recipe}); {command} needs a teacher")
@@ -422,7 +423,7 @@ def open_teacher(teacher: str | Path, prepared: Path, command: str, *, progress:
     cache = encode_prepared(prepared, codec, progress=progress)
     window = WindowConfig(frames=tinfo.frames, motion_frames=tinfo.motion_frames)
     dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=tinfo.residual,
-                            blink_repeat=blink_repeat)
+                            blink_repeat=blink_repeat if net.cfg.blink else 0)
     return TeacherRun(root, tinfo, codec, audio, net, cache, dataset)
 
 
