@@ -235,6 +235,7 @@ def test_blink_repeat_adds_copies_of_the_windows_that_hold_a_blink(prepared, tmp
     holding = [w for w in (plain.window(i) for i in range(len(plain))) if w[0] == 0 and w[1] <= 14 and w[1] + 8 > 12]
     assert holding == [(0, 6), (0, 10), (0, 14)] and plain.blink_windows == 0 and more.blink_windows == 3
     assert len(more) == len(plain) + 2 * len(holding)
+    assert more.blink_note == " (3 holding a blink, each 3x)" and plain.blink_note == ""
     assert [more.window(i) for i in range(len(plain))] == [plain.window(i) for i in range(len(plain))]
     assert sorted(more.window(i) for i in range(len(plain), len(more))) == sorted(holding * 2)
     item = more[len(plain)]  # a copy is a full item: its blink frames come along

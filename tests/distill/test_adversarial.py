@@ -95,7 +95,8 @@ def test_losses_hinge_and_non_saturating():
 
 def test_config_checks():
     for bad in ({"reference": "mirror"}, {"curriculum": "x"}, {"loss": "wgan"}, {"ramp": 0.0},
-                {"adv_weight": 0.0, "distill_weight": 0.0}, {"chain": 0}, {"cfg_audio_range": (3.0, 1.0)}):
+                {"adv_weight": 0.0, "distill_weight": 0.0}, {"chain": 0}, {"cfg_audio_range": (3.0, 1.0)},
+                {"blink_repeat": -1}):
         with pytest.raises(ConfigError):
             AdversarialConfig(**bad).validate()
 

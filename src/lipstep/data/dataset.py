@@ -237,6 +237,12 @@ class WindowDataset(torch.utils.data.Dataset):
         self._start = np.concatenate([self._start, *[self._start[hold]] * k])
         self.blink_windows = int(hold.sum())
 
+    @property
+    def blink_note(self) -> str:
+        """" (N holding a blink, each kx)" for a training log line when blink windows are repeated, else ""."""
+        return (f" ({self.blink_windows} holding a blink, each {1 + self.blink_repeat}x)"
+                if self.blink_repeat and self.blink_windows else "")
+
     def set_epoch(self, epoch: int) -> None:
         """Select the reference draws of `epoch` (frames, audio and motion do not change)."""
         self.epoch = int(epoch)

@@ -101,6 +101,8 @@ class AdversarialConfig:
     cfg_audio_range: tuple[float, float] = (1.0, 5.0)   # per-sample scales, for a student with a guidance input
     cfg_ref_range: tuple[float, float] = (1.0, 3.0)
     p_motion_ref: float = 0.5               # first-chunk training (motion = reference), as the teacher
+    blink_repeat: int = 3                   # a teacher that reads blinks: windows holding a blink appear 1 + k
+    #   times per epoch (`WindowDataset`, as the teacher's blink_repeat); 0 = as the clips have them
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=400, batch_size=4, lr=1e-5, betas=(0.0, 0.99), warmup_steps=0, grad_clip=1.0, ema_decay=0.99,
         checkpoint_every=50, validate_every=0, log_every=10))
@@ -121,6 +123,7 @@ class AdversarialConfig:
         check(self.teacher_steps >= 1, "teacher_steps must be >= 1")
         check(self.chain >= 1, f"chain must be >= 1, got {self.chain}")
         check(0 <= self.p_motion_ref <= 1, "p_motion_ref must be in [0, 1]")
+        check(self.blink_repeat >= 0, f"blink_repeat must be >= 0, got {self.blink_repeat}")
         check(self.val_clips >= 0 and self.val_seconds > 0, "val_clips >= 0 and val_seconds > 0 required")
         check_scale_ranges(self)
         self.discriminator.validate()
@@ -416,7 +419,8 @@ class AdversarialRecipe:
     def build(self, prepared: Path, out: Path, *, resume: bool, progress: bool):
         cfg = self.cfg
         root, info, start = open_student(self.student)  # first: it fails fast, before the data are encoded
-        src = open_teacher(self.teacher, prepared, "distill adversarial", progress=progress)
+        src = open_teacher(self.teacher, prepared, "distill adversarial", progress=progress,
+                           blink_repeat=cfg.blink_repeat)
         check_same_layout(root, info, src.root, src.info)
         steps = info.sampler.steps
         spacing = info.sampler.sampler_options().spacing
@@ -434,13 +438,13 @@ class AdversarialRecipe:
         if cfg.chain > 1:
             window = WindowConfig(frames=cfg.chain * src.info.frames, motion_frames=src.info.motion_frames)
             dataset = WindowDataset(prepared, "train", window, latents=src.latents, pixels=False,
-                                    residual=src.info.residual)
+                                    residual=src.info.residual, blink_repeat=src.dataset.blink_repeat)
         n_disc = sum(p.numel() for p in disc.parameters())
         print(f"adversarial: {steps} -> {target} steps, student AvatarDiT ({param_count(student.cfg) / 1e6:.2f} M "
               f"parameters) from {root}; reference {cfg.reference}, {cfg.loss} loss, "
               f"{'conditional' if cfg.discriminator.conditional else 'unconditional'} discriminator "
               f"({n_disc / 1e6:.2f} M parameters on blocks {disc.blocks} of the teacher {src.root}), curriculum "
-              f"{cfg.curriculum}, chain {cfg.chain}; {len(dataset)} training windows", flush=True)
+              f"{cfg.curriculum}, chain {cfg.chain}; {len(dataset)} training windows{dataset.blink_note}", flush=True)
         provenance = {"teacher": str(src.root), "start": str(root), "data": str(prepared.resolve()),
                       "round": [steps, target], "reference": cfg.reference, "loss": cfg.loss,
                       "curriculum": cfg.curriculum, "chain": cfg.chain,

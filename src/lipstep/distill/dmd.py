@@ -402,9 +402,8 @@ class DMDRecipe:
         print(f"dmd: {cfg.student_steps}-step generator AvatarDiT ({param_count(generator.cfg) / 1e6:.2f} M parameters, "
               f"cfg_mode {cfg.cfg_mode}) and fake score from the teacher {src.root}; {cfg.fake_updates} fake-score "
               f"updates per generator update, backward simulation {'on' if cfg.backward_simulation else 'off'}; "
-              f"{len(dataset)} {'teacher pairs from ' + str(bank) if bank else 'training windows'}"
-              + (f" ({src.dataset.blink_windows} holding a blink, each {1 + src.dataset.blink_repeat}x)"
-                 if src.dataset.blink_windows and not bank else ""), flush=True)
+              f"{len(dataset)} {'teacher pairs from ' + str(bank) if bank else 'training windows' + src.dataset.blink_note}",
+              flush=True)
         provenance = {"teacher": str(src.root), "data": str(prepared.resolve()), "student_steps": cfg.student_steps,
                       "cfg_mode": cfg.cfg_mode, "fake_updates": cfg.fake_updates,
                       "backward_simulation": cfg.backward_simulation, "reg_weight": cfg.reg_weight,

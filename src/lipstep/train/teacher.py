@@ -395,9 +395,7 @@ class TeacherRecipe:
                                lr_scale=dict.fromkeys(grown_tensors(net), cfg.grown_lr_scale))
         print(f"teacher: AvatarDiT {cfg.preset} ({param_count(net.cfg) / 1e6:.2f} M parameters, "
               f"{net.cfg.tokens_per_frame} tokens/frame, {cfg.attention} attention), schedule {cfg.schedule}, "
-              f"{len(dataset)} training windows"
-              + (f" ({windows.blink_windows} holding a blink, each {1 + windows.blink_repeat}x)"
-                 if windows.blink_repeat else ""), flush=True)
+              f"{len(dataset)} training windows{windows.blink_note}", flush=True)
         return Built(method=method, dataset=dataset, train=cfg.train, info=info, codec=codec, audio=audio,
                      export_role="denoiser", latents=cache,
                      validation=Validation(cfg.val_clips, cfg.val_steps, cfg.val_seconds),
