@@ -239,7 +239,7 @@ class WindowDataset(torch.utils.data.Dataset):
 
     @property
     def blink_note(self) -> str:
-        """" (N holding a blink, each kx)" for a training log line when blink windows are repeated, else ""."""
+        """A training log line's note on repeated blink windows, e.g. ' (294 holding a blink, each 4x)'; '' without."""
         return (f" ({self.blink_windows} holding a blink, each {1 + self.blink_repeat}x)"
                 if self.blink_repeat and self.blink_windows else "")
 
