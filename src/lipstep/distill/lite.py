@@ -441,7 +441,7 @@ class LiteRecipe:
               f"from {root} ({info.kind}, {info.sampler.name}), {mode}, {cfg.student_steps}-step grid, {cfg.audio} "
               f"audio; identity "
               f"{cfg.id_weight} ({anchor_dir if anchor is not None else 'off'}), temporal {cfg.temp_weight}; "
-              f"{len(src.dataset)} training windows", flush=True)
+              f"{len(src.dataset)} training windows{src.dataset.blink_note}", flush=True)
         provenance = {"source": str(root), "teacher": str(src.root), "data": str(prepared.resolve()),
                       "target": cfg.target, "student_steps": cfg.student_steps, "width": student.cfg.width,
                       "depth": student.cfg.depth, "gflops": round(g_student, 3), "source_gflops": round(g_source, 3),
