@@ -122,3 +122,66 @@ def test_a_sampler_variant_uses_another_directorys_weights(tmp_path):
     (bad / "lipstep.json").write_text(json.dumps(data))
     with pytest.raises(LipstepError, match="components must be a relative directory"):
         read_info(bad)
+
+
+def _eyes(channels=12, size=8, rate=None, directory=None):
+    """A small eye net that draws (+closure on every latent), saved to ``directory`` when given."""
+    import torch
+
+    from lipstep.nets.eyes import EyeConfig, EyeNet, save_eye_net
+
+    net = EyeNet(EyeConfig(latent_channels=channels, latent_size=size, hidden=4, dilations=(1,)))
+    with torch.no_grad():
+        net.out.bias.fill_(1.0)
+    if directory is not None:
+        save_eye_net(net, directory, train=None if rate is None else {"blinks_per_second": rate})
+    return net
+
+
+def test_an_attached_eye_net_is_saved_loaded_and_blinks_only_where_scheduled(tmp_path):
+    import torch
+
+    from lipstep.data.blinks import BlinkSchedule
+    from tests.tinypipe import portrait, tiny_pipeline
+
+    pipe = tiny_pipeline(anchor_every=1)
+    audio = (0.1 * np.random.default_rng(0).standard_normal(16000 * 3)).astype(np.float32)
+    plain = pipe.open_stream(portrait(), seed=3)
+    before = np.stack([f.image for f in plain.push(audio) + plain.finish()])
+    _eyes(directory=tmp_path / "eyes", rate=3.0)
+    pipe.attach_eyes(tmp_path / "eyes")
+    assert pipe.info.blinks_per_second == 3.0
+    pipe.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "eyes" / "model.safetensors").is_file()
+    back = AvatarPipeline.from_pretrained(tmp_path / "model")
+    assert back.eyes is not None and back.info.blinks_per_second == 3.0
+    stream = back.open_stream(portrait(), seed=3)
+    after = np.stack([f.image for f in stream.push(audio) + stream.finish()])
+    told = BlinkSchedule(3.0, 25.0, seed=3).frames(0, len(after))
+    changed = np.abs(after.astype(int) - before.astype(int)).reshape(len(after), -1).max(1) > 0
+    assert told.max() == 1.0 and np.array_equal(changed, told > 0)  # every told frame, and nothing else
+    # offline generation takes the same path
+    ref, windows = back.encode_image(portrait()), torch.zeros(len(after), 16, 80)
+    with_eyes, _ = back.generate_latents(ref, windows, seed=3)
+    back.eyes = None
+    without, _ = back.generate_latents(ref, windows, seed=3)
+    moved = (with_eyes - without).flatten(1).abs().amax(1) > 0
+    assert torch.equal(moved, torch.from_numpy(told > 0))
+
+
+def test_eye_nets_that_do_not_fit_and_blinks_nothing_can_draw_are_refused(tmp_path):
+    from tests.tinypipe import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    _eyes(size=16, directory=tmp_path / "big", rate=1.0)
+    with pytest.raises(LipstepError, match=r"trained on 12x16² latents but the model's codec makes 12x8²"):
+        pipe.attach_eyes(tmp_path / "big")
+    _eyes(directory=tmp_path / "norate")
+    with pytest.raises(LipstepError, match="no blink rate recorded"):
+        pipe.attach_eyes(tmp_path / "norate")
+    pipe.attach_eyes(tmp_path / "norate", 0.5)  # a rate given: fine
+    assert pipe.info.blinks_per_second == 0.5
+    pipe.eyes = None
+    pipe.save_pretrained(tmp_path / "m")        # a rate with nothing to draw it
+    with pytest.raises(LipstepError, match="does not read blinks and there is no eyes/ eye net"):
+        AvatarPipeline.from_pretrained(tmp_path / "m")

@@ -248,3 +248,21 @@ def test_export_records_the_quality_bar_judgement_and_default_steps(tmp_path):
     assert info.sampler.steps == 8 and info.nfe_per_chunk() == 8
     bad = _run("export", "-m", "fada", "-o", tmp_path / "n", "--quality-bar", "good")
     assert bad.returncode == 2 and "met or not-met" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_export_attaches_an_eye_net_at_its_training_rate_or_a_given_one(tmp_path):
+    from lipstep.nets.eyes import EyeConfig, EyeNet, save_eye_net
+
+    save_eye_net(EyeNet(EyeConfig(hidden=4, dilations=(1,))), tmp_path / "eyes", train={"blinks_per_second": 0.3})
+    r = _run("export", "-m", "lite", "-o", tmp_path / "m", "--eyes", tmp_path / "eyes")
+    assert r.returncode == 0, r.stderr
+    assert read_info(tmp_path / "m").blinks_per_second == 0.3 and (tmp_path / "m" / "eyes" / "config.json").is_file()
+    pipe = AvatarPipeline.from_pretrained(tmp_path / "m")
+    assert pipe.eyes is not None and pipe.eyes.cfg.hidden == 4
+    r = _run("export", "-m", tmp_path / "m", "-o", tmp_path / "off", "--blink-rate", "0")
+    assert r.returncode == 0 and read_info(tmp_path / "off").blinks_per_second == 0
+    for args, message in ((["--blink-rate", "9"], "--blink-rate must be in 0..5"),
+                          (["--eyes", tmp_path / "missing"], "eye net directory not found")):
+        bad = _run("export", "-m", "lite", "-o", tmp_path / "x", *args)
+        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "x").exists()

@@ -361,6 +361,35 @@ def train_evaluators_cmd(
             train_identity_cmd(data, out / "identity", None, None)
 
 
+@train_app.command("eyes")
+def train_eyes_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Prepared directory with blink labels (the synthetic world)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Eye net directory to write."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model (directory or bundled name) whose codec "
+                                        "latents the eye net works in (default: the default model)."),
+    codec: Optional[Path] = typer.Option(None, "--codec", "-c", help="A codec directory instead of a model's."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: 2000)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Keys of EyeTrainConfig.",
+                                                    show_default=False),
+):
+    """Train the eyelid renderer that draws blinks on generated frames; attach it with lipstep export --eyes."""
+    _output_dir(out, keep=True)
+    if model is not None and codec is not None:
+        raise typer.BadParameter("give --model or --codec, not both")
+    from lipstep.modeldir import components_dir, read_info, resolve_model
+    from lipstep.train.eyes import EyeTrainConfig, train_eyes
+
+    if codec is None:
+        root = resolve_model(model)
+        codec = components_dir(root, read_info(root)) / "codec"
+    r = train_eyes(data, codec, out, _train_config(EyeTrainConfig, steps, overrides))
+    typer.echo(f"wrote eye net {r.out} ({r.parameters / 1e3:.0f} k parameters, for the codec {codec}) in "
+               f"{r.seconds:.0f} s; blinks in the training labels: {r.blinks_per_second:.3f}/s; eye band on shut-eye "
+               "frames (input -> output, real): " + "; ".join(
+                   f"{k} {v['eyes_input']:.1f} -> {v['eyes_output']:.1f} ({v['eyes_real']:.1f}), PSNR to the real "
+                   f"frame {v['psnr_input']:.2f} -> {v['psnr_output']:.2f} dB" for k, v in r.heldout.items()))
+
+
 @train_app.command("visemes")
 def train_visemes_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Prepared synthetic-world directory (speech + viseme labels)."),
@@ -613,12 +642,13 @@ def models():
         typer.echo("no bundled models are installed")
         return
     head = (f"{'name':<10} {'kind':<8} {'recipe':<11} {'steps':>5} {'cfg a/r':>8} {'NFE/chunk':>9} {'params':>8} "
-            f"{'size':>8}  quality bar")
+            f"{'size':>8}  {'blinks':<18} quality bar")
     typer.echo(head)
     for r in rows:
         shared = f"  ({r['weights_of']}'s weights)" if r.get("weights_of") else ""
         typer.echo(f"{r['name']:<10} {r['kind']:<8} {r['recipe']:<11} {r['steps']:>5} {r['cfg']:>8} "
-                   f"{r['nfe_per_chunk']:>9} {r['params_m']:>7.2f}M {r['size_mb']:>6.1f}MB  {r['quality_bar']}{shared}")
+                   f"{r['nfe_per_chunk']:>9} {r['params_m']:>7.2f}M {r['size_mb']:>6.1f}MB  {r['blinks']:<18} "
+                   f"{r['quality_bar']}{shared}")
     typer.echo(f"default (the fastest not judged below the bar): {default_model()}")
 
 
@@ -642,6 +672,10 @@ def export(
                                  "experiments/turbotalk/README.md); needs --quality-bar."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Record this default number of sampler steps (e.g. a "
                                         "DMD generator measured at 1 step exported as a 1-step model)."),
+    eyes: Optional[Path] = typer.Option(None, "--eyes", help="Attach this eye net (lipstep train eyes, trained for "
+                                        "the model's codec): the copy blinks at --blink-rate."),
+    blink_rate: Optional[float] = typer.Option(None, "--blink-rate", help="Blinks per second the copy draws (default: "
+                                               "the rate of the eye net's training labels, else the model's; 0 = off)."),
 ):
     """Copy a model directory, optionally with float16 weights (how bundled models are stored) and its ONNX export."""
     model, out = _one_of(model_arg, model, "MODEL", "--model"), _one_of(out_arg, out, "OUT", "--out")
@@ -656,10 +690,16 @@ def export(
 
     if steps is not None and steps < 1:
         raise typer.BadParameter(f"--steps must be >= 1, got {steps}")
+    if blink_rate is not None and not 0 <= blink_rate <= 5:
+        raise typer.BadParameter(f"--blink-rate must be in 0..5 blinks per second, got {blink_rate}")
     pipe = AvatarPipeline.from_pretrained(model)
     if steps is not None:
         pipe.info.sampler.steps = steps
-        pipe.info.validate()
+    if eyes is not None:
+        pipe.attach_eyes(eyes, blink_rate)
+    elif blink_rate is not None:
+        pipe.info.blinks_per_second = blink_rate
+    pipe.info.validate()
     if quality_bar is not None:
         pipe.info.trained["quality_bar"] = {"met": quality_bar == "met", "evidence": evidence}
     path = pipe.save_pretrained(out, half=half)

@@ -7,6 +7,8 @@ A model directory (design.md §3) is what training writes and what `generate`, `
     MODEL/codec/              the latent codec (config.json + model.safetensors)
     MODEL/audio/              the audio encoder's config.json (transformers weights stay at their path)
     MODEL/denoiser/           AvatarDiT config.json + model.safetensors
+    MODEL/eyes/               optional: an eyelid renderer (`lipstep.nets.eyes.EyeNet`) that draws the blinks of
+                              ``blinks_per_second`` on the generated latents
 
 Each component directory with weights also holds ``checksums.json`` (sha256 of its ``*.safetensors``,
 `lipstep.fsutil.write_checksums`), checked on load: flipped bytes are a one-line "damaged" error, not a
@@ -49,10 +51,12 @@ from lipstep.fsutil import (
     write_json_atomic,
 )
 from lipstep.nets.dit import AvatarDiT, DiTConfig, drop_removed_options
+from lipstep.nets.eyes import EyeNet, load_eye_net, save_eye_net
 from lipstep.samplers.chunks import ChunkLayout
 from lipstep.samplers.registry import SamplerInfo
 
 INFO_NAME = "lipstep.json"
+EYES_DIR = "eyes"
 FORMAT = 2
 BUNDLED_ROOT = Path(__file__).resolve().parent / "weights"
 
@@ -77,8 +81,9 @@ class ModelInfo:
     #   (identity and colours then come from the reference itself; what is generated is what changes); 0 = on z
     anchor_every: int = 0           # > 0: every k-th chunk is re-anchored (its motion context is the reference again,
     #   as for the first chunk), so errors of chained chunks cannot accumulate over long runs; 0 = always chain
-    blinks_per_second: float = 0.0  # > 0: the denoiser reads each frame's eyelid closure (DiTConfig.blink) and chunked
-    #   generation draws blinks at this rate (`lipstep.data.blinks.BlinkSchedule`; the training labels' rate); 0 = none
+    blinks_per_second: float = 0.0  # > 0: chunked generation draws blinks at this rate (`lipstep.data.blinks.
+    #   BlinkSchedule`; the training labels' rate), drawn by the denoiser (it reads each frame's eyelid closure,
+    #   DiTConfig.blink) and/or by the eye net in MODEL/eyes/ (`lipstep.nets.eyes`); 0 = no blinks
     fps: float = 25.0
     sample_rate: int = 16000
     components: str = ""            # where the codec, audio and denoiser are, relative to this directory, when the
@@ -224,17 +229,21 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
 
 
 def describe_models() -> list[dict]:
-    """One row per bundled model: name, kind, recipe, steps, NFE per chunk, parameters, size on disk."""
+    """One row per bundled model: name, kind, recipe, steps, NFE per chunk, parameters, size on disk, blinks (the
+    rate and what draws them: its eye net or its denoiser)."""
     rows = []
     for name, path in bundled_models().items():
         info = read_info(path)
+        eyes = any((d / EYES_DIR).is_dir() for d in (path, components_dir(path, info)))
+        blinks = "-" if info.blinks_per_second == 0 else \
+            f"{info.blinks_per_second:.2f}/s ({'eye net' if eyes else 'denoiser'})"
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         params = _denoiser_params(components_dir(path, info) / "denoiser")
         rows.append({"name": name, "kind": info.kind, "recipe": info.recipe, "steps": info.sampler.steps,
                      "cfg": f"{info.sampler.cfg_audio:g}/{info.sampler.cfg_ref:g}",
                      "nfe_per_chunk": info.nfe_per_chunk(), "params_m": round(params / 1e6, 2),
                      "quality_bar": {True: "met", False: "not met", None: "-"}[meets_quality_bar(info)],
-                     "size_mb": round(size / 2**20, 1), "path": str(path),
+                     "size_mb": round(size / 2**20, 1), "path": str(path), "blinks": blinks,
                      "weights_of": components_dir(path, info).name if info.components else None})
     return rows
 
@@ -320,6 +329,30 @@ def load_model(model: str | os.PathLike | None, *, device: str | torch.device = 
     return root, info, codec, audio, net
 
 
+def load_eyes(root: str | os.PathLike, info: ModelInfo, codec, cfg: DiTConfig, *,
+              device: str | torch.device = "cpu") -> EyeNet | None:
+    """The eye net of a model directory (``MODEL/eyes/``, else its components' ``eyes/``), or None without one; a
+    one-line `LipstepError` when it does not fit the codec's latents, or when the model asks for blinks
+    (``blinks_per_second`` > 0) that nothing can draw (no eye net and a denoiser that does not read blinks)."""
+    root = Path(root)
+    found = [d / EYES_DIR for d in dict.fromkeys([root, components_dir(root, info)]) if (d / EYES_DIR).is_dir()]
+    if not found:
+        if info.blinks_per_second > 0 and not cfg.blink:
+            raise LipstepError(f"{root}: blinks_per_second is {info.blinks_per_second} but the denoiser does not read "
+                               f"blinks and there is no {EYES_DIR}/ eye net to draw them")
+        return None
+    return check_eyes(found[0], load_eye_net(found[0]), info, codec).to(device)
+
+
+def check_eyes(directory: Path, eyes: EyeNet, info: ModelInfo, codec) -> EyeNet:
+    """``eyes`` when it works in the codec's latents; a one-line `LipstepError` naming ``directory`` otherwise."""
+    size = info.image_size // codec.downsample
+    if eyes.cfg.latent_channels != codec.latent_channels or eyes.cfg.latent_size != size:
+        raise LipstepError(f"{directory}: the eye net was trained on {eyes.cfg.latent_channels}x{eyes.cfg.latent_size}² "
+                           f"latents but the model's codec makes {codec.latent_channels}x{size}²")
+    return eyes
+
+
 def check_components(root: Path, info: ModelInfo, codec, audio, cfg: DiTConfig) -> None:
     """A one-line `LipstepError` when a model directory's codec and audio encoder do not fit its denoiser."""
     if cfg.latent_channels != codec.latent_channels or cfg.latent_size * codec.downsample != info.image_size:
@@ -344,11 +377,12 @@ def check_data_size(codec, prepared: str | os.PathLike) -> int:
 
 
 def save_model(out: str | os.PathLike, info: ModelInfo, codec, audio_encoder, net, *,
-               half: bool = False) -> Path:
+               half: bool = False, eyes: EyeNet | None = None) -> Path:
     """Write a complete model directory atomically (a temporary directory renamed into place).
 
     ``half=True`` stores the denoiser and codec weights in float16 (half the size; loading casts back
-    to float32), which is how bundled checkpoints are kept small.
+    to float32), which is how bundled checkpoints are kept small. ``eyes`` (an eye net) goes to ``OUT/eyes/``
+    (always float32: it is small).
     """
     info.validate()
     out = Path(out)
@@ -362,10 +396,33 @@ def save_model(out: str | os.PathLike, info: ModelInfo, codec, audio_encoder, ne
         save_audio_encoder(audio_encoder, tmp / "audio")
         write_checksums(tmp / "audio")
         save_denoiser(net, tmp / "denoiser", dtype=torch.float16 if half else None)
+        if eyes is not None:
+            save_eye_net(eyes, tmp / EYES_DIR)
         info = replace(info, components="")  # a copy of a variant carries its own weights
         write_json_atomic(tmp / INFO_NAME, {"_type": "ModelInfo", **to_dict(info)})
     return out
 
 
-__all__ = ["BUNDLED_ROOT", "FORMAT", "INFO_NAME", "ModelInfo", "bundled_models", "check_components", "components_dir", "check_data_size", "default_model", "describe_models", "meets_quality_bar",
-           "info_from_dict", "load_denoiser", "load_model", "read_denoiser_config", "read_info", "resolve_model", "save_denoiser", "save_model"]
+__all__ = [
+    "BUNDLED_ROOT",
+    "EYES_DIR",
+    "FORMAT",
+    "INFO_NAME",
+    "ModelInfo",
+    "bundled_models",
+    "check_components",
+    "check_data_size",
+    "components_dir",
+    "default_model",
+    "describe_models",
+    "info_from_dict",
+    "load_denoiser",
+    "load_eyes",
+    "load_model",
+    "meets_quality_bar",
+    "read_denoiser_config",
+    "read_info",
+    "resolve_model",
+    "save_denoiser",
+    "save_model",
+]

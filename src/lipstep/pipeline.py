@@ -27,6 +27,7 @@ before decoding and hand out the latents full mode would decode (`lipstep.hybrid
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -51,15 +52,18 @@ from lipstep.modeldir import (
     INFO_NAME,
     ModelInfo,
     bundled_models,
+    check_eyes,
     default_model,
     describe_models,
     load_denoiser,
+    load_eyes,
     load_model,
     read_info,
     resolve_model,
     save_denoiser,
     save_model,
 )
+from lipstep.nets.eyes import load_eye_net
 from lipstep.runtime.onnx import RUNTIMES, check_runtime, load_onnx_model
 from lipstep.samplers import ChunkSampler, SamplerInfo, decode_frames, net_device, sample_chunks
 
@@ -133,7 +137,7 @@ class AvatarStream:
             raise LipstepError(f"preview_every must be in 0..{info.frames} (frames per chunk), got {preview_every}")
         self.pipe, self.info, self.on_chunk = pipe, info, on_chunk
         self.core = ChunkSampler(pipe.model_fn(), reference, sampler=info.sampler, layout=info.layout(), steps=steps,
-                                 cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, callback=callback)
+                                 cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, callback=callback, eyes=pipe.eyes)
         self.features: FeatureStream = pipe.audio_encoder.stream(info.frames, info.fps, info.sample_rate)
         self.vad = VoiceActivity(vad, info.sample_rate, info.fps)
         self.activity: deque[tuple[bool, float]] = deque()  # voice activity of frames not yet generated
@@ -270,11 +274,14 @@ class AvatarPipeline:
 
     ``runtime`` names what runs the networks: ``torch``, or ``onnx`` / ``onnx-int8`` (ONNX Runtime sessions
     standing in for the denoiser, the codec's decoder and the log-mel front end, `lipstep.runtime.onnx`).
+    ``eyes`` is the model's eye net (``MODEL/eyes/``, `lipstep.nets.eyes.EyeNet`, always in PyTorch), which draws
+    the blinks of ``info.blinks_per_second`` on the generated latents; None without one.
     """
 
     def __init__(self, info: ModelInfo, codec, audio_encoder, denoiser, *, path: Path | None = None,
-                 runtime: str = "torch"):
+                 runtime: str = "torch", eyes=None):
         self.info, self.codec, self.audio_encoder, self.denoiser = info, codec, audio_encoder, denoiser
+        self.eyes = eyes
         self.schedule = info.make_schedule()
         self.path, self.runtime = path, check_runtime(runtime)
 
@@ -295,12 +302,30 @@ class AvatarPipeline:
                                f"use --device cpu or --runtime torch")
         else:
             root, info, codec, audio, net = load_onnx_model(model, runtime, threads=threads)
-        return cls(info, codec, audio, net, path=root, runtime=runtime)
+        eyes = load_eyes(root, info, codec, net.cfg, device=device)
+        return cls(info, codec, audio, net, path=root, runtime=runtime, eyes=eyes)
+
+    def attach_eyes(self, directory: str | os.PathLike, blinks_per_second: float | None = None) -> None:
+        """Draw blinks with the eye net of ``directory`` (`lipstep train eyes`) at ``blinks_per_second`` (default:
+        the model's rate if it has one, else the rate of the eye net's training labels, from its ``train.json``).
+        `save_pretrained` keeps it."""
+        directory = Path(directory)
+        eyes = check_eyes(directory, load_eye_net(directory), self.info, self.codec)
+        if blinks_per_second is None and self.info.blinks_per_second == 0:
+            try:
+                blinks_per_second = float(json.loads((directory / "train.json").read_text(encoding="utf-8"))
+                                          ["blinks_per_second"])
+            except (OSError, ValueError, KeyError, TypeError):
+                raise LipstepError(f"{directory}: no blink rate recorded in train.json; give one "
+                                   "(lipstep export --blink-rate)") from None
+        self.eyes = eyes.to("cpu" if self.runtime != "torch" else self.device)
+        if blinks_per_second is not None:
+            self.info.blinks_per_second = float(blinks_per_second)
 
     def save_pretrained(self, out: str | os.PathLike, *, half: bool = False) -> Path:
         if self.runtime != "torch":
             raise LipstepError(f"a pipeline on the {self.runtime} runtime cannot be saved; save the torch model")
-        return save_model(out, self.info, self.codec, self.audio_encoder, self.denoiser, half=half)
+        return save_model(out, self.info, self.codec, self.audio_encoder, self.denoiser, half=half, eyes=self.eyes)
 
     @property
     def device(self) -> torch.device:
@@ -348,7 +373,7 @@ class AvatarPipeline:
         """
         return sample_chunks(self.model_fn(), reference, audio, sampler=self.info.sampler, layout=self.info.layout(),
                              steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, n_frames=n_frames,
-                             progress=progress, visemes=visemes, on_chunk=on_chunk)
+                             progress=progress, visemes=visemes, on_chunk=on_chunk, eyes=self.eyes)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> np.ndarray:

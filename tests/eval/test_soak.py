@@ -4,8 +4,9 @@ itself runs on the tiny teacher in tests/eval/test_runner.py (it needs the tiny 
 import numpy as np
 import pytest
 
+from lipstep.data.blinks import eye_brightness
 from lipstep.errors import ConfigError
-from lipstep.eval.soak import SoakConfig, closed_after, eye_brightness, idle_motion, with_pauses
+from lipstep.eval.soak import SoakConfig, closed_after, idle_motion, with_pauses
 
 
 def test_with_pauses_inserts_silence_after_every_stretch_of_speech():

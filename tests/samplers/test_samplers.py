@@ -175,3 +175,37 @@ def test_chunk_sampler_drives_blinks_by_frame_index():
         got = torch.cat([b[0] for b in net.seen[1::2]])
         assert torch.equal(got, want) and got.max() == 1.0
         assert all(torch.equal(a, b) for a, b in zip(net.seen[0::2], net.seen[1::2], strict=True))
+
+
+class _MotionRecorder(_BlinkRecorder):
+    """Records the motion context of each call too, and predicts a constant latent."""
+
+    def forward(self, x_t, t, cond):
+        self.seen.append(cond.motion.clone())
+        return torch.full_like(x_t, 0.5)
+
+
+def test_an_eye_net_draws_the_scheduled_blinks_after_sampling_and_never_feeds_back():
+    from lipstep.data.blinks import BlinkSchedule
+    from lipstep.diffusion.denoiser import Denoiser
+    from lipstep.nets.eyes import EyeConfig, EyeNet
+    from lipstep.samplers.chunks import ChunkLayout, ChunkSampler
+    from lipstep.samplers.registry import SamplerInfo
+
+    eyes = EyeNet(EyeConfig(latent_channels=2, latent_size=4, hidden=4, dilations=(1,)))
+    with torch.no_grad():
+        eyes.out.bias.fill_(1.0)  # a net that draws: +closure everywhere
+    info = SamplerInfo(name="ddim", steps=1, cfg_audio=1.0, cfg_ref=1.0)
+    layout = ChunkLayout(frames=4, motion_frames=2, blinks_per_second=3.0)
+    audio = torch.zeros(4, 2, 3)
+    plain_net, eyed_net = _MotionRecorder(), _MotionRecorder()
+    plain = ChunkSampler(Denoiser(plain_net, make_schedule("vp_x0")), torch.zeros(1, 2, 4, 4), sampler=info,
+                         layout=layout, seed=5)
+    eyed = ChunkSampler(Denoiser(eyed_net, make_schedule("vp_x0")), torch.zeros(1, 2, 4, 4), sampler=info,
+                        layout=layout, seed=5, eyes=eyes)
+    a = torch.cat([plain.step(audio) for _ in range(30)])
+    b = torch.cat([eyed.step(audio) for _ in range(30)])
+    closure = torch.from_numpy(BlinkSchedule(3.0, 25.0, seed=5).frames(0, 120))
+    assert closure.max() == 1.0 and (closure == 0).any()
+    assert torch.allclose(b - a, closure[:, None, None, None].expand_as(a))   # exactly the told frames, that far
+    assert all(torch.equal(m, n) for m, n in zip(plain_net.seen, eyed_net.seen, strict=True))  # motion: pre-eyes

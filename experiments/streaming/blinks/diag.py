@@ -3,7 +3,7 @@
 python experiments/streaming/blinks/diag.py MODEL PREPARED SPLIT [--windows N] [--identity ID] [--out FILE]
 
 Takes N windows of SPLIT that hold a full blink (closure 1), with the reference as motion context (what
-generation feeds every re-anchored chunk), and reads the eye band (`lipstep.eval.soak.eye_brightness`) of
+generation feeds every re-anchored chunk), and reads the eye band (`lipstep.data.blinks.eye_brightness`) of
 (a) the ground truth, (b) the net's clean estimate x0(x_t, t) from the real latents diffused to t, told the
 labelled blinks and told open eyes, at t = 0.2, 0.5, 0.8, 1 (no guidance), and (c) full samples from noise with
 the model's own sampler, with and without its guidance scales; (d) the guided clean estimate at t = 1 from pure
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from lipstep.codecs.cache import encode_prepared
+from lipstep.data.blinks import eye_brightness
 from lipstep.data.dataset import WindowConfig, WindowDataset
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import multi_cfg
 from lipstep.distill.lite import decode_chunk
 from lipstep.distill.losses import batch_cond
-from lipstep.eval.soak import eye_brightness
 from lipstep.modeldir import load_model
 
 

@@ -4,8 +4,9 @@ python experiments/streaming/blinks/probe.py MODEL PREPARED OUT [--rate R] [--se
 
 Streams S seconds of a test identity's own speech through `AvatarPipeline.open_stream` with the blink schedule
 at R blinks per second (the model's own rate by default), reads the eye band of every frame
-(`lipstep.eval.soak.eye_brightness`) and writes OUT/probe.json (per-frame closure told and eye brightness, the
-mean eye brightness by told closure) and OUT/blinks.png (rows: frames around each told blink's peak, -3..+3).
+(`lipstep.data.blinks.eye_brightness`) and writes OUT/probe.json (per-frame closure told and eye brightness, the
+mean eye brightness by told closure), OUT/blinks.png (rows: frames around each told blink's peak, -3..+3) and
+OUT/blinks_eyes.png (the same frames' eye band, enlarged 4x).
 """
 
 import argparse
@@ -15,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lipstep.data.blinks import BlinkSchedule
+from lipstep.data.blinks import BlinkSchedule, eye_brightness
 from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.data.media import write_image
 from lipstep.eval.runner import contact_sheet
-from lipstep.eval.soak import eye_brightness
 from lipstep.pipeline import AvatarPipeline
 
 
@@ -52,6 +52,10 @@ def main() -> None:
     sheet = [frames[max(0, i - 3):i + 4] for i in peaks if 3 <= i < len(frames) - 3][:6]
     if sheet:
         write_image(out / "blinks.png", contact_sheet(sheet, 7))
+        s = frames.shape[1]  # the eye band (rows 0.16-0.56, columns 0.1-0.9 of the crop), 4x nearest
+        crops = [[f[round(0.16 * s):round(0.56 * s), round(0.1 * s):round(0.9 * s)].repeat(4, 0).repeat(4, 1)
+                  for f in row] for row in sheet]
+        write_image(out / "blinks_eyes.png", contact_sheet(crops, 7))
     result = {"model": a.model, "identity": person, "rate": pipe.info.blinks_per_second, "frames": len(frames),
               "eye_by_told_closure": by_level, "told": told.round(3).tolist(), "eyes": eyes.round(1).tolist()}
     (out / "probe.json").write_text(json.dumps(result))

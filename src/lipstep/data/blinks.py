@@ -2,9 +2,11 @@
 
 A blink is a fixed 5-frame eyelid-closure profile (0 = open, 1 = shut) started at random times: the gaps
 between onsets are exponential with mean ``1 / per_second`` seconds and at least `MIN_GAP` frames. The
-world renders its clips' eyes from `blink_track`; a model conditioned on eyelid closure
-(`DiTConfig.blink`) is driven at inference by a `BlinkSchedule` of the rate its training labels showed
-(`blink_rate`), so an avatar blinks in speech and in silence without anything in the audio asking for it.
+world renders its clips' eyes from `blink_track`. At inference a `BlinkSchedule` of the rate the training
+labels showed (`blink_rate`) tells every frame its eyelid closure, and a model draws it with its eye net
+(`lipstep.nets.eyes`, on the generated latents) and/or a denoiser conditioned on it (`DiTConfig.blink`), so
+an avatar blinks in speech and in silence without anything in the audio asking for it. `eye_brightness`
+reads the eye band of frames, to check that it did.
 """
 
 from __future__ import annotations
@@ -89,4 +91,20 @@ def blink_rate(tracks: list[np.ndarray], fps: float) -> float:
     return float(onsets * fps / frames)
 
 
-__all__ = ["MIN_GAP", "PROFILE", "BlinkSchedule", "blink_onsets", "blink_rate", "blink_track"]
+EYE_BAND = (0.20, 0.30, 0.80, 0.46)  # x0, y0, x1, y1 (fractions of the crop): both eyes of a world face crop
+
+
+def eye_brightness(frames, band=EYE_BAND) -> np.ndarray:
+    """Per frame, the 99th percentile of the darkest channel over the eye band (0..255): the whites of open eyes,
+    gone while the lids are shut. float32 [N]. `soak` counts a frame as blinking when it dips below the video's
+    own median by half the depth of the identity's real blinks (open minus shut eyes, the world's ``blink``
+    labels), so eyes drawn dimmer overall are not read as shut."""
+    f = np.asarray(frames)
+    h, w = f.shape[1:3]
+    x0, y0, x1, y1 = band
+    eye = f[:, int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)].min(axis=3).reshape(len(f), -1)
+    return np.percentile(eye, 99, axis=1).astype(np.float32)
+
+
+__all__ = ["EYE_BAND", "MIN_GAP", "PROFILE", "BlinkSchedule", "blink_onsets", "blink_rate", "blink_track",
+           "eye_brightness"]

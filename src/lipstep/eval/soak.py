@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from lipstep.config import check, to_dict
-from lipstep.data.blinks import BlinkSchedule
+from lipstep.data.blinks import BlinkSchedule, eye_brightness
 from lipstep.data.dataset import open_shard
 from lipstep.data.media import write_image
 from lipstep.errors import DataError
@@ -130,21 +130,6 @@ def idle_motion(frames: np.ndarray, previous: np.ndarray | None = None) -> np.nd
     mask = identity_mask(*f.shape[1:3])
     prev = np.concatenate([np.asarray(previous if previous is not None else frames[0], np.int16)[None], f[:-1]])
     return np.abs(f - prev)[:, mask].mean(axis=(1, 2)).astype(np.float32)
-
-
-EYE_BAND = (0.20, 0.30, 0.80, 0.46)  # x0, y0, x1, y1 (fractions of the crop): both eyes of a world face crop
-
-
-def eye_brightness(frames, band=EYE_BAND) -> np.ndarray:
-    """Per frame, the 99th percentile of the darkest channel over the eye band (0..255): the whites of open eyes,
-    gone while the lids are shut. float32 [N]. `soak` counts a frame as blinking when it dips below the video's
-    own median by half the depth of the identity's real blinks (open minus shut eyes, the world's ``blink``
-    labels), so eyes drawn dimmer overall are not read as shut."""
-    f = np.asarray(frames)
-    h, w = f.shape[1:3]
-    x0, y0, x1, y1 = band
-    eye = f[:, int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)].min(axis=3).reshape(len(f), -1)
-    return np.percentile(eye, 99, axis=1).astype(np.float32)
 
 
 def closed_after(openness: np.ndarray, closed: float) -> int | None:

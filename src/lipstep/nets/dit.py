@@ -126,7 +126,8 @@ class DiTConfig:
     #   zero-initialised: an embedding of it joins the frame's adaLN (and the output head's FiLM), the closure times
     #   a learned map over the token grid (one vector per position) is added to the frame's video tokens, and with
     #   `out_head` the closure times a learned map over the latent grid enters the head, where the lids get drawn
-    #   (experiments/streaming/README.md). Never dropped, so guidance leaves it alone. Off = no blink input
+    #   (experiments/streaming/README.md). Never dropped, so guidance leaves it alone. Off = no blink input (the
+    #   bundled models draw blinks after sampling with an eye net instead, `lipstep.nets.eyes`)
     out_head: int = 0             # hidden channels of a convolutional output head (`ConvOutputHead`) that refines
     #   the unpatchified output at latent resolution from it, the noisy input and the aligned last-motion and
     #   reference latents, modulated by the time embedding (zero-initialised: the net is unchanged at the

@@ -8,6 +8,11 @@ motion context: the reference (the first chunk, and every ``anchor_every``-th ch
 or the last latents of the previous chunk. A residual model (``residual > 0``) samples offsets from the
 reference, ``(z − z_ref)·residual``; what comes back is always latents.
 
+Blinks (``blinks_per_second > 0``): each frame's eyelid closure comes from a `BlinkSchedule` (a function
+of the seed and the frame index), given to the denoiser as ``cond.blink`` (a net that reads blinks draws
+them) and, with an eye net (``eyes``, `lipstep.nets.eyes.EyeNet`), drawn on the chunk's latents after
+sampling; the motion context is taken before, so the eye net never feeds back into the denoiser.
+
 Guidance is applied here, not by the sampler: ``cfg`` wraps the denoiser in FADA Eq. 9 (three
 condition patterns per step, one pass at scales 1), ``embedded`` passes the scales to a CFG-token
 student as ``cond.cfg_scales`` (one pass at any scales).
@@ -28,6 +33,7 @@ from lipstep.data.blinks import BlinkSchedule
 from lipstep.diffusion.cond import Cond
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.diffusion.guidance import check_scale, multi_cfg, nfe_per_step
+from lipstep.nets.eyes import EyeNet
 from lipstep.samplers.registry import SamplerInfo
 
 
@@ -39,7 +45,7 @@ class ChunkLayout:
     motion_frames: int = 2          # latents of motion context per chunk
     residual: float = 0.0           # > 0: the model samples (z − z_ref)·residual
     anchor_every: int = 0           # > 0: every k-th chunk sees the reference as motion context again
-    blinks_per_second: float = 0.0  # > 0: the model reads eyelid closure per frame, drawn at this rate
+    blinks_per_second: float = 0.0  # > 0: blinks drawn at this rate (read by the denoiser and/or an eye net)
     fps: float = 25.0               # frames per second (the blink schedule's clock)
 
 
@@ -62,8 +68,9 @@ class ChunkSampler:
 
     def __init__(self, denoiser: Denoiser, reference: Tensor, *, sampler: SamplerInfo, layout: ChunkLayout,
                  steps: int | None = None, cfg_audio: float | None = None, cfg_ref: float | None = None,
-                 seed: int = 0, callback: Callable[..., None] | None = None):
+                 seed: int = 0, callback: Callable[..., None] | None = None, eyes: EyeNet | None = None):
         self.steps = steps or sampler.steps
+        self.eyes = eyes
         cfg_audio = sampler.cfg_audio if cfg_audio is None else cfg_audio
         cfg_ref = sampler.cfg_ref if cfg_ref is None else cfg_ref
         check_scale(float(cfg_audio), "cfg_audio")
@@ -127,6 +134,8 @@ class ChunkSampler:
             self.motion = z[:, -M:]
         if self.layout.residual > 0:
             z = self.reference[:, None] + z / self.layout.residual
+        if self.eyes is not None and blink is not None:
+            z = self.eyes.close_eyes(z[0], blink[0])[None]
         self.chunks += 1
         return z[0]
 
@@ -135,13 +144,14 @@ class ChunkSampler:
 def sample_chunks(denoiser: Denoiser, reference: Tensor, audio: Tensor, *, sampler: SamplerInfo, layout: ChunkLayout,
                   steps: int | None = None, cfg_audio: float | None = None, cfg_ref: float | None = None,
                   seed: int = 0, n_frames: int | None = None, progress: bool = False, visemes: Tensor | None = None,
-                  on_chunk: Callable[[int, Tensor], None] | None = None) -> tuple[Tensor, int]:
+                  on_chunk: Callable[[int, Tensor], None] | None = None,
+                  eyes: EyeNet | None = None) -> tuple[Tensor, int]:
     """Reference [1, C, h, w], audio windows [N', K, D] -> (latents [N, C, h, w], NFE).
 
     ``audio`` is padded with its last window to whole chunks; ``n_frames`` (default N') latents are
     returned. ``steps`` / ``cfg_audio`` / ``cfg_ref`` default to the sampler record's. ``on_chunk(k,
     latents [frames, C, h, w])`` is called as soon as chunk k is sampled. Each chunk is one
-    `ChunkSampler.step`, as in streaming generation.
+    `ChunkSampler.step`, as in streaming generation (``eyes``: an eye net drawing the scheduled blinks).
     """
     T = layout.frames
     n = int(n_frames or len(audio))
@@ -151,7 +161,7 @@ def sample_chunks(denoiser: Denoiser, reference: Tensor, audio: Tensor, *, sampl
     steps = steps or sampler.steps
     bar = tqdm(total=chunks * steps, desc="generate", unit="step", disable=not progress, dynamic_ncols=True)
     core = ChunkSampler(denoiser, reference, sampler=sampler, layout=layout, steps=steps, cfg_audio=cfg_audio,
-                        cfg_ref=cfg_ref, seed=seed, callback=lambda *_: bar.update(1))
+                        cfg_ref=cfg_ref, seed=seed, callback=lambda *_: bar.update(1), eyes=eyes)
     out = []
     for k in range(chunks):
         v = visemes[k * T:(k + 1) * T] if visemes is not None else None
