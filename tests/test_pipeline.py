@@ -254,13 +254,17 @@ def test_export_attaches_an_eye_net_at_its_training_rate_or_a_given_one(tmp_path
     from lipstep.nets.eyes import EyeConfig, EyeNet, save_eye_net
 
     save_eye_net(EyeNet(EyeConfig(hidden=4, dilations=(1,))), tmp_path / "eyes", train={"blinks_per_second": 0.3})
-    r = _run("export", "-m", "lite", "-o", tmp_path / "m", "--eyes", tmp_path / "eyes")
-    assert r.returncode == 0, r.stderr
-    assert read_info(tmp_path / "m").blinks_per_second == 0.3 and (tmp_path / "m" / "eyes" / "config.json").is_file()
+    r = _run("export", "-m", "lite", "-o", tmp_path / "off", "--blink-rate", "0")
+    assert r.returncode == 0 and read_info(tmp_path / "off").blinks_per_second == 0
+    r = _run("export", "-m", tmp_path / "off", "-o", tmp_path / "m", "--eyes", tmp_path / "eyes")
+    assert r.returncode == 0, r.stderr   # a model that drew no blinks takes the eye net's training rate
+    info = read_info(tmp_path / "m")
+    assert info.blinks_per_second == 0.3 and (tmp_path / "m" / "eyes" / "config.json").is_file()
+    assert info.trained["eyes"]["from"] == str((tmp_path / "eyes").resolve())
     pipe = AvatarPipeline.from_pretrained(tmp_path / "m")
     assert pipe.eyes is not None and pipe.eyes.cfg.hidden == 4
-    r = _run("export", "-m", tmp_path / "m", "-o", tmp_path / "off", "--blink-rate", "0")
-    assert r.returncode == 0 and read_info(tmp_path / "off").blinks_per_second == 0
+    r = _run("export", "-m", "lite", "-o", tmp_path / "k", "--eyes", tmp_path / "eyes", "--blink-rate", "1.5")
+    assert r.returncode == 0 and read_info(tmp_path / "k").blinks_per_second == 1.5
     for args, message in ((["--blink-rate", "9"], "--blink-rate must be in 0..5"),
                           (["--eyes", tmp_path / "missing"], "eye net directory not found")):
         bad = _run("export", "-m", "lite", "-o", tmp_path / "x", *args)

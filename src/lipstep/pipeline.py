@@ -311,16 +311,26 @@ class AvatarPipeline:
         `save_pretrained` keeps it."""
         directory = Path(directory)
         eyes = check_eyes(directory, load_eye_net(directory), self.info, self.codec)
+        try:
+            record = json.loads((directory / "train.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {}
+        record = record if isinstance(record, dict) else {}
         if blinks_per_second is None and self.info.blinks_per_second == 0:
             try:
-                blinks_per_second = float(json.loads((directory / "train.json").read_text(encoding="utf-8"))
-                                          ["blinks_per_second"])
-            except (OSError, ValueError, KeyError, TypeError):
+                blinks_per_second = float(record["blinks_per_second"])
+            except (KeyError, TypeError, ValueError):
                 raise LipstepError(f"{directory}: no blink rate recorded in train.json; give one "
                                    "(lipstep export --blink-rate)") from None
         self.eyes = eyes.to("cpu" if self.runtime != "torch" else self.device)
         if blinks_per_second is not None:
             self.info.blinks_per_second = float(blinks_per_second)
+        # provenance: where the eye net came from and what its training measured
+        self.info.trained["eyes"] = {"from": str(directory.resolve()), "parameters": eyes.num_parameters(),
+                                     **{k: record[k] for k in ("data", "pairs", "blinks_per_second", "final_loss",
+                                                               "heldout", "seconds") if k in record}}
+        if isinstance(record.get("config"), dict) and "steps" in record["config"]:
+            self.info.trained["eyes"]["steps"] = record["config"]["steps"]
 
     def save_pretrained(self, out: str | os.PathLike, *, half: bool = False) -> Path:
         if self.runtime != "torch":
