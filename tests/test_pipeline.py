@@ -250,23 +250,23 @@ def test_export_records_the_quality_bar_judgement_and_default_steps(tmp_path):
     assert bad.returncode == 2 and "met or not-met" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_export_attaches_an_eye_net_at_its_training_rate_or_a_given_one(tmp_path):
+def test_export_attaches_an_eye_net_at_its_training_rate(tmp_path, capsys):
+    """(A given rate, a missing eye net and a bad rate: tests/test_modeldir.py and tests/test_bad_inputs.py.)"""
+    from lipstep.cli import main
     from lipstep.nets.eyes import EyeConfig, EyeNet, save_eye_net
 
+    def export(*args):  # in process: a subprocess costs 2 s of start-up
+        with pytest.raises(SystemExit) as info:
+            main(["export", *map(str, args)])
+        return info.value.code, capsys.readouterr().err
+
     save_eye_net(EyeNet(EyeConfig(hidden=4, dilations=(1,))), tmp_path / "eyes", train={"blinks_per_second": 0.3})
-    r = _run("export", "-m", "lite", "-o", tmp_path / "off", "--blink-rate", "0")
-    assert r.returncode == 0 and read_info(tmp_path / "off").blinks_per_second == 0
-    r = _run("export", "-m", tmp_path / "off", "-o", tmp_path / "m", "--eyes", tmp_path / "eyes")
-    assert r.returncode == 0, r.stderr   # a model that drew no blinks takes the eye net's training rate
+    assert export("-m", "lite", "-o", tmp_path / "off", "--blink-rate", "0")[0] == 0
+    assert read_info(tmp_path / "off").blinks_per_second == 0
+    code, err = export("-m", tmp_path / "off", "-o", tmp_path / "m", "--eyes", tmp_path / "eyes")
+    assert code == 0, err   # a model that drew no blinks takes the eye net's training rate
     info = read_info(tmp_path / "m")
     assert info.blinks_per_second == 0.3 and (tmp_path / "m" / "eyes" / "config.json").is_file()
     assert info.trained["eyes"]["from"] == str((tmp_path / "eyes").resolve())
     pipe = AvatarPipeline.from_pretrained(tmp_path / "m")
     assert pipe.eyes is not None and pipe.eyes.cfg.hidden == 4
-    r = _run("export", "-m", "lite", "-o", tmp_path / "k", "--eyes", tmp_path / "eyes", "--blink-rate", "1.5")
-    assert r.returncode == 0 and read_info(tmp_path / "k").blinks_per_second == 1.5
-    for args, message in ((["--blink-rate", "9"], "--blink-rate must be in 0..5"),
-                          (["--eyes", tmp_path / "missing"], "eye net directory not found")):
-        bad = _run("export", "-m", "lite", "-o", tmp_path / "x", *args)
-        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr
-        assert not (tmp_path / "x").exists()

@@ -176,7 +176,7 @@ def test_peak_memory_sees_an_allocation(method):
 
 
 @pytest.mark.parametrize("case", ["unknown model", "@0", "@abc", "missing image", "eval label"])
-def test_bad_specs_fail_with_one_line(model, inputs, tmp_path, case):
+def test_bad_specs_fail_with_one_line(model, inputs, tmp_path, case, capsys):
     models, image, extra = [str(model), f"{model}@2"], inputs / "face.png", []
     expect = {"unknown model": "neither a directory nor a bundled model", "@0": "positive integer",
               "@abc": "positive integer", "missing image": "nope.png: file not found",
@@ -192,11 +192,21 @@ def test_bad_specs_fail_with_one_line(model, inputs, tmp_path, case):
     out = tmp_path / "out"
     out.mkdir()
     (out / "bench.json").write_text("{}\n")  # an earlier result must survive a failed run
-    r = _run("bench", "--models", *models, "--image", image, "--audio", inputs / "speech.wav", "--out", out,
-             "--repeats", "1", *extra)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], r.stderr
+    import torch
+
+    from lipstep.cli import main
+
+    threads = torch.get_num_threads()
+    try:  # in process (a subprocess per case cost 2 s of start-up each)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", "--models", *models, "--image", str(image), "--audio", str(inputs / "speech.wav"),
+                  "--out", str(out), "--repeats", "1", *map(str, extra)])
+    finally:
+        torch.set_num_threads(threads)
+    _, err = capsys.readouterr()
+    assert exit_info.value.code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], err
     assert sorted(p.name for p in out.iterdir()) == ["bench.json"]  # no inputs/, bench.md, temporary files
     assert (out / "bench.json").read_text() == "{}\n"
 
