@@ -31,6 +31,7 @@ from lipstep.distill.perflow import guided_copy
 from lipstep.errors import ConfigError, LipstepError
 from lipstep.modeldir import BUNDLED_ROOT, ModelInfo
 from lipstep.nets.dit import AvatarDiT, DiTConfig, forward_flops
+from lipstep.nets.eyes import EyeConfig, EyeNet, save_eye_net
 from lipstep.nets.identity import IdentityNet, IdentityNetConfig, load_identity
 from lipstep.pipeline import AvatarPipeline, read_info
 from lipstep.samplers import SamplerInfo
@@ -251,10 +252,18 @@ def test_a_lite_run_through_the_cli_and_the_pipeline(world, tmp_path, capsys):
     run(["distill", "dmd", "--data", prepared, "--out", str(tmp_path / "dmd"), "--teacher", teacher, "--steps", "2",
          "--batch-size", "2", "student_steps=2", "fake_updates=1", "val_clips=0"])
     source = str(tmp_path / "dmd" / "model")
-    run(["distill", "lite", "--data", prepared, "--out", str(tmp_path / "lite"), "--source", source, "--teacher",
-         teacher, "--steps", "2", "--batch-size", "2", "id_weight=0", "student_steps=2", "val_clips=1",
-         "val_seconds=0.5", "max_flops_ratio=1"])
+    # a source that blinks with an eye net: its student keeps the eye net and the rate
+    dmd = AvatarPipeline.from_pretrained(source)
+    save_eye_net(EyeNet(EyeConfig(latent_channels=dmd.codec.latent_channels, hidden=4, dilations=(1,),
+                                  latent_size=dmd.info.image_size // dmd.codec.downsample)),
+                 tmp_path / "eyes", train={"blinks_per_second": 0.5})
+    dmd.attach_eyes(tmp_path / "eyes")
+    dmd.save_pretrained(tmp_path / "dmd_eyes")
+    run(["distill", "lite", "--data", prepared, "--out", str(tmp_path / "lite"), "--source",
+         str(tmp_path / "dmd_eyes"), "--teacher", teacher, "--steps", "2", "--batch-size", "2", "id_weight=0",
+         "student_steps=2", "val_clips=1", "val_seconds=0.5", "max_flops_ratio=1"])
     info = read_info(tmp_path / "lite" / "model")
+    assert info.blinks_per_second == 0.5 and (tmp_path / "lite" / "model" / "eyes" / "model.safetensors").is_file()
     assert (info.recipe, info.sampler.name, info.sampler.steps, info.nfe_per_chunk()) == ("lite", "fewstep", 2, 2)
     assert info.trained["gflops"] < info.trained["source_gflops"] and info.trained["target"] == "source"
     res = AvatarPipeline.from_pretrained(tmp_path / "lite" / "model")(np.zeros((32, 32, 3), np.uint8),
@@ -265,6 +274,7 @@ def test_a_lite_run_through_the_cli_and_the_pipeline(world, tmp_path, capsys):
          teacher, "--steps", "2", "--batch-size", "2", "id_weight=0", "student_steps=2", "val_clips=0",
          "max_flops_ratio=1", "audio=viseme", f"viseme_classifier={tmp_path / 'vis'}"])
     vis = AvatarPipeline.from_pretrained(tmp_path / "lite_vis" / "model")
+    assert vis.eyes is None and vis.info.blinks_per_second == 0  # from the source without one
     assert (vis.denoiser.cfg.audio_dim, vis.denoiser.cfg.audio_window, vis.audio_encoder.cfg.kind) == (15, 5, "viseme-audio")
     res = vis(np.zeros((32, 32, 3), np.uint8), np.zeros(8000, np.float32), steps=1)
     assert res.frames.shape == (12, 32, 32, 3)

@@ -69,7 +69,7 @@ from lipstep.distill.losses import batch_cond
 from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.distill.perflow import check_scale_ranges, open_teacher
 from lipstep.errors import LipstepError
-from lipstep.modeldir import ModelInfo, load_model
+from lipstep.modeldir import ModelInfo, load_eyes, load_model
 from lipstep.nets.discriminator import DiscriminatorConfig, FeatureDiscriminator
 from lipstep.nets.dit import param_count
 from lipstep.samplers.ddim import sample_ddim
@@ -452,7 +452,8 @@ class AdversarialRecipe:
         return Built(method=method, dataset=dataset, train=cfg.train, info=round_info(info, target, cfg),
                      codec=src.codec, audio=src.audio, export_role="student", latents=src.latents,
                      validation=Validation(cfg.val_clips, target, cfg.val_seconds),
-                     provenance=provenance, record="distill.json", run_config=cfg)
+                     provenance=provenance, record="distill.json", run_config=cfg,
+                     eyes=load_eyes(root, info, src.codec, student.cfg))
 
 
 __all__ = [

@@ -413,7 +413,7 @@ class DMDRecipe:
         return Built(method=method, dataset=dataset, train=cfg.train, info=student_info(src.info, cfg),
                      codec=src.codec, audio=src.audio, export_role="generator", latents=src.latents,
                      validation=Validation(cfg.val_clips, cfg.student_steps, cfg.val_seconds),
-                     provenance=provenance, record="distill.json", run_config=cfg)
+                     provenance=provenance, record="distill.json", run_config=cfg, eyes=src.eyes)
 
 
 __all__ = ["DMDConfig", "DMDMethod", "DMDRecipe", "default_scales", "dm_times", "pair_solver", "start_index",

@@ -72,7 +72,7 @@ from lipstep.distill.losses import batch_cond, blink_weights, motion_weights
 from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.distill.perflow import open_teacher
 from lipstep.errors import LipstepError
-from lipstep.modeldir import BUNDLED_ROOT, ModelInfo, load_model
+from lipstep.modeldir import BUNDLED_ROOT, ModelInfo, load_eyes, load_model
 from lipstep.nets.dit import AvatarDiT, DiTConfig, forward_flops, param_count
 from lipstep.nets.identity import IdentityNet, load_identity
 from lipstep.samplers import SamplerInfo
@@ -452,7 +452,8 @@ class LiteRecipe:
         return Built(method=method, dataset=src.dataset, train=cfg.train, info=lite_info(info, cfg),
                      codec=src.codec, audio=audio, export_role="student", latents=src.latents,
                      validation=Validation(cfg.val_clips, cfg.student_steps, cfg.val_seconds),
-                     provenance=provenance, record="distill.json", run_config=cfg)
+                     provenance=provenance, record="distill.json", run_config=cfg,
+                     eyes=load_eyes(root, info, src.codec, source.cfg))
 
 
 __all__ = [

@@ -139,6 +139,8 @@ class Built:
     provenance: dict = field(default_factory=dict)  # merged into info.trained
     record: str | None = None       # also write info.trained to OUT/<record> (e.g. distill.json)
     run_config: object = None       # saved as OUT/config.json
+    eyes: object = None             # an eye net the exported model keeps (its source's: a student of a model that
+    #   blinks with one blinks too); without one, and a net that does not read blinks, the model draws none
 
 
 class Recipe(Protocol):

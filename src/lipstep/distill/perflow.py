@@ -68,7 +68,7 @@ from lipstep.distill.losses import (
 from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
 from lipstep.errors import LipstepError
 from lipstep.fsutil import atomic_path, write_json_atomic
-from lipstep.modeldir import ModelInfo, check_data_size, load_model
+from lipstep.modeldir import ModelInfo, check_data_size, load_eyes, load_model
 from lipstep.nets.dit import AvatarDiT, param_count
 from lipstep.samplers import SamplerInfo
 from lipstep.samplers.perflow import TARGETS, ddim_eps_coeffs, window_bounds
@@ -402,6 +402,7 @@ class TeacherRun:
     net: AvatarDiT
     latents: Path                   # the latent cache of the prepared data
     dataset: WindowDataset          # training windows (offsets from the reference for a residual teacher)
+    eyes: object = None             # the teacher's eye net (`lipstep.nets.eyes`), which its students keep
 
 
 def open_teacher(teacher: str | Path, prepared: Path, command: str, *, progress: bool,
@@ -424,7 +425,7 @@ def open_teacher(teacher: str | Path, prepared: Path, command: str, *, progress:
     window = WindowConfig(frames=tinfo.frames, motion_frames=tinfo.motion_frames)
     dataset = WindowDataset(prepared, "train", window, latents=cache, pixels=False, residual=tinfo.residual,
                             blink_repeat=blink_repeat if net.cfg.blink else 0)
-    return TeacherRun(root, tinfo, codec, audio, net, cache, dataset)
+    return TeacherRun(root, tinfo, codec, audio, net, cache, dataset, load_eyes(root, tinfo, codec, net.cfg))
 
 
 class PerflowRecipe:
@@ -459,7 +460,7 @@ class PerflowRecipe:
         return Built(method=method, dataset=dataset, train=cfg.train, info=student_info(tinfo, cfg), codec=codec,
                      audio=audio, export_role="student", latents=cache,
                      validation=Validation(cfg.val_clips, cfg.student_steps, cfg.val_seconds),
-                     provenance=provenance, record="distill.json", run_config=cfg)
+                     provenance=provenance, record="distill.json", run_config=cfg, eyes=src.eyes)
 
 
 __all__ = ["CFG_MODES", "PairBank", "PerflowConfig", "PerflowMethod", "PerflowRecipe", "TeacherRun", "build_pair_bank",

@@ -101,7 +101,9 @@ def _run(recipe: Recipe, prepared: Path, out: Path, resume: bool, progress: bool
     built.info.trained = {**built.provenance, "steps": state.step,
                           "seconds_this_run": round(time.perf_counter() - started, 1),
                           "weights": "ema" if ema is not None else "model"}
-    model_dir = save_model(out / "model", built.info, built.codec, built.audio, final.eval())
+    if built.eyes is None and not getattr(getattr(final, "cfg", None), "blink", False):
+        built.info.blinks_per_second = 0.0  # nothing in the exported model could draw its source's blinks
+    model_dir = save_model(out / "model", built.info, built.codec, built.audio, final.eval(), eyes=built.eyes)
     if built.record:
         write_json_atomic(out / built.record, built.info.trained)
     nfe = built.info.nfe_per_chunk()
