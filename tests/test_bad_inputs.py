@@ -335,6 +335,8 @@ CASES = [
     ("export_eyes_missing", "export -m lite -o out --eyes {i}/nosuch", r"nosuch: eye net directory not found"),
     ("export_eyes_not_eyes", "export -m lite -o out --eyes {i}/prep", r"prep is not an eye net directory"),
     ("export_blink_rate_bad", "export -m lite -o out --blink-rate -1", r"--blink-rate must be in 0\.\.5"),
+    ("export_blink_rate_nothing_draws", "export -m fada -o out --blink-rate 0.3",
+     r"--blink-rate: fada has nothing to draw blinks with"),
     ("train_visemes_data_missing", "train visemes -d {i}/nosuch -o out", r"nosuch does not exist"),
     ("train_visemes_out_foreign", "train visemes -d {i}/prep -o {i}/prep",
      r"prep exists and is not a viseme classifier directory; refusing to overwrite it"),

@@ -698,6 +698,9 @@ def export(
     if eyes is not None:
         pipe.attach_eyes(eyes, blink_rate)
     elif blink_rate is not None:
+        if blink_rate > 0 and pipe.eyes is None and not pipe.denoiser.cfg.blink:
+            raise typer.BadParameter(f"--blink-rate: {model} has nothing to draw blinks with (no eye net, and its "
+                                     "denoiser does not read blinks); attach one with --eyes EYES")
         pipe.info.blinks_per_second = blink_rate
     pipe.info.validate()
     if quality_bar is not None:
