@@ -402,6 +402,8 @@ CASES = [
     ("generate_runtime_bogus", G + " --runtime tensorrt", r"--runtime must be one of torch, onnx, onnx-int8"),
     ("generate_threads_zero", G + " --threads 0", r"--threads must be at least 1"),
     ("generate_emit_bogus", G + " --emit pixels", r"--emit must be frames or latents"),
+    ("generate_blink_rate_bad", G + " --blink-rate 9", r"the blink rate must be in 0\.\.5 blinks per second"),
+    ("generate_blink_rate_nothing_draws", G + " -m fada --blink-rate 0.5", r"this model has nothing to draw blinks"),
     ("generate_emit_latents_suffix", G + " --emit latents", r"--emit latents writes a \.safetensors file"),
     ("decode_latents_missing", "decode {i}/nosuch.safetensors out.mp4", r"nosuch\.safetensors: file not found"),
     ("decode_latents_corrupt", "decode {i}/text.safetensors out.mp4",

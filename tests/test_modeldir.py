@@ -185,3 +185,28 @@ def test_eye_nets_that_do_not_fit_and_blinks_nothing_can_draw_are_refused(tmp_pa
     pipe.save_pretrained(tmp_path / "m")        # a rate with nothing to draw it
     with pytest.raises(LipstepError, match="does not read blinks and there is no eyes/ eye net"):
         AvatarPipeline.from_pretrained(tmp_path / "m")
+
+
+def test_a_stream_may_ask_for_another_blink_rate_or_none():
+    from lipstep.data.blinks import BlinkSchedule
+    from tests.tinypipe import portrait, tiny_pipeline
+
+    pipe = tiny_pipeline(anchor_every=1)
+    audio = (0.1 * np.random.default_rng(0).standard_normal(16000 * 2)).astype(np.float32)
+
+    def frames(**kw):
+        s = pipe.open_stream(portrait(), seed=3, **kw)
+        return np.stack([f.image for f in s.push(audio) + s.finish()])
+
+    with pytest.raises(LipstepError, match="nothing to draw blinks with"):
+        pipe.open_stream(portrait(), blinks_per_second=1.0)
+    plain = frames()
+    pipe.eyes = _eyes()
+    assert np.array_equal(frames(), plain)                        # the model's rate: 0
+    assert np.array_equal(frames(blinks_per_second=0), plain)
+    told = BlinkSchedule(4.0, 25.0, seed=3).frames(0, len(plain))
+    changed = np.abs(frames(blinks_per_second=4.0).astype(int) - plain).reshape(len(plain), -1).max(1) > 0
+    assert np.array_equal(changed, told > 0) and told.any()
+    for bad in (-1, 6, float("nan")):
+        with pytest.raises(LipstepError, match="blink rate must be in 0..5"):
+            pipe.check_blink_rate(bad)

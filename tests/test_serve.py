@@ -112,6 +112,8 @@ BAD_GENERATE = {
                        "seed must be in"),
     "bad scale": ({"image": ("me.png", _png()), "audio": ("a.wav", _wav(0.5))}, {"cfg_audio": "-1"}, 400,
                   "cfg_audio must be a guidance scale"),
+    "bad blink rate": ({"image": ("me.png", _png()), "audio": ("a.wav", _wav(0.5))}, {"blink_rate": "nan"}, 400,
+                       "blink rate must be in 0..5"),
     "bad detector": ({"image": ("me.png", _png()), "audio": ("a.wav", _wav(0.5))}, {"detector": "eyes"}, 400,
                      "detector must be one of"),
     "body too large": ({"image": ("me.png", b"x" * 300_000), "audio": ("a.wav", _wav(0.5))}, {}, 413,
@@ -207,7 +209,7 @@ def test_stream_with_previews_sends_a_frame_before_its_chunk_is_complete(client)
     with client.websocket_connect("/v1/stream") as ws:
         ws.send_text(_start(preview_every=1))
         ready = ws.receive_json()
-        assert ready["preview_every"] == 1
+        assert ready["preview_every"] == 1 and ready["blink_rate"] == 0  # the tiny model draws none
         ws.send_bytes(speech[:640 + 1056].astype("<f4").tobytes())   # frame 0 and the look-ahead; chunk 0 needs 3616
         header, _ = _frame(ws.receive_bytes())
         assert header["index"] == 0
@@ -252,6 +254,8 @@ BAD_STREAMS = {
     "sample rate": ([_start(sample_rate=44100)], 400, "sample_rate must be 16000", 4400),
     "bad pcm": ([_start(pcm="mp3")], 400, "start.pcm: must be one of", 4400),
     "bad preview": ([_start(preview_every=9)], 400, "preview_every must be in 0..4", 4400),
+    "bad blink rate": ([_start(blink_rate=9)], 400, "blink rate must be in 0..5", 4400),
+    "blinks nothing draws": ([_start(blink_rate=0.5)], 400, "nothing to draw blinks with", 4400),
     "steps too many": ([_start(steps=10**9)], 400, "steps must be in 1..100", 4400),
     "bad scale": ([_start(cfg_ref=1e9)], 400, "cfg_ref must be a guidance scale", 4400),
     "odd bytes": ([_start(), b"\x00" * 7], 400, "whole number of 4-byte samples", 4400),

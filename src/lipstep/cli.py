@@ -540,6 +540,8 @@ def generate(
     emit: str = typer.Option("frames", help="frames: write the video; latents: write the latents and the audio to "
                              "a .safetensors file instead, nothing decoded (hybrid mode; render it later with "
                              "lipstep decode)."),
+    blink_rate: Optional[float] = typer.Option(None, "--blink-rate", help="Blinks per second (default: the model's, "
+                                               "see lipstep models; 0 = none)."),
 ):
     """Portrait + speech -> lip-synced talking-head video with the original audio (or, with --emit latents, the
     latents to render it from elsewhere)."""
@@ -559,7 +561,8 @@ def generate(
 
     check_runtime(runtime)
     options = {"steps": steps, "cfg_audio": cfg_audio, "cfg_ref": cfg_ref, "seed": seed, "detector": detector,
-               "max_seconds": max_seconds, "device": device, "runtime": runtime, "threads": threads}
+               "max_seconds": max_seconds, "device": device, "runtime": runtime, "threads": threads,
+               "blinks_per_second": blink_rate}
     if emit == "latents":
         path, res, seconds, meta = generate_latents_file(model, image, audio, out, **options)
         shape = "x".join(map(str, meta.latent_shape))

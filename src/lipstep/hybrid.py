@@ -142,7 +142,8 @@ def read_latents(path: str | os.PathLike) -> tuple[Tensor, np.ndarray, LatentsMe
 def generate_latents_file(model, image_path, audio_path, out_path, *, steps=None, cfg_audio=None, cfg_ref=None,
                           seed: int = 0, detector: str = "auto", max_seconds: float | None = None,
                           progress: bool = True, device: str = "cpu", runtime: str = "torch",
-                          threads: int | None = None) -> tuple[Path, StreamStats, float, LatentsMeta]:
+                          threads: int | None = None, blinks_per_second: float | None = None
+                          ) -> tuple[Path, StreamStats, float, LatentsMeta]:
     """`lipstep generate --emit latents`: as `lipstep.pipeline.generate_file`, but the latents file instead of the
     video (nothing is decoded). Returns (path, stream stats, seconds, header)."""
     out_path = Path(out_path)
@@ -151,8 +152,11 @@ def generate_latents_file(model, image_path, audio_path, out_path, *, steps=None
     pipe, image, audio = load_inputs(model, image_path, audio_path, max_seconds=max_seconds, device=device,
                                      runtime=runtime, threads=threads)
     t0 = time.perf_counter()
+    if blinks_per_second is not None:
+        pipe.check_blink_rate(blinks_per_second)  # before any work
     latents, stats = pipe.emit_latents(image, audio, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
-                                       detector=detector, progress=progress, source=str(image_path))
+                                       detector=detector, progress=progress, source=str(image_path),
+                                       blinks_per_second=blinks_per_second)
     info = pipe.info
     meta = LatentsMeta(frames=len(latents), fps=info.fps, sample_rate=info.sample_rate, chunk_frames=info.frames,
                        latent_shape=list(latents.shape[1:]), image_size=info.image_size,

@@ -33,7 +33,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,12 +131,16 @@ class AvatarStream:
                  cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
                  vad: VADConfig | None = None, callback: Callable[..., None] | None = None,
                  on_chunk: Callable[[int, Tensor], None] | None = None, timings: dict | None = None,
-                 preview_every: int = 0):
+                 preview_every: int = 0, blinks_per_second: float | None = None):
         info = pipe.info
         if not 0 <= preview_every <= info.frames:
             raise LipstepError(f"preview_every must be in 0..{info.frames} (frames per chunk), got {preview_every}")
         self.pipe, self.info, self.on_chunk = pipe, info, on_chunk
-        self.core = ChunkSampler(pipe.model_fn(), reference, sampler=info.sampler, layout=info.layout(), steps=steps,
+        layout = info.layout()
+        if blinks_per_second is not None:
+            layout = replace(layout, blinks_per_second=pipe.check_blink_rate(blinks_per_second))
+        self.blinks_per_second = layout.blinks_per_second
+        self.core = ChunkSampler(pipe.model_fn(), reference, sampler=info.sampler, layout=layout, steps=steps,
                                  cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, callback=callback, eyes=pipe.eyes)
         self.features: FeatureStream = pipe.audio_encoder.stream(info.frames, info.fps, info.sample_rate)
         self.vad = VoiceActivity(vad, info.sample_rate, info.fps)
@@ -332,6 +336,17 @@ class AvatarPipeline:
         if isinstance(record.get("config"), dict) and "steps" in record["config"]:
             self.info.trained["eyes"]["steps"] = record["config"]["steps"]
 
+    def check_blink_rate(self, blinks_per_second: float) -> float:
+        """A blink rate a generation may ask for (0 = none), or a one-line `LipstepError`: 0..5 per second, and
+        something in the model to draw them with (its eye net, or a denoiser that reads blinks)."""
+        rate = float(blinks_per_second)
+        if not (math.isfinite(rate) and 0 <= rate <= 5):
+            raise LipstepError(f"the blink rate must be in 0..5 blinks per second, got {blinks_per_second}")
+        if rate > 0 and self.eyes is None and not getattr(self.denoiser.cfg, "blink", False):
+            raise LipstepError("this model has nothing to draw blinks with (no eye net, and its denoiser does not "
+                               "read blinks); attach one with lipstep export --eyes")
+        return rate
+
     def save_pretrained(self, out: str | os.PathLike, *, half: bool = False) -> Path:
         if self.runtime != "torch":
             raise LipstepError(f"a pipeline on the {self.runtime} runtime cannot be saved; save the torch model")
@@ -396,7 +411,8 @@ class AvatarPipeline:
                     cfg_ref: float | None = None, seed: int = 0, detector: str = "auto",
                     source: str = "the portrait", vad: VADConfig | None = None,
                     callback: Callable[..., None] | None = None,
-                    on_chunk: Callable[[int, Tensor], None] | None = None, preview_every: int = 0) -> AvatarStream:
+                    on_chunk: Callable[[int, Tensor], None] | None = None, preview_every: int = 0,
+                    blinks_per_second: float | None = None) -> AvatarStream:
         """Prepare a portrait once (crop, encode the reference) and return its `AvatarStream`.
 
         ``preview_every`` 0 (default): each chunk is sampled once, when its audio and the look-ahead are in, and its
@@ -408,12 +424,13 @@ class AvatarPipeline:
 
         ``callback`` runs after every sampler step (progress bars); ``on_chunk(k, latents [frames, C, h, w])``
         as soon as chunk k is sampled, before it is decoded (`lipstep bench`'s first-chunk latency).
+        ``blinks_per_second`` overrides the model's blink rate for this stream (0 = no blinks; `check_blink_rate`).
         """
         t0 = self.clock()
         reference = self.encode_image(self.crop(image, detector, source))
         return AvatarStream(self, reference, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed, vad=vad,
                             callback=callback, on_chunk=on_chunk, timings={"crop_encode": self.clock() - t0},
-                            preview_every=preview_every)
+                            preview_every=preview_every, blinks_per_second=blinks_per_second)
 
     def warmup(self) -> float:
         """Generate and drop one chunk (a grey portrait, silence) so that the first real frame does not pay the
@@ -457,7 +474,8 @@ class AvatarPipeline:
     def __call__(self, image: np.ndarray, audio: np.ndarray, *, steps: int | None = None,
                  cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
                  detector: str = "auto", progress: bool = False, source: str = "the portrait",
-                 on_chunk: Callable[[int, Tensor], None] | None = None) -> Generation:
+                 on_chunk: Callable[[int, Tensor], None] | None = None,
+                 blinks_per_second: float | None = None) -> Generation:
         """Portrait uint8 [H, W, 3] + mono float32 audio at the model's sample rate -> `Generation`.
 
         The stream path with all audio in one piece. ``timings`` are seconds per stage (CUDA-synchronised);
@@ -467,7 +485,7 @@ class AvatarPipeline:
         with self._progress(len(audio), steps, progress) as bar:
             stream = self.open_stream(image, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
                                       detector=detector, source=source, callback=lambda *_: bar.update(1),
-                                      on_chunk=on_chunk)
+                                      on_chunk=on_chunk, blinks_per_second=blinks_per_second)
             frames = stream.push(audio) + stream.finish()
         st = stream.stats()
         return Generation(frames=np.stack([f.image for f in frames]), audio=audio, fps=st.fps,
@@ -477,7 +495,7 @@ class AvatarPipeline:
     def generate_video(self, image: np.ndarray, audio: np.ndarray, out_path: str | os.PathLike, *,
                        steps: int | None = None, cfg_audio: float | None = None, cfg_ref: float | None = None,
                        seed: int = 0, detector: str = "auto", progress: bool = False, source: str = "the portrait",
-                       piece_seconds: float = 1.0) -> StreamStats:
+                       piece_seconds: float = 1.0, blinks_per_second: float | None = None) -> StreamStats:
         """Portrait + audio -> a video file with the audio muxed in, written frame by frame (atomically).
 
         The audio goes through the stream in pieces of ``piece_seconds`` and every frame goes to the encoder
@@ -498,7 +516,8 @@ class AvatarPipeline:
 
         with self._progress(len(audio), steps, progress) as bar:
             stream = self.open_stream(image, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
-                                      detector=detector, source=source, callback=lambda *_: bar.update(1))
+                                      detector=detector, source=source, callback=lambda *_: bar.update(1),
+                                      blinks_per_second=blinks_per_second)
             with VideoWriter(out_path, self.info.fps, sample_rate=self.info.sample_rate) as writer:
                 for i in range(0, len(audio), step):
                     write(writer, audio[i:i + step], stream.push(audio[i:i + step]))
@@ -513,14 +532,15 @@ class AvatarPipeline:
     def emit_latents(self, image: np.ndarray, audio: np.ndarray, *, steps: int | None = None,
                      cfg_audio: float | None = None, cfg_ref: float | None = None, seed: int = 0,
                      detector: str = "auto", progress: bool = False, source: str = "the portrait",
-                     piece_seconds: float = 1.0) -> tuple[Tensor, StreamStats]:
+                     piece_seconds: float = 1.0, blinks_per_second: float | None = None) -> tuple[Tensor, StreamStats]:
         """Portrait + audio -> (the latents [N, C, h, w] that `generate_video` decodes, stream stats); nothing is
         decoded (hybrid mode, `lipstep.hybrid`). The audio goes through the stream in pieces as there."""
         audio = self._checked_audio(audio)
         step = max(1, int(piece_seconds * self.info.sample_rate))
         with self._progress(len(audio), steps, progress) as bar:
             stream = self.open_stream(image, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
-                                      detector=detector, source=source, callback=lambda *_: bar.update(1))
+                                      detector=detector, source=source, callback=lambda *_: bar.update(1),
+                                      blinks_per_second=blinks_per_second)
             chunks = [z for i in range(0, len(audio), step) for z in stream.push_latents(audio[i:i + step])]
             chunks += stream.finish_latents()
         return torch.cat(chunks), stream.stats()
@@ -548,8 +568,8 @@ def load_inputs(model, image_path, audio_path, *, max_seconds: float | None = No
 
 def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_audio=None, cfg_ref=None,
                   seed: int = 0, detector: str = "auto", max_seconds: float | None = None, progress: bool = True,
-                  device: str = "cpu", runtime: str = "torch", threads: int | None = None
-                  ) -> tuple[Path, StreamStats, float]:
+                  device: str = "cpu", runtime: str = "torch", threads: int | None = None,
+                  blinks_per_second: float | None = None) -> tuple[Path, StreamStats, float]:
     """`lipstep generate`: read the inputs, generate, write the video with the original audio frame by frame.
 
     ``max_seconds`` (None = no limit) refuses longer audio before the model loads. Memory does not grow
@@ -561,9 +581,12 @@ def generate_file(model, image_path, audio_path, out_path, *, steps=None, cfg_au
         raise LipstepError(f"--out {out_path}: use a .mp4, .mkv or .mov file name")
     pipe, image, audio = load_inputs(model, image_path, audio_path, max_seconds=max_seconds, device=device,
                                      runtime=runtime, threads=threads)
+    if blinks_per_second is not None:
+        pipe.check_blink_rate(blinks_per_second)  # before any work
     t0 = time.perf_counter()
     stats = pipe.generate_video(image, audio, out_path, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref, seed=seed,
-                                detector=detector, progress=progress, source=str(image_path))
+                                detector=detector, progress=progress, source=str(image_path),
+                                blinks_per_second=blinks_per_second)
     return out_path, stats, time.perf_counter() - t0
 
 

@@ -138,6 +138,7 @@ class StreamStart:
     detector: str = "auto"              # face detector for the portrait crop
     preview_every: int | None = None    # 0: frames a chunk at a time; k: also k at a time from previews (lower
     #   latency, more compute); None = the server's setting
+    blink_rate: float | None = None     # blinks per second (0 = none); None = the model's
 
     def validate(self) -> None:
         check((self.portrait is None) != (self.portrait_id is None), "give exactly one of portrait and portrait_id")
@@ -334,15 +335,24 @@ class AvatarServer:
             return out.read_bytes(), {"frames": stats.frames, "nfe": stats.nfe, "chunks": stats.chunks}
 
     async def generate(self, image: UploadFile, audio: UploadFile, steps: int | None, cfg_audio: float | None,
-                       cfg_ref: float | None, seed: int, detector: str) -> Response:
+                       cfg_ref: float | None, seed: int, detector: str, blink_rate: float | None = None) -> Response:
         check_settings(self.cfg, steps, cfg_audio, cfg_ref, seed, detector)
+        self.check_blink_rate(blink_rate)
         rid = "gen-" + uuid.uuid4().hex[:8]
         with self.slot(rid):
             data, stats = await self.run(self._generate, await image.read(), image.filename, await audio.read(),
                                          audio.filename, steps=steps, cfg_audio=cfg_audio, cfg_ref=cfg_ref,
-                                         seed=seed, detector=detector)
+                                         seed=seed, detector=detector, blinks_per_second=blink_rate)
         headers = {"X-Lipstep-Frames": str(stats["frames"]), "X-Lipstep-NFE": str(stats["nfe"])}
         return Response(content=data, media_type="video/mp4", headers=headers)
+
+    def check_blink_rate(self, rate: float | None) -> None:
+        """A blink rate the model can draw (`AvatarPipeline.check_blink_rate`), or 400."""
+        if rate is not None:
+            try:
+                self.pipe.check_blink_rate(rate)
+            except LipstepError as e:
+                raise ClientError(400, str(e)) from None
 
     async def add_portrait(self, image: UploadFile, detector: str) -> dict:
         check_settings(self.cfg, None, None, None, 0, detector)
@@ -407,7 +417,7 @@ class AvatarServer:
         return self.pipe.open_stream(image, steps=start.steps, cfg_audio=start.cfg_audio, cfg_ref=start.cfg_ref,
                                      seed=start.seed, detector=start.detector, source="the portrait",
                                      preview_every=self.cfg.preview_every if start.preview_every is None
-                                     else start.preview_every)
+                                     else start.preview_every, blinks_per_second=start.blink_rate)
 
     def _frames(self, frames: list[StreamFrame], fmt: str) -> list[bytes]:
         return [frame_message(f, fmt, self.cfg.jpeg_quality) for f in frames]
@@ -424,6 +434,7 @@ class AvatarServer:
             raise ClientError(409, 'send the start message {"type": "start", ...} before any audio')
         start = _parse_start(msg["text"])
         check_settings(self.cfg, start.steps, start.cfg_audio, start.cfg_ref, start.seed, start.detector)
+        self.check_blink_rate(start.blink_rate)
         if start.sample_rate != self.pipe.info.sample_rate:
             raise ClientError(400, f"sample_rate must be {self.pipe.info.sample_rate} (the model's), got "
                                    f"{start.sample_rate}; resample on the client")
@@ -438,6 +449,7 @@ class AvatarServer:
         await ws.send_json({"type": "ready", "session": session.id, "fps": info.fps, "size": info.image_size,
                             "sample_rate": info.sample_rate, "pcm": start.pcm, "format": start.format,
                             "chunk_frames": info.frames, "preview_every": stream.preview_every,
+                            "blink_rate": stream.blinks_per_second,
                             "lookahead_ms": None if lookahead is None else round(lookahead * 1000, 1)})
         session.move("streaming", pcm=start.pcm, format=start.format, steps=stream.core.steps, seed=start.seed)
         # Reading and generating run side by side: the reader keeps taking messages off the connection while a
@@ -671,8 +683,10 @@ def create_app(cfg: ServeConfig | None = None, pipe: AvatarPipeline | None = Non
                        cfg_audio: float | None = Form(None, description="Audio guidance scale"),
                        cfg_ref: float | None = Form(None, description="Reference guidance scale"),
                        seed: int = Form(0, description="Seed of the noise"),
-                       detector: str = Form("auto", description="Face detector: auto, haar, dlib or none")):
-        return await server.generate(image, audio, steps, cfg_audio, cfg_ref, seed, detector)
+                       detector: str = Form("auto", description="Face detector: auto, haar, dlib or none"),
+                       blink_rate: float | None = Form(None, description="Blinks per second (0 = none; default: "
+                                                       "the model's)")):
+        return await server.generate(image, audio, steps, cfg_audio, cfg_ref, seed, detector, blink_rate)
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
