@@ -13,9 +13,9 @@ closure as a constant channel and two coordinate channels (the eyes are at a fix
 aligned face crop, so the net does not have to find them from texture alone); its last convolution
 starts at zero. At c = 0 the frame comes back unchanged, exactly, so a frame outside a blink costs
 nothing and cannot be damaged. The net works on latents of one codec: it is trained on that codec's
-encodings of real frames (`lipstep.eval.train_eyes`) and kept in the model directory it serves
-(``MODEL/eyes/``, `lipstep.modeldir`), like the motion head of a student, so the same model blinks
-in offline generation, streaming and evaluation (`lipstep.samplers.chunks.ChunkSampler`).
+encodings of real frames (`lipstep.train.eyes`) and kept in the model directory it serves
+(``MODEL/eyes/``, `lipstep.modeldir`), so the same model blinks in offline generation, streaming,
+previews, hybrid latents and evaluation (`lipstep.samplers.chunks.ChunkSampler` applies it).
 
 An eye-net directory holds ``config.json`` (`EyeConfig`), ``model.safetensors``, ``checksums.json`` and,
 from training, ``train.json`` (`lipstep.netdir`).
