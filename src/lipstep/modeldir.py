@@ -234,9 +234,8 @@ def describe_models() -> list[dict]:
     rows = []
     for name, path in bundled_models().items():
         info = read_info(path)
-        eyes = any((d / EYES_DIR).is_dir() for d in (path, components_dir(path, info)))
         blinks = "-" if info.blinks_per_second == 0 else \
-            f"{info.blinks_per_second:.2f}/s ({'eye net' if eyes else 'denoiser'})"
+            f"{info.blinks_per_second:.2f}/s ({'eye net' if eyes_dir(path, info) else 'denoiser'})"
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         params = _denoiser_params(components_dir(path, info) / "denoiser")
         rows.append({"name": name, "kind": info.kind, "recipe": info.recipe, "steps": info.sampler.steps,
@@ -329,19 +328,24 @@ def load_model(model: str | os.PathLike | None, *, device: str | torch.device = 
     return root, info, codec, audio, net
 
 
+def eyes_dir(root: str | os.PathLike, info: ModelInfo) -> Path | None:
+    """A model directory's eye net directory (``MODEL/eyes/``, else its components' ``eyes/``), or None."""
+    root = Path(root)
+    return next((d / EYES_DIR for d in (root, components_dir(root, info)) if (d / EYES_DIR).is_dir()), None)
+
+
 def load_eyes(root: str | os.PathLike, info: ModelInfo, codec, cfg: DiTConfig, *,
               device: str | torch.device = "cpu") -> EyeNet | None:
     """The eye net of a model directory (``MODEL/eyes/``, else its components' ``eyes/``), or None without one; a
     one-line `LipstepError` when it does not fit the codec's latents, or when the model asks for blinks
     (``blinks_per_second`` > 0) that nothing can draw (no eye net and a denoiser that does not read blinks)."""
-    root = Path(root)
-    found = [d / EYES_DIR for d in dict.fromkeys([root, components_dir(root, info)]) if (d / EYES_DIR).is_dir()]
-    if not found:
+    found = eyes_dir(root, info)
+    if found is None:
         if info.blinks_per_second > 0 and not cfg.blink:
             raise LipstepError(f"{root}: blinks_per_second is {info.blinks_per_second} but the denoiser does not read "
                                f"blinks and there is no {EYES_DIR}/ eye net to draw them")
         return None
-    return check_eyes(found[0], load_eye_net(found[0]), info, codec).to(device)
+    return check_eyes(found, load_eye_net(found), info, codec).to(device)
 
 
 def check_eyes(directory: Path, eyes: EyeNet, info: ModelInfo, codec) -> EyeNet:
@@ -415,6 +419,7 @@ __all__ = [
     "components_dir",
     "default_model",
     "describe_models",
+    "eyes_dir",
     "info_from_dict",
     "load_denoiser",
     "load_eyes",

@@ -38,6 +38,7 @@ from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.errors import DataError
 from lipstep.fit import fit
 from lipstep.nets.eyes import EyeConfig, EyeNet, check_eye_net_out, save_eye_net
+from lipstep.samplers.chunks import decode_frames
 
 
 @dataclass
@@ -128,28 +129,20 @@ def encode(codec, frames: np.ndarray, batch: int = 128) -> torch.Tensor:
     return torch.cat(out)
 
 
-@torch.no_grad()
-def decode(codec, z: torch.Tensor, batch: int = 128) -> np.ndarray:
-    """latents [N, C, h, w] -> uint8 [N, S, S, 3]."""
-    out = []
-    for i in range(0, len(z), batch):
-        y = codec.decode(z[i:i + batch].to(codec.device, codec.dtype)).float().clamp(-1, 1)
-        out.append(((y + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out)
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 arrays (`lipstep.eval.temporal.psnr` sits in a later layer than training)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return round(float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10))), 2)
 
 
 @torch.no_grad()
-def heldout_readings(net: EyeNet, codec, pairs: BlinkPairs) -> dict:
-    """The eye band of input, output and real blink frames (closure >= 0.5) and PSNR against the real frame."""
+def heldout_readings(net: EyeNet, codec, pairs: BlinkPairs, z: torch.Tensor | None = None) -> dict:
+    """The eye band of input, output and real blink frames (closure >= 0.5) and PSNR against the real frame
+    (``z``: the inputs' latents when they are already encoded)."""
     inputs, targets, closure = pairs.inputs, pairs.targets, pairs.closure
-    z = encode(codec, inputs)
-    out = decode(codec, torch.cat([net(z[i:i + 256], torch.from_numpy(closure[i:i + 256]))
-                                   for i in range(0, len(z), 256)]))
+    z = encode(codec, inputs) if z is None else z
+    out = decode_frames(codec, torch.cat([net(z[i:i + 256], torch.from_numpy(closure[i:i + 256]))
+                                          for i in range(0, len(z), 256)]), codec.device)
     shut = closure >= 0.5
     return {"pairs": len(closure), "shut_pairs": int(shut.sum()),
             "eyes_input": round(float(eye_brightness(inputs[shut]).mean()), 2),
@@ -200,7 +193,7 @@ def train_eyes(prepared_dir: str | os.PathLike, codec_dir: str | os.PathLike, ou
                   progress=progress, desc="train eyes")
     net.eval().requires_grad_(False)
     heldout = {held_split: heldout_readings(net, codec, held)} if held is not None else {}
-    heldout["train"] = heldout_readings(net, codec, train)
+    heldout["train"] = heldout_readings(net, codec, train, z_in[:len(train.closure)])  # the unmirrored pairs
     seconds = time.perf_counter() - started
     record = {"data": str(root.resolve()), "codec": str(Path(codec_dir).resolve()), "config": to_dict(cfg),
               "pairs": len(c), "blinks_per_second": round(train.blinks_per_second, 4), "final_loss": round(float(np.mean(history.losses[-50:])), 5),
