@@ -115,6 +115,8 @@ def inputs(tmp_path_factory) -> Path:
     (d / "text.model").write_text("not weights\n")   # torch.load: a bare KeyError
     (d / "empty.model").write_bytes(b"")
     _prepared(d / "world_prep", _row("c1", split="train"))
+    (d / "run_list_config").mkdir()
+    (d / "run_list_config" / "config.json").write_text("[]\n")
     _latents_files(d)
     return d
 
@@ -428,6 +430,24 @@ CASES = [
     ("soak_seconds_zero", "soak -d {i}/prep -o out --seconds 0", r"seconds, speech, piece and block must be > 0"),
     ("soak_preview_negative", "soak -d {i}/prep -o out --preview-every -2", r"preview_every must be >= 0"),
     ("soak_runtime_bogus", "soak -d {i}/prep -o out --runtime tflite", r"runtime must be one of torch, onnx"),
+    # seeds: torch and numpy generators take 0..2**63-1 (options and config keys alike)
+    ("generate_seed_negative", G + " --seed -1", r"--seed.*greater than or equal to 0"),
+    ("synth_seed_too_big", "synth -o out --seed 18446744073709551616", r"--seed.*less than or equal to 9223372036854775807"),
+    ("eval_seed_negative", "eval -d {i}/prep -o out --seed -5", r"--seed.*greater than or equal to 0"),
+    ("prepare_seed_override_negative", "prepare {i}/only_bad -o out seed=-1", r"seed must be in 0\.\.2\*\*63-1, got -1"),
+    ("train_codec_seed_override_huge", "train codec -d {i}/prep -o out seed=9223372036854775808",
+     r"seed must be in 0\.\.2\*\*63-1"),
+    # a model that is not there, for the verbs that take one besides generate/eval/bench
+    ("demo_model_missing", "demo -o out -m {i}/nosuch", r"nosuch' is neither a directory nor a bundled model"),
+    ("soak_model_missing", "soak -d {i}/prep -o out -m {i}/nosuch", r"nosuch' is neither a directory nor a bundled model"),
+    ("decode_model_missing", "decode {i}/other_codec.safetensors out.mp4 -m {i}/nosuch",
+     r"nosuch' is neither a directory nor a bundled model"),
+    ("serve_device_bogus", "serve --device tpu", r"--device 'tpu': not a torch device"),
+    ("distill_dmd_resume_no_data", "distill dmd -d {i}/nosuch -o out --resume", r"nosuch is not a prepared directory"),
+    ("distill_lite_resume_no_data", "distill lite -d {i}/nosuch -o out --resume", r"nosuch is not a prepared directory"),
+    # a run folder whose config.json is JSON but not an object of keys
+    ("train_teacher_resume_config_not_object", "train teacher -d {i}/nosuch -c pixel -o {i}/run_list_config --resume",
+     r"run_list_config/config.json: a config must be a JSON object of keys, not list"),
 ]
 
 # --out under an existing file, for every verb (a file output: its folder is the file)
@@ -521,6 +541,43 @@ def test_the_matrix_covers_every_verb():
         assert any(c.startswith(f"{verb}_") for c in covered), verb
 
 
+def test_serve_on_a_taken_port_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """The port is bound before anything heavy runs: a taken port (or an unknown host) is one line, exit 2."""
+    import socket
+
+    from lipstep import server
+
+    monkeypatch.setattr(server, "create_app", lambda cfg: pytest.fail("the model loaded before the port was bound"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_main(["serve", "--host", "127.0.0.1", "--port", str(port)], capsys)
+    assert code == 2 and "Traceback" not in out + err
+    assert err.splitlines() == [(f"error: cannot listen on 127.0.0.1:{port} (Address already in use); another "
+                                 "server may be using it")]
+    code, out, err = run_main(["serve", "--host", "no-such-host.invalid", "--port", "8123"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: --host no-such-host.invalid: cannot resolve it (")
+
+
+def test_a_bug_is_one_line_exit_1_and_removes_the_folder_it_made(tmp_path, monkeypatch, capsys):
+    """An exception that is not about the input (a bug) still ends in one line, exit status 1, nothing left."""
+    from lipstep.data import world
+
+    def bug(cfg, out, **kwargs):
+        Path(out).mkdir(parents=True)
+        (Path(out) / "half.txt").write_text("half made")
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(world, "synthesize_world", bug)
+    code, out, err = run_main(["synth", "-o", str(tmp_path / "world")], capsys)
+    assert code == 1 and "Traceback" not in out + err
+    assert err.splitlines() == [("error: internal error (ZeroDivisionError: division by zero); this is a lipstep bug: "
+                                 "please report it with the output of the same command run with LIPSTEP_DEBUG=1")]
+    assert not (tmp_path / "world").exists()
+
+
 # ------------------------------------------------------------------------------------- security
 
 
@@ -612,10 +669,11 @@ def test_a_full_disk_mid_run_is_one_line(tmp_path, monkeypatch, capsys):
     (OSError(errno.EBADF, os.strerror(errno.EBADF), "x.phonemes.json"), False),
     (OSError(errno.EINVAL, os.strerror(errno.EINVAL)), False),
 ], ids=["name_too_long", "is_a_directory", "two_paths", "enoent_no_path", "ebadf", "einval"])
-def test_file_system_errors_at_paths_are_one_line_and_bugs_keep_their_traceback(err, one_line, tmp_path,
-                                                                               monkeypatch, capsys):
-    """An OSError naming a path the user's input leads to (missing, too long, a folder) is bad input; one
-    that names no path, or that a path cannot cause (a bad file descriptor), is a bug."""
+def test_file_system_errors_at_paths_are_one_line_and_bugs_are_reported_as_bugs(err, one_line, tmp_path,
+                                                                                monkeypatch, capsys):
+    """An OSError naming a path the user's input leads to (missing, too long, a folder) is bad input (exit
+    2); one that names no path, or that a path cannot cause (a bad file descriptor), is a bug: one
+    ``internal error`` line and exit 1, its traceback under LIPSTEP_DEBUG=1."""
     from lipstep import cli
 
     def fail(path, obj):
@@ -624,10 +682,17 @@ def test_file_system_errors_at_paths_are_one_line_and_bugs_keep_their_traceback(
     monkeypatch.setattr(cli, "write_json_atomic", fail)
     argv = ["say", "hello", "-o", str(tmp_path / "x.wav")]
     if not one_line:
+        code, out, err_text = run_main(argv, capsys)
+        assert code == 1 and "Traceback" not in out + err_text
+        assert err_text.splitlines() == [(f"error: internal error ({type(err).__name__}: {err}); this is a lipstep bug: "
+                                           "please report it with the output of the same command run with LIPSTEP_DEBUG=1")]
+        assert not (tmp_path / "x.wav").exists()
+        monkeypatch.setenv("LIPSTEP_DEBUG", "1")
         with pytest.raises(OSError) as info:
             main(argv)
         assert info.value is err
         return
     code, _, err_text = run_main(argv, capsys)
+    assert not (tmp_path / "x.wav").exists()   # the audio is not left without its phoneme list
     paths = " -> ".join(f for f in (err.filename, err.filename2) if f)
     assert code == 2 and err_text.splitlines() == [f"error: {paths}: {err.strerror}"]

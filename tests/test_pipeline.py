@@ -270,3 +270,17 @@ def test_export_attaches_an_eye_net_at_its_training_rate(tmp_path, capsys):
     assert info.trained["eyes"]["from"] == str((tmp_path / "eyes").resolve())
     pipe = AvatarPipeline.from_pretrained(tmp_path / "m")
     assert pipe.eyes is not None and pipe.eyes.cfg.hidden == 4
+
+
+def test_every_bundled_weights_file_is_checksummed_and_intact():
+    """Each folder of bundled weights lists its files' sha256 (so a flipped byte is refused on load), and they
+    match what ships."""
+    from lipstep.fsutil import read_checksums, verify_checksums
+    from lipstep.modeldir import BUNDLED_ROOT
+
+    folders = sorted({p.parent for p in BUNDLED_ROOT.rglob("*.safetensors")})
+    assert len(folders) >= 10
+    for folder in folders:
+        sums = read_checksums(folder)
+        assert sums is not None and {p.name for p in folder.glob("*.safetensors")} <= set(sums), folder
+        assert verify_checksums(folder)

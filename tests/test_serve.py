@@ -358,3 +358,20 @@ def test_upload_names_are_only_a_format_hint(client):
         assert r.status_code == 200, (name, r.text)
     r = client.post("/v1/portraits", files={"image": ("", _png())})  # no file name: a form field, not a file
     assert r.status_code == 400 and r.json()["error"].startswith("image: ")
+
+
+def test_bad_portrait_uploads_are_4xx_with_one_line(client):
+    """POST /v1/portraits with garbage, an empty or truncated image, no image, or a bad detector."""
+    png = _png()
+    cases = [({"image": ("me.png", b"\x89PNG garbage" * 20)}, {}),
+             ({"image": ("me.png", b"")}, {}),
+             ({"image": ("me.png", png[:60])}, {}),
+             ({"image": ("me.png", png)}, {"detector": "yolo"}),
+             ({}, {}),
+             ({"portrait": ("me.png", png)}, {})]
+    for files, data in cases:
+        r = client.post("/v1/portraits", files=files or None, data=data)
+        assert 400 <= r.status_code < 500, (files.keys(), data, r.status_code, r.text)
+        message = r.json()["error"]
+        assert message and "\n" not in message and "Traceback" not in message, message
+    assert client.get("/health").status_code == 200

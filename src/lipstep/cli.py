@@ -22,7 +22,7 @@ import typer
 
 from lipstep import __version__
 from lipstep.checks import check_device, check_output, missing_root
-from lipstep.config import apply_overrides, load_config, set_key, validate
+from lipstep.config import SEED_MAX, apply_overrides, load_config, set_key, validate
 from lipstep.errors import LipstepError
 from lipstep.fsutil import remove_made, write_json_atomic
 
@@ -99,7 +99,7 @@ def synth(
     clips_per_identity: int = typer.Option(2, help="Clips rendered per identity."),
     seconds: float = typer.Option(3.0, help="Length of each clip in seconds."),
     size: int = typer.Option(64, help="Frame size in pixels (32-256)."),
-    seed: int = typer.Option(0, help="Random seed; the same seed gives the same world."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Random seed; the same seed gives the same world."),
     quality: str = typer.Option("clean", help="'clean' or 'moderate' (offsets, jitter, drops, compression, "
                                                "wrong audio, as FADA's broader student data)."),
     workers: int = typer.Option(0, help="Worker processes (0 = one per CPU core)."),
@@ -132,10 +132,16 @@ def say(
     from lipstep.data.speech import synthesize
 
     speech = synthesize(text, voice=voice, rate=rate, pitch=pitch)
+    existed = out.exists()
     write_audio(out, speech.wav, speech.sample_rate)
     phon = out.with_suffix(".phonemes.json")
-    write_json_atomic(phon, [{"phoneme": p.symbol, "start": round(p.start, 4), "end": round(p.end, 4)}
-                             for p in speech.phonemes])
+    try:   # the audio and its phoneme list land together or not at all
+        write_json_atomic(phon, [{"phoneme": p.symbol, "start": round(p.start, 4), "end": round(p.end, 4)}
+                                 for p in speech.phonemes])
+    except BaseException:
+        if not existed:
+            out.unlink(missing_ok=True)
+        raise
     typer.echo(f"wrote {out} ({speech.seconds:.2f} s, {len(speech.phonemes)} phonemes) and {phon}")
 
 
@@ -528,7 +534,7 @@ def generate(
     steps: Optional[int] = typer.Option(None, help="Sampler steps per chunk (default: the model's)."),
     cfg_audio: Optional[float] = typer.Option(None, help="Audio guidance scale (default: the model's)."),
     cfg_ref: Optional[float] = typer.Option(None, help="Reference guidance scale (default: the model's)."),
-    seed: int = typer.Option(0, help="Seed of the initial noise."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Seed of the initial noise."),
     detector: str = typer.Option("auto", help="Face detector for the portrait crop: auto, haar, dlib or none."),
     max_seconds: Optional[float] = typer.Option(None, help="Refuse audio longer than this many seconds (default: "
                                                 "no limit; the video is written frame by frame, so memory grows "
@@ -751,7 +757,7 @@ def eval_cmd(
     steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the model's)."),
     cfg_audio: Optional[float] = typer.Option(None, help="Audio guidance scale (default: the model's)."),
     cfg_ref: Optional[float] = typer.Option(None, help="Reference guidance scale (default: the model's)."),
-    seed: int = typer.Option(0, help="Noise seed (the same for every clip)."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Noise seed (the same for every clip)."),
     audio_shift: float = typer.Option(0.0, help="Control: drive with the clip's audio rotated by this many seconds; "
                                       "metrics still use the clip's own audio and labels."),
     other_audio: bool = typer.Option(False, "--other-audio", help="Control: drive each clip with the next clip's "
@@ -826,7 +832,7 @@ def soak(
     split: str = typer.Option("test", help="Split the identity comes from: train, val or test."),
     identity: int = typer.Option(0, help="Which identity of the split (0 = the first in manifest order)."),
     steps: Optional[int] = typer.Option(None, help="Sampler steps (default: the model's)."),
-    seed: int = typer.Option(0, help="Noise seed."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Noise seed."),
     runtime: str = typer.Option("torch", help="What runs the model's networks: torch, onnx or onnx-int8."),
     preview_every: int = typer.Option(0, help="0: frames leave a chunk at a time; k: also k at a time from previews "
                                       "of the chunk still arriving (lower latency, ceil(chunk / k) samplings a chunk)."),
@@ -878,7 +884,7 @@ def bench(
                                                       "assumed sustained fp32 GFLOP/s for the printed feasibility "
                                                       "estimate (repeatable; default: rpi5=60, an assumption for a "
                                                       "Raspberry Pi 5, see lipstep.eval.edge)."),
-    seed: int = typer.Option(0, help="Seed of the initial noise (the same for every model)."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Seed of the initial noise (the same for every model)."),
     cfg_audio: Optional[float] = typer.Option(None, help="Audio guidance scale for all models (default: each model's)."),
     cfg_ref: Optional[float] = typer.Option(None, help="Reference guidance scale for all models (default: each model's)."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
@@ -957,8 +963,18 @@ def expand_list_options(argv: list[str]) -> list[str]:
     return out
 
 
+def _internal_error(e: BaseException) -> None:
+    """A bug, not the user's input: remove what this run made, say so in one line, exit status 1
+    (``LIPSTEP_DEBUG=1`` shows the traceback instead)."""
+    remove_made(_created)
+    print(f"error: internal error ({type(e).__name__}: {_one_line(str(e))[:200]}); this is a lipstep bug: please "
+          "report it with the output of the same command run with LIPSTEP_DEBUG=1", file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app; bad input ends in one ``error: ...`` line and exit status 2."""
+    """Console entry point: run the app; bad input ends in one ``error: ...`` line and exit status 2, a bug in
+    one ``error: internal error ...`` line and exit status 1 (its traceback with ``LIPSTEP_DEBUG=1``)."""
     warnings.showwarning = _show_warning
     _created.clear()
     argv = expand_list_options(list(sys.argv[1:] if argv is None else argv))
@@ -967,13 +983,19 @@ def main(argv: list[str] | None = None) -> None:
     except (LipstepError, _ClickException, OSError) as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `lipstep` or `lipstep train` alone: the help is printed
             sys.exit(2)
-        if os.environ.get("LIPSTEP_DEBUG") or (isinstance(e, OSError) and not _is_bad_input(e)):
+        if os.environ.get("LIPSTEP_DEBUG"):
             raise
+        if isinstance(e, OSError) and not _is_bad_input(e):
+            _internal_error(e)
         remove_made(_created)
         print(f"error: {_one_line(_message(e))}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         code = 130
+    except Exception as e:  # noqa: BLE001 - a bug, not bad input: one line (exit 1), the traceback on request
+        if os.environ.get("LIPSTEP_DEBUG"):
+            raise
+        _internal_error(e)
     if code == 130:  # typer turns Ctrl-C into exit status 130
         print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -120,12 +120,18 @@ def _parse_literal(text: str) -> Any:
         return text
 
 
+SEED_MAX = 2**63 - 1  # torch generators take seeds below 2**64, numpy any non-negative one: one bound for all
+
+
 def validate(cfg) -> None:
-    """Run `validate()` on `cfg` and on every nested dataclass (children first)."""
+    """Run `validate()` on `cfg` and on every nested dataclass (children first). Every integer field named
+    ``seed`` (or ``*_seed``) must lie in ``0..SEED_MAX``, what both torch and numpy generators accept."""
     for f in dataclasses.fields(cfg):
         child = getattr(cfg, f.name)
         if dataclasses.is_dataclass(child):
             validate(child)
+        elif (f.name == "seed" or f.name.endswith("_seed")) and isinstance(child, int):
+            check(0 <= child <= SEED_MAX, f"{f.name} must be in 0..2**63-1, got {child}")
     hook = getattr(cfg, "validate", None)
     if callable(hook):
         hook()
@@ -207,6 +213,8 @@ def load_config(cls: type[C], path: str | os.PathLike) -> C:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a JSON object of keys, not {type(data).__name__}")
     data.pop("_type", None)
     cfg = from_dict(cls, data)
     validate(cfg)
@@ -220,6 +228,14 @@ def check(condition: bool, message: str) -> None:
 
 
 __all__ = [
-    "apply_overrides", "set_key", "to_dict", "from_dict", "save_config", "load_config", "validate",
-    "check", "CONFIG_FILENAME",
+    "CONFIG_FILENAME",
+    "SEED_MAX",
+    "apply_overrides",
+    "check",
+    "from_dict",
+    "load_config",
+    "save_config",
+    "set_key",
+    "to_dict",
+    "validate",
 ]

@@ -35,10 +35,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import io
 import json
 import logging
 import re
+import socket
 import struct
 import tempfile
 import time
@@ -722,19 +724,43 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: a free one), before anything heavy loads; a one-line
+    `LipstepError` when the host does not resolve or the port is taken."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise LipstepError(f"--host {host}: cannot resolve it ({getattr(e, 'strerror', None) or e})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        hint = "; another server may be using it" if e.errno == errno.EADDRINUSE else ""
+        raise LipstepError(f"cannot listen on {host}:{port} ({e.strerror}){hint}") from None
+    return sock
+
+
 def serve(cfg: ServeConfig) -> None:
-    """Load the model, then serve until interrupted (uvicorn; JSON log lines on stderr)."""
+    """Bind the port, load the model, then serve until interrupted (uvicorn; JSON log lines on stderr)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
-    app = create_app(cfg)
-    log_event("server", state="listening", url=f"http://{cfg.host}:{cfg.port}", docs=f"http://{cfg.host}:{cfg.port}/docs",
-              model=app.state.server.health()["model"], device=cfg.device,
-              warmup_s=round(app.state.server.warmup_s, 3))
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                ws_max_size=cfg.max_bytes + 4096, ws_ping_interval=cfg.ws_ping_s, ws_ping_timeout=cfg.ws_ping_s)
+    sock = bind_socket(cfg.host, cfg.port)
+    try:
+        app = create_app(cfg)
+        port = sock.getsockname()[1]
+        log_event("server", state="listening", url=f"http://{cfg.host}:{port}", docs=f"http://{cfg.host}:{port}/docs",
+                  model=app.state.server.health()["model"], device=cfg.device,
+                  warmup_s=round(app.state.server.warmup_s, 3))
+        config = uvicorn.Config(app, log_level="warning", access_log=False, ws_max_size=cfg.max_bytes + 4096,
+                                ws_ping_interval=cfg.ws_ping_s, ws_ping_timeout=cfg.ws_ping_s)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
-__all__ = ["ClientError", "ServeConfig", "StreamStart", "create_app", "frame_message", "serve"]
+__all__ = ["ClientError", "ServeConfig", "StreamStart", "bind_socket", "create_app", "frame_message", "serve"]

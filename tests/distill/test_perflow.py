@@ -22,7 +22,7 @@ from lipstep.distill.perflow import (
     perflow_targets,
     teacher_window_solve,
 )
-from lipstep.errors import LipstepError
+from lipstep.errors import IntegrityError, LipstepError
 from lipstep.nets.dit import CFGTokens
 from lipstep.pipeline import AvatarPipeline, read_info
 from lipstep.samplers.perflow import window_end_estimate
@@ -170,6 +170,21 @@ def test_pair_bank_is_resumable_and_refuses_other_settings(world, teacher, tmp_p
     assert torch.isfinite(loss)
     with pytest.raises(LipstepError, match="other settings .*solver_steps"):
         build_pair_bank(method, ds, 70, tmp_path / "bank", {**settings, "solver_steps": 2}, progress=False)
+    # a damaged bank is one error naming the file: flipped or truncated parts, a garbage index
+    assert sorted(json.loads((tmp_path / "bank" / "checksums.json").read_text())["sha256"]) == [p.name for p in parts]
+    data = bytearray(parts[1].read_bytes())
+    data[-1] ^= 1
+    parts[1].write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"part_00001.safetensors is damaged \(sha256 mismatch\)"):
+        PairBank(tmp_path / "bank", 70)
+    (tmp_path / "bank" / "checksums.json").unlink()   # a bank from before checksums: its parts are still read
+    parts[1].write_bytes(bytes(data[:200]))
+    with pytest.raises(IntegrityError, match=r"part_00001.safetensors is damaged or truncated"):
+        PairBank(tmp_path / "bank", 70)
+    for garbage in ("{not json", "[1, 2]", '{"settings": 3}'):
+        (tmp_path / "bank" / "bank.json").write_text(garbage)
+        with pytest.raises(IntegrityError, match=r"bank.json is damaged"):
+            build_pair_bank(method, ds, 70, tmp_path / "bank", settings, progress=False)
 
 
 def test_distill_perflow_writes_a_student_that_generates(world, tmp_path):

@@ -193,6 +193,39 @@ def test_no_intact_checkpoint_is_one_error(tmp_path, no_fsync):
     assert "\n" not in str(e.value)
 
 
+class WiderToy(ToyMethod):
+    """The toy with a differently shaped layer: a checkpoint of `ToyMethod` is not its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Linear(4, 2)
+
+    def loss(self, role, batch, step, generator):
+        return self.modules["model"](batch["x"]).pow(2).mean(), {}
+
+
+def test_a_checkpoint_of_another_shape_is_one_error_not_a_traceback(tmp_path, no_fsync):
+    """Resuming with settings that change a tensor's shape: a one-line `LipstepError` naming the file."""
+    _train(tmp_path, 5)
+    with pytest.raises(LipstepError, match=r"step_000005/model/model.safetensors: weights do not match the model "
+                                           r"\(size mismatch for weight") as e:
+        train(WiderToy(), ToyData(), _cfg(10), tmp_path, resume=True, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_a_train_state_of_another_run_is_one_error(tmp_path, no_fsync):
+    """A train state whose optimizer groups do not fit this run (e.g. another recipe's, same role names)."""
+    _train(tmp_path, 5)
+    ckpt = tmp_path / "checkpoints" / "step_000005"
+    saved = torch.load(ckpt / "train_state.pt", weights_only=True)
+    saved["optimizers"]["model"]["param_groups"].append(dict(saved["optimizers"]["model"]["param_groups"][0]))
+    torch.save(saved, ckpt / "train_state.pt")
+    (ckpt / CHECKSUMS_NAME).unlink()    # as a folder from before checksums: read, not verified
+    with pytest.raises(LipstepError, match=r"train_state.pt: the train state does not match this run \(") as e:
+        _train(tmp_path, 10, resume=True)
+    assert "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # kill -9 at any moment
 

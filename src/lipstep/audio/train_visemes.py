@@ -47,6 +47,7 @@ from lipstep.audio.visemes import (
 from lipstep.config import check, to_dict
 from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.data.features import LOG_FLOOR
+from lipstep.data.latents import clip_id_of
 from lipstep.data.speech import voices
 from lipstep.data.visemes import VISEMES, viseme_track
 from lipstep.data.world import SAMPLE_RATE, WorldConfig, place_speech, speech_for
@@ -136,14 +137,15 @@ def load_clips(root: Path, world: Path | None = None) -> list[_Clip]:
     from_world = _world_voices(world) if world is not None else {}
     clips = []
     for row in rows:
-        voice = row.get("voice") or from_world.get(row["id"])
+        clip = clip_id_of(row)
+        voice = row.get("voice") or from_world.get(clip)
         if voice is None:
-            raise DataError(f"{root}: clip {row['id']} names no voice; give the synthetic world it was prepared "
+            raise DataError(f"{root}: clip {clip} names no voice; give the synthetic world it was prepared "
                             "from (--world), or prepare it again (prepare now records voices)")
         data = open_shard(root / row["shard"], ("audio", "visemes"))
         if "visemes" not in data or "audio" not in data:
             raise DataError(f"{root / row['shard']} has no viseme labels: the classifier needs synthetic-world data")
-        clips.append(_Clip(row["id"], row.get("split", "train"), voice, np.asarray(data["audio"], np.float32),
+        clips.append(_Clip(clip, row["split"], str(voice), np.asarray(data["audio"], np.float32),
                            np.asarray(data["visemes"], np.int64)))
     if not clips:
         raise DataError(f"{root / 'manifest.jsonl'} lists no clips")

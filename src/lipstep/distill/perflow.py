@@ -66,8 +66,15 @@ from lipstep.distill.losses import (
     snr_weight,
 )
 from lipstep.distill.method import Built, Method, Role, TrainConfig, Validation
-from lipstep.errors import LipstepError
-from lipstep.fsutil import atomic_path, write_json_atomic
+from lipstep.errors import IntegrityError, LipstepError
+from lipstep.fsutil import (
+    CHECKSUMS_NAME,
+    atomic_path,
+    read_checksums,
+    sha256_file,
+    verify_checksums,
+    write_json_atomic,
+)
 from lipstep.modeldir import ModelInfo, check_data_size, load_eyes, load_model
 from lipstep.nets.dit import AvatarDiT, param_count
 from lipstep.samplers import SamplerInfo
@@ -310,7 +317,14 @@ def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Pat
     directory.mkdir(parents=True, exist_ok=True)
     meta_path = directory / "bank.json"
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"{meta_path} is damaged ({' '.join(str(e).split())[:80]}); remove the pair bank "
+                                 "or choose another pairs_dir") from None
+        if not isinstance(old, dict) or not isinstance(old.get("settings", {}), dict):
+            raise IntegrityError(f"{meta_path} is damaged (not a pair bank index); remove the pair bank or choose "
+                                 "another pairs_dir")
         if old.get("settings") != settings:
             diff = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
             raise LipstepError(f"{directory}: pair bank made with other settings ({', '.join(diff)}); "
@@ -350,8 +364,22 @@ def build_pair_bank(method: PerflowMethod, dataset, n_pairs: int, directory: Pat
             bar.update(b)
         with atomic_path(path) as tmp:
             save_file({k: torch.cat(v).contiguous() for k, v in out.items()}, str(tmp))
+            digest = sha256_file(tmp)
+        write_json_atomic(directory / CHECKSUMS_NAME, {"sha256": {**(read_checksums(directory) or {}), path.name: digest}})
     bar.close()
     return directory
+
+
+def _read_part(path: Path) -> dict[str, Tensor]:
+    try:
+        part = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged file
+        raise IntegrityError(f"{path} is damaged or truncated ({' '.join(str(e).split())[:80]}); remove it and "
+                             "run again to solve it anew") from None
+    missing = [k for k in PAIR_KEYS if k not in part]
+    if missing:
+        raise IntegrityError(f"{path} is not a pair bank part (no {', '.join(missing)})")
+    return part
 
 
 class PairBank(torch.utils.data.Dataset):
@@ -361,7 +389,8 @@ class PairBank(torch.utils.data.Dataset):
         parts = sorted(Path(directory).glob("part_*.safetensors"))
         if not parts:
             raise LipstepError(f"{directory}: no pair bank files")
-        data = [load_file(str(p)) for p in parts]
+        verify_checksums(directory)
+        data = [_read_part(p) for p in parts]
         keys = [*PAIR_KEYS, *(k for k in OPTIONAL_PAIR_KEYS if all(k in d for d in data))]
         self.data = {k: torch.cat([d[k] for d in data])[:n_pairs] for k in keys}
         if len(self.data["latents"]) < n_pairs:

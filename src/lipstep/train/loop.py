@@ -152,7 +152,11 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
 
 
 def _load_module(module: nn.Module, path: Path, state: dict[str, Tensor]):
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: a checkpoint of a differently configured run
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise LipstepError(f"{path}: weights do not match the model ({first[:160]})") from None
     if missing or unexpected:
         raise LipstepError(f"{path}: weights do not match the model (missing {len(missing)} keys, e.g. "
                            f"{missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]})")
@@ -325,14 +329,19 @@ def load_checkpoint(path: Path, state: State, unwrap: Callable[[nn.Module], nn.M
         _load_module(unwrap(module), path / role / "model.safetensors", weights[role, "model"])
         if role in state.emas:
             _load_module(state.emas[role].shadow, path / role / "ema.safetensors", weights[role, "ema"])
-    for role, opt in state.optimizers.items():
-        opt.load_state_dict(saved["optimizers"][role])
-    for role, sched in state.schedulers.items():
-        sched.load_state_dict(saved["schedulers"][role])
-    for role, ema in state.emas.items():
-        ema.updates = saved["ema_updates"][role]
-    torch.set_rng_state(saved["rng"])
-    state.step = saved["step"]
+    try:
+        for role, opt in state.optimizers.items():
+            opt.load_state_dict(saved["optimizers"][role])
+        for role, sched in state.schedulers.items():
+            sched.load_state_dict(saved["schedulers"][role])
+        for role, ema in state.emas.items():
+            ema.updates = int(saved["ema_updates"][role])
+        torch.set_rng_state(saved["rng"])
+        state.step = int(saved["step"])
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as e:
+        what = f"no entry {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:120]
+        raise LipstepError(f"{path / STATE_NAME}: the train state does not match this run ({what}); "
+                           "resume with the run's own settings") from None
 
 
 def _quiet(message: str) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lipstep.data.dataset import open_shard, read_manifest
-from lipstep.data.latents import load_latents
+from lipstep.data.latents import clip_id_of, load_latents
 from lipstep.data.media import write_video
 from lipstep.diffusion.denoiser import Denoiser
 from lipstep.distill.method import Recipe, Validation
@@ -127,7 +127,7 @@ def validation_videos(prepared: Path, latents: Path, codec, audio, info: ModelIn
         errs = []
         for row in clips:
             data = open_shard(prepared / row["shard"], ("frames", "audio", "mel"))
-            z = torch.from_numpy(load_latents(latents, str(row["id"])).astype(np.float32))
+            z = torch.from_numpy(load_latents(latents, clip_id_of(row)).astype(np.float32))
             n = min(len(z), int(spec.seconds * info.fps))
             chunks = -(-n // info.frames)
             feats = audio.encode(data["audio"], chunks * info.frames)
@@ -138,7 +138,7 @@ def validation_videos(prepared: Path, latents: Path, codec, audio, info: ModelIn
             errs.append(float(np.abs(frames.astype(np.float32) - real.astype(np.float32)).mean() / 255))
             wav = np.asarray(data["audio"])[: int(n / info.fps * info.sample_rate)]
             side = np.concatenate([real, frames], axis=2)  # ground truth | generated
-            write_video(out / "val" / f"step_{step:06d}_{row['id']}.mp4", side, info.fps, audio=wav,
+            write_video(out / "val" / f"step_{step:06d}_{clip_id_of(row)}.mp4", side, info.fps, audio=wav,
                         sample_rate=info.sample_rate)
         net.train(was_training)
         return {"l1_pixels": float(np.mean(errs))} if errs else {}
