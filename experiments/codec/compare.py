@@ -10,7 +10,7 @@ decode -> rounded back to uint8, as `lipstep.eval.mouthreader.reconstruct` does)
 - ``psnr``: mean per-frame PSNR (dB, RGB, data range 255), each frame capped at 100 dB as `train_codec`
   reports it (an identical frame has infinite PSNR); ``psnr_min``: the worst frame; ``max_abs_err``: the
   largest absolute pixel difference (0 = bit-exact);
-- ``ssim``: mean SSIM (`lipstep.eval.temporal.ssim_frames`: 11x11 Gaussian window, sigma 1.5);
+- ``ssim``: mean SSIM (`lipstep.eval.ssim.ssim_frames`: 11x11 Gaussian window, sigma 1.5);
 - ``mouth_err_real`` / ``mouth_err_codec``: the bundled mouth reader's mean absolute openness error on
   the real frames and on their reconstructions (the approach of experiments/teacher/codec_floor.py),
   ``mouth_ratio`` = codec / real, and the correlations;
@@ -42,7 +42,8 @@ import torch
 from lipstep.codecs.vae import load_codec
 from lipstep.data.dataset import read_manifest
 from lipstep.eval.mouthreader import MouthReader, mouth_scores, reconstruct
-from lipstep.eval.temporal import psnr_frames, ssim_frames
+from lipstep.eval.psnr import psnr_frames
+from lipstep.eval.ssim import ssim_frames
 from lipstep.eval.train_mouthreader import split_frames
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,8 @@ from lipstep.eval.portrait import (
     mean_colour,
     mouth_box_pixels,
 )
-from lipstep.eval.temporal import psnr, ssim, ssim_frames, ssim_maps
+from lipstep.eval.psnr import psnr
+from lipstep.eval.ssim import ssim, ssim_frames, ssim_maps
 
 
 def _reference(size: int = 48, seed: int = 0) -> np.ndarray:

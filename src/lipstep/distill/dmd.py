@@ -270,20 +270,18 @@ class DMDMethod(Method):
         pred = self.generator_fn.x0(z, one, self._with_scales(cond, scales, self.reads_scales("generator")))
         return (pred - batch["z_end"].float()).square().flatten(1).mean(1)
 
-    def judge(self, x: Tensor, cond: Cond, scales: Tensor, t: Tensor, noise: Tensor, *, own_step: bool) -> Tensor:
+    def judge(self, x: Tensor, cond: Cond, scales: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """The GAN head's logits [B] for clean samples ``x`` re-noised to ``t`` (gradient flows to ``x``).
 
-        Outside the fake score's own step (``own_step=False``, the generator's) the call bypasses a DDP
-        wrapper: the features run only part of the net, and a DDP forward with gradient would then wait
-        for gradients of the parameters it did not use (the loop wraps without unused-parameter detection).
+        `ScoreWithHeads.logits` is called on the unwrapped module: under DDP its parameters' gradients are
+        still reduced in the fake score's own step (its DDP forward, the fake loss, runs in the same step and
+        every parameter gets a gradient), and in the generator's step they are not trained.
         """
         sch = self.schedule
         x_t = sch.add_noise(x, noise, t).float()
         c = self._with_scales(cond, scales, self.reads_scales("fake_score"))
         net = self.modules["fake_score"]
-        if not own_step:
-            net = getattr(net, "module", net)
-        return net(x_t, sch.model_time(t), c, judge=True)
+        return getattr(net, "module", net).logits(x_t, sch.model_time(t), c)
 
     def gan_times(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(t [B], noise) of the GAN head's re-noising: the DM loss's noise levels (diffusion-GAN)."""
@@ -309,8 +307,8 @@ class DMDMethod(Method):
             logs = {"l_fake": float(mse.detach().mean()), "k": float(k)}
             if cfg.gan_weight > 0:
                 t, noise = self.gan_times(x, generator)
-                d_fake = self.judge(x, cond, scales, t, noise, own_step=True)
-                d_real = self.judge(x0, cond, scales, t, noise, own_step=True)
+                d_fake = self.judge(x, cond, scales, t, noise)
+                d_real = self.judge(x0, cond, scales, t, noise)
                 l_d = (F.softplus(d_fake) + F.softplus(-d_real)).mean()
                 loss = loss + cfg.gan_d_weight * l_d
                 logs.update(l_gan_d=float(l_d.detach()), d_real=float(d_real.detach().mean()),
@@ -321,7 +319,7 @@ class DMDMethod(Method):
         loss = cfg.dm_weight * l_dm.mean()
         logs = {"l_dm": float(l_dm.detach().mean()), "dm_grad": float(grad.abs().mean()), "k": float(k)}
         if cfg.gan_weight > 0:
-            l_g = F.softplus(-self.judge(x, cond, scales, *self.gan_times(x, generator), own_step=False)).mean()
+            l_g = F.softplus(-self.judge(x, cond, scales, *self.gan_times(x, generator))).mean()
             loss = loss + cfg.gan_weight * l_g
             logs["l_gan_g"] = float(l_g.detach())
         if cfg.reg_weight > 0 and "z_end" in batch:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lipstep.errors import LipstepError
-from lipstep.eval.temporal import ssim_maps
+from lipstep.eval.ssim import ssim_maps
 
 _RANGE_TOL = 1e-3  # float frames may overshoot [0, 1] by this much (resampling ringing)
 

@@ -63,6 +63,7 @@ from lipstep.data.latents import clip_id_of
 from lipstep.data.media import write_image, write_video
 from lipstep.diffusion.guidance import check_scale
 from lipstep.errors import DataError, LipstepError
+from lipstep.eval.drift import drift
 from lipstep.eval.fd import fd_from_features
 from lipstep.eval.features import (
     I3DFeatures,
@@ -71,13 +72,16 @@ from lipstep.eval.features import (
     OwnVideoFeatures,
     clips_from_video,
 )
+from lipstep.eval.flicker import flicker
 from lipstep.eval.identity import identity_per_second, identity_similarity
 from lipstep.eval.identity_embedders import resolve_identity_embedders
 from lipstep.eval.kid import kid
 from lipstep.eval.mouthreader import MouthReader, mouth_scores, reconstruct
 from lipstep.eval.portrait import MOUTH_BOX, colour_shift, identity_psnr, identity_ssim
+from lipstep.eval.psnr import psnr
+from lipstep.eval.ssim import ssim
 from lipstep.eval.sync import score_lipsync, score_official
-from lipstep.eval.temporal import drift, flicker, psnr, ssim, warping_error
+from lipstep.eval.warping import warping_error
 from lipstep.fsutil import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from lipstep.nets.syncnet import load_lipsync, load_official_syncnet
 from lipstep.pipeline import AvatarPipeline

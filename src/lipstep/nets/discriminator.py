@@ -118,7 +118,7 @@ class ScoreWithHeads(nn.Module):
     classification head): one role, one optimizer trains both, and the loop wraps (DDP / FSDP) both.
 
     ``module(x_t, t, cond)`` is the score net's prediction (what `lipstep.diffusion.denoiser.Denoiser`
-    calls); ``module(x_t, t, cond, judge=True)`` the heads' logits [B] on the net's features at (x_t, t).
+    calls); ``module.logits(x_t, t, cond)`` the heads' logits [B] on the net's features at (x_t, t).
     """
 
     def __init__(self, net: AvatarDiT, disc: FeatureDiscriminator):
@@ -131,9 +131,11 @@ class ScoreWithHeads(nn.Module):
     def cfg(self):
         return self.net.cfg
 
-    def forward(self, x_t: Tensor, t: Tensor, cond, judge: bool = False) -> Tensor:
-        if not judge:
-            return self.net(x_t, t, cond)
+    def forward(self, x_t: Tensor, t: Tensor, cond) -> Tensor:
+        return self.net(x_t, t, cond)
+
+    def logits(self, x_t: Tensor, t: Tensor, cond) -> Tensor:
+        """The heads' logits [B] on the score net's features at (x_t, t)."""
         return self.disc(self.net.features(x_t, t, cond, self.disc.blocks))
 
 

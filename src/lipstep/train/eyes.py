@@ -130,7 +130,7 @@ def encode(codec, frames: np.ndarray, batch: int = 128) -> torch.Tensor:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 arrays (`lipstep.eval.temporal.psnr` sits in a later layer than training)."""
+    """PSNR (dB) of two uint8 arrays (`lipstep.eval.psnr.psnr` sits in a later layer than training)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return round(float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10))), 2)
 

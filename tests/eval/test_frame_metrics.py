@@ -8,18 +8,12 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from lipstep.errors import LipstepError
-from lipstep.eval.temporal import (
-    as_video,
-    drift,
-    flicker,
-    frame_differences,
-    psnr,
-    psnr_frames,
-    ssim,
-    ssim_frames,
-    warping_error,
-    warping_errors,
-)
+from lipstep.eval.drift import drift
+from lipstep.eval.flicker import flicker, frame_differences
+from lipstep.eval.frames import as_video
+from lipstep.eval.psnr import psnr, psnr_frames
+from lipstep.eval.ssim import ssim, ssim_frames
+from lipstep.eval.warping import warping_error, warping_errors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
