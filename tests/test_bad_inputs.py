@@ -115,6 +115,14 @@ def inputs(tmp_path_factory) -> Path:
     (d / "text.model").write_text("not weights\n")   # torch.load: a bare KeyError
     (d / "empty.model").write_bytes(b"")
     _prepared(d / "world_prep", _row("c1", split="train"))
+    info = json.loads((TEACHER / "lipstep.json").read_text())
+    for name, change in (("model_info_empty", None), ("model_fps_nan", {"fps": float("nan")}),
+                         ("model_motion_frames", {"motion_frames": 20})):
+        model = _model_dir(d / name, (TEACHER / "denoiser" / "model.safetensors").read_bytes())
+        (model / "lipstep.json").write_text(json.dumps({**info, **change} if change else {}))
+    sf.write(d / "1hz.wav", np.zeros(64, np.float32), 1, subtype="FLOAT")
+    (d / "world_row_null").mkdir()
+    (d / "world_row_null" / "manifest.jsonl").write_text("null\n")
     (d / "run_list_config").mkdir()
     (d / "run_list_config" / "config.json").write_text("[]\n")
     _latents_files(d)
@@ -445,6 +453,20 @@ CASES = [
     ("serve_device_bogus", "serve --device tpu", r"--device 'tpu': not a torch device"),
     ("distill_dmd_resume_no_data", "distill dmd -d {i}/nosuch -o out --resume", r"nosuch is not a prepared directory"),
     ("distill_lite_resume_no_data", "distill lite -d {i}/nosuch -o out --resume", r"nosuch is not a prepared directory"),
+    # found by an independent probe (2026-12-07): each is refused before any work now
+    ("generate_threads_huge", G + " --threads 100000", r"--threads must be in 1\.\.256, got 100000"),
+    ("generate_steps_huge", G + " --steps 99999999999999999999", r"--steps must be in 1\.\.1000"),
+    ("generate_detector_unknown", G + " --detector foo", r"unknown face detector 'foo'"),
+    ("generate_audio_1hz", gen(audio="1hz.wav"), r"1hz\.wav: sample rate 1 Hz: not speech audio"),
+    ("generate_model_info_empty", G + " -m {i}/model_info_empty", r"lipstep\.json names no kind, schedule, sampler"),
+    ("generate_model_fps_nan", G + " -m {i}/model_fps_nan", r"fps must be in 1\.\.240, got nan"),
+    ("generate_model_motion_frames", G + " -m {i}/model_motion_frames",
+     r"chunks of 8 frames with 20 motion frames, but the denoiser takes at most 8 and 2"),
+    ("bench_metric_without_eval", B + " --metric mouth_err", r"--metric needs --eval"),
+    ("bench_steps_huge", "bench -m teacher@5000 -o out", r"steps after '@' must be an integer in 1\.\.1000"),
+    ("export_steps_huge", "export teacher out --steps 100000", r"--steps must be in 1\.\.1000"),
+    ("demo_model_bad_json", "demo -o out -m {i}/model_bad_json", r"model_bad_json/lipstep\.json"),
+    ("prepare_world_row_null", "prepare {i}/world_row_null -o out", r"manifest\.jsonl:1: a row must be a JSON object"),
     # a run folder whose config.json is JSON but not an object of keys
     ("train_teacher_resume_config_not_object", "train teacher -d {i}/nosuch -c pixel -o {i}/run_list_config --resume",
      r"run_list_config/config.json: a config must be a JSON object of keys, not list"),

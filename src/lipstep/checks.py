@@ -1,4 +1,5 @@
-"""Checks of what a user asks for, made before any work: the torch device and the output paths.
+"""Checks of what a user asks for, made before any work: the torch device, thread and step counts, the
+output paths.
 
 A run that would fail after minutes of loading and generating (no such device, an ``--out`` that is
 a file, a read-only folder, a full disk) fails here instead, in one line that names the option.
@@ -13,6 +14,20 @@ from lipstep.errors import LipstepError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")   # devices lipstep runs on (torch knows more, e.g. meta)
 MIN_FREE_BYTES = 2**20                          # less than this free on the output's filesystem: refused
+MAX_THREADS = 256                               # more CPU threads than any machine lipstep runs on has
+MAX_STEPS = 1000                                # sampler steps per chunk (the teacher's default is 25)
+
+
+def check_threads(threads: int | None, option: str = "--threads") -> None:
+    """A CPU thread count in 1..`MAX_THREADS` (None: the default); `LipstepError` naming `option` otherwise."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise LipstepError(f"{option} must be in 1..{MAX_THREADS}, got {threads}")
+
+
+def check_steps(steps: int | None, option: str = "--steps") -> None:
+    """Sampler steps per chunk in 1..`MAX_STEPS` (None: the model's); `LipstepError` naming `option` otherwise."""
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise LipstepError(f"{option} must be in 1..{MAX_STEPS}, got {steps}")
 
 
 def check_device(name: str, option: str = "--device"):

@@ -21,7 +21,7 @@ from typing import List, Optional
 import typer
 
 from lipstep import __version__
-from lipstep.checks import check_device, check_output, missing_root
+from lipstep.checks import check_device, check_output, check_steps, check_threads, missing_root
 from lipstep.config import SEED_MAX, apply_overrides, load_config, set_key, validate
 from lipstep.errors import LipstepError
 from lipstep.fsutil import remove_made, write_json_atomic
@@ -175,11 +175,15 @@ def demo(
 ):
     """The main job on the embedded default: example portrait + example speech -> talking video, then the
     bundled teacher against the bundled student(s) in one `lipstep bench` run."""
+    if bench_seconds < 0:
+        raise LipstepError("--bench-seconds must be >= 0")
+    from lipstep.modeldir import read_info, resolve_model
+
+    if model is not None:
+        read_info(resolve_model(model))   # a missing or damaged model, before the example inputs are made
     _output_dir(out)
     from lipstep.demo import run_demo
 
-    if bench_seconds < 0:
-        raise LipstepError("--bench-seconds must be >= 0")
     run_demo(out, model, bench_seconds=bench_seconds)
 
 
@@ -554,8 +558,10 @@ def generate(
     check_output(out, file=True)
     check_device(device)
     _check_scales(cfg_audio, cfg_ref)
-    if steps is not None and steps < 1:
-        raise LipstepError("--steps must be at least 1")
+    check_steps(steps)
+    from lipstep.data.faces import resolve_detector
+
+    resolve_detector(detector)   # an unknown name, or dlib without the package, before the model loads
     if max_seconds is not None and not max_seconds > 0:
         raise LipstepError(f"--max-seconds must be positive, got {max_seconds:g}")
     if emit not in ("frames", "latents"):
@@ -603,10 +609,9 @@ def decode(
 
 def _set_threads(threads: int | None) -> None:
     """--threads: torch's CPU threads (ONNX Runtime sessions take the same count)."""
+    check_threads(threads)
     if threads is None:
         return
-    if threads < 1:
-        raise LipstepError(f"--threads must be at least 1, got {threads}")
     import torch
 
     torch.set_num_threads(threads)
@@ -697,8 +702,7 @@ def export(
     _output_dir(out)
     from lipstep.pipeline import AvatarPipeline
 
-    if steps is not None and steps < 1:
-        raise typer.BadParameter(f"--steps must be >= 1, got {steps}")
+    check_steps(steps)
     if blink_rate is not None and not 0 <= blink_rate <= 5:
         raise typer.BadParameter(f"--blink-rate must be in 0..5 blinks per second, got {blink_rate}")
     pipe = AvatarPipeline.from_pretrained(model)

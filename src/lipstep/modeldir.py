@@ -96,10 +96,13 @@ class ModelInfo:
         check(self.kind in ("teacher", "student"), f"kind must be teacher or student, got '{self.kind}'")
         check(self.schedule in SCHEDULES, f"schedule must be one of {sorted(SCHEDULES)}, got '{self.schedule}'")
         check(self.frames >= 1 and self.motion_frames >= 0, "frames >= 1 and motion_frames >= 0 required")
+        check(math.isfinite(self.fps) and 1 <= self.fps <= 240, f"fps must be in 1..240, got {self.fps}")
+        check(8000 <= self.sample_rate <= 192000, f"sample_rate must be in 8000..192000, got {self.sample_rate}")
         check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
-        check(self.residual >= 0, f"residual must be >= 0, got {self.residual}")
+        check(math.isfinite(self.residual) and self.residual >= 0, f"residual must be >= 0, got {self.residual}")
+        check(math.isfinite(self.flow_shift) and self.flow_shift > 0, f"flow_shift must be > 0, got {self.flow_shift}")
         check(self.anchor_every >= 0, f"anchor_every must be >= 0, got {self.anchor_every}")
-        check(self.blinks_per_second >= 0, f"blinks_per_second must be >= 0, got {self.blinks_per_second}")
+        check(0 <= self.blinks_per_second <= 5, f"blinks_per_second must be in 0..5, got {self.blinks_per_second}")
         check(not Path(self.components).is_absolute(), f"components must be a relative directory, got {self.components!r}")
         check(self.format <= FORMAT, f"model format {self.format} is newer than this lipstep ({FORMAT}); upgrade lipstep")
         self.sampler.validate()
@@ -124,6 +127,9 @@ def info_from_dict(data: dict) -> ModelInfo:
     """A validated `ModelInfo` from the JSON object of a lipstep.json (format 1 or 2)."""
     data = dict(data)
     data.pop("_type", None)
+    missing = [k for k in ("kind", "schedule", "sampler") if k not in data]
+    if missing:  # every lipstep.json ever written names them; the defaults would sample with the wrong process
+        raise ConfigError(f"{INFO_NAME} names no {', '.join(missing)} (not written by lipstep export / save_pretrained?)")
     info = from_dict(ModelInfo, data)
     info.validate()  # refuses a format newer than this lipstep
     info.format = FORMAT  # older formats are converted on reading: what is written back is today's
@@ -362,6 +368,9 @@ def check_components(root: Path, info: ModelInfo, codec, audio, cfg: DiTConfig) 
     if cfg.latent_channels != codec.latent_channels or cfg.latent_size * codec.downsample != info.image_size:
         raise LipstepError(f"{root}: the denoiser expects {cfg.latent_channels}x{cfg.latent_size}² latents but the "
                            f"codec makes {codec.latent_channels}x{info.image_size // codec.downsample}²")
+    if info.frames > cfg.frames or info.motion_frames > cfg.motion_frames:
+        raise LipstepError(f"{root}: {INFO_NAME} asks for chunks of {info.frames} frames with {info.motion_frames} "
+                           f"motion frames, but the denoiser takes at most {cfg.frames} and {cfg.motion_frames}")
     if cfg.audio_dim != audio.feature_dim or cfg.audio_window != audio.window:
         raise LipstepError(f"{root}: the denoiser expects audio windows {cfg.audio_window}x{cfg.audio_dim} but the "
                            f"audio encoder makes {audio.window}x{audio.feature_dim}")

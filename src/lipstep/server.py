@@ -64,6 +64,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lipstep import __version__
+from lipstep.checks import MAX_STEPS, MAX_THREADS
 from lipstep.config import check, from_dict
 from lipstep.data.examples import example_faces
 from lipstep.data.faces import DETECTORS
@@ -104,7 +105,7 @@ class ServeConfig:
     def validate(self) -> None:
         check(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
         check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
-        check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        check(0 <= self.threads <= MAX_THREADS, f"threads must be in 0..{MAX_THREADS}, got {self.threads}")
         check(self.max_sessions >= 1, f"max_sessions must be >= 1, got {self.max_sessions}")
         check(self.max_upload_mb > 0, f"max_upload_mb must be > 0, got {self.max_upload_mb}")
         check(self.max_audio_seconds > 0, f"max_audio_seconds must be > 0, got {self.max_audio_seconds}")
@@ -115,7 +116,7 @@ class ServeConfig:
         check(self.max_portraits >= 1, f"max_portraits must be >= 1, got {self.max_portraits}")
         check(0 <= self.example_portraits <= 16, f"example_portraits must be in 0..16, got {self.example_portraits}")
         check(1 <= self.jpeg_quality <= 100, f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        check(1 <= self.max_steps <= MAX_STEPS, f"max_steps must be in 1..{MAX_STEPS}, got {self.max_steps}")
         check(self.preview_every >= 0, f"preview_every must be >= 0, got {self.preview_every}")
 
     @property

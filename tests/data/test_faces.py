@@ -47,6 +47,13 @@ def test_haar_on_a_blank_image_finds_nothing():
     assert detect_faces(np.zeros((64, 64, 3), np.uint8), "none") == []
 
 
+@pytest.mark.parametrize("shape", [(2, 3000), (2000, 1), (1, 1), (30, 4000)])
+def test_haar_on_a_sliver_finds_nothing_instead_of_failing(shape):
+    """An image thinner than the cascade's window once downscaled (3000 x 2, 4000 x 30): no face, no error."""
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    assert detect_faces(image, "haar") == []
+
+
 def test_detector_names():
     assert resolve_detector("auto") == ("dlib" if dlib_available() else "haar")
     assert resolve_detector("none") == "none"

@@ -26,6 +26,7 @@ import numpy as np
 from lipstep.errors import DataError
 
 DETECTORS = ("auto", "haar", "dlib", "none")
+HAAR_WINDOW = 24  # the frontal-face cascade's window side in pixels: the smallest face it can find
 HAAR_MAX_SIDE = 320  # Haar runs on a grey image downscaled to this longest side
 
 
@@ -89,6 +90,8 @@ def _dlib_hog():
 def _detect_haar(image: np.ndarray) -> list[Box]:
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     scale = min(1.0, HAAR_MAX_SIDE / max(gray.shape))
+    if min(gray.shape) * scale < HAAR_WINDOW:  # a sliver (e.g. 3000 x 2): no face fits the cascade's window
+        return []
     if scale < 1.0:
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     rects, neighbours = _haar().detectMultiScale2(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))

@@ -36,6 +36,7 @@ from lipstep.fsutil import atomic_path
 
 FPS = 25.0
 SAMPLE_RATE = 16000
+MIN_SAMPLE_RATE = 4000  # below this a file is not speech (telephone audio is 8 kHz)
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +456,9 @@ def read_audio(
         native = _finite(assembler.result(end, astream.codec_context.frame_size), path)
         if native.size == 0:
             raise MediaError(path, "contains no audio samples")
+        if assembler.rate < MIN_SAMPLE_RATE:
+            raise MediaError(path, f"sample rate {assembler.rate} Hz: not speech audio (lipstep needs at least "
+                                   f"{MIN_SAMPLE_RATE} Hz)")
         seconds = native.size / assembler.rate
         if max_seconds is not None and seconds > max_seconds + 1e-3:
             raise _too_long(path, seconds, max_seconds)

@@ -164,10 +164,15 @@ def _world_jobs(src: Path, manifest: Path, detector: str) -> list[Job]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{manifest}:{n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{manifest}:{n}: a row must be a JSON object, not {type(row).__name__}")
         if "shard" in row:
             raise DataError(f"{src} is already a prepared directory; give the raw videos or a synthetic world")
-        if "video" not in row:
+        if not isinstance(row.get("video"), str) or not row["video"]:
             raise DataError(f"{manifest}:{n}: row has no 'video' path")
+        if not all(isinstance(row.get(k), str) for k in ("id", "identity", "split", "text", "labels", "voice")
+                   if row.get(k) is not None):
+            raise DataError(f"{manifest}:{n}: id, identity, split, text, labels and voice must be strings")
         video = Path(row["video"])
         labels = row.get("labels")
         jobs.append(Job(

@@ -64,7 +64,7 @@ try:  # resource is POSIX-only: the CUDA runs' RSS peak
 except ImportError:  # pragma: no cover - Windows
     resource = None
 
-from lipstep.checks import check_device
+from lipstep.checks import MAX_STEPS, check_device, check_threads
 from lipstep.data.examples import example_inputs
 from lipstep.data.media import SAMPLE_RATE, read_audio, read_image, write_video
 from lipstep.diffusion.guidance import check_scale
@@ -104,8 +104,8 @@ def parse_spec(text: str) -> ModelSpec:
     base, steps = text, None
     if "@" in text and not Path(text).is_dir():
         base, _, raw = text.rpartition("@")
-        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-            raise LipstepError(f"model '{text}': the steps after '@' must be a positive integer, got '{raw}'")
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_STEPS:
+            raise LipstepError(f"model '{text}': the steps after '@' must be an integer in 1..{MAX_STEPS}, got '{raw}'")
         steps = int(raw)
     if not base:
         raise LipstepError(f"model '{text}': expected a directory or bundled name before '@'")
@@ -440,6 +440,9 @@ def run_bench(models: list[str], out: str | os.PathLike, *, image: str | os.Path
     thread_counts = [threads] if isinstance(threads, int) else list(threads or [default_threads()])
     runtimes, emits = list(runtimes or ["torch"]), list(emits or ["frames"])
     _check_settings(seconds, warmup, repeats, thread_counts, cfg_audio, cfg_ref)
+    if metrics and not evals:
+        raise LipstepError("--metric needs --eval LABEL=PATH/metrics.json (the metrics are read from lipstep eval's "
+                           "outputs; without one there is nothing to plot)")
     _check_rows(runtimes, emits, device)
     devices = parse_devices(device_gflops)
     dev = check_device(device)
@@ -605,9 +608,8 @@ def _check_settings(seconds: float, warmup: int, repeats: int, threads: list[int
         raise LipstepError(f"--seconds must be a positive number, got {seconds:g}")
     if warmup < 0 or repeats < 1:
         raise LipstepError(f"need --warmup >= 0 and --repeats >= 1, got {warmup} and {repeats}")
-    bad = [n for n in threads if n < 1]
-    if bad:
-        raise LipstepError(f"--threads must be at least 1, got {bad[0]}")
+    for n in threads:
+        check_threads(n)
     if len(set(threads)) < len(threads):
         raise LipstepError(f"--threads: {threads} names a thread count twice")
     for name, scale in (("--cfg-audio", cfg_audio), ("--cfg-ref", cfg_ref)):

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lipstep.checks import MAX_STEPS
 from lipstep.config import check, to_dict
 from lipstep.data.dataset import open_shard, read_manifest
 from lipstep.data.latents import clip_id_of
@@ -122,7 +123,7 @@ class EvalConfig:
             check(math.isfinite(value), f"{name} must be a finite number, got {value}")
         check(self.max_clips >= 0, f"max_clips must be >= 0, got {self.max_clips}")
         check(self.seconds >= 0, f"seconds must be >= 0, got {self.seconds}")
-        check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.steps is None or 1 <= self.steps <= MAX_STEPS, f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
         for name in ("cfg_audio", "cfg_ref"):
             if (scale := getattr(self, name)) is not None:
                 check_scale(scale, name)

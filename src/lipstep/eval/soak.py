@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lipstep.checks import MAX_STEPS
 from lipstep.config import check, to_dict
 from lipstep.data.blinks import BlinkSchedule, eye_brightness
 from lipstep.data.dataset import open_shard
@@ -86,7 +87,7 @@ class SoakConfig:
               "seconds, speech, piece and block must be > 0")
         check(self.split in ("train", "val", "test"), f"split must be train, val or test, got {self.split!r}")
         check(self.identity >= 0, f"identity must be >= 0, got {self.identity}")
-        check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.steps is None or 1 <= self.steps <= MAX_STEPS, f"steps must be in 1..{MAX_STEPS}, got {self.steps}")
         check(self.runtime in RUNTIMES, f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         check(self.preview_every >= 0, f"preview_every must be >= 0, got {self.preview_every}")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 
 from torch import Tensor
 
+from lipstep.checks import MAX_STEPS
 from lipstep.config import check, from_dict
 from lipstep.diffusion.guidance import check_scale
 from lipstep.diffusion.schedules import Schedule
@@ -63,7 +64,7 @@ class SamplerInfo:
 
     def validate(self) -> None:
         check(self.name in SAMPLERS, f"sampler.name must be one of {sorted(SAMPLERS)}, got '{self.name}'")
-        check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
+        check(1 <= self.steps <= MAX_STEPS, f"sampler.steps must be in 1..{MAX_STEPS}, got {self.steps}")
         check_scale(self.cfg_audio, "sampler.cfg_audio")
         check_scale(self.cfg_ref, "sampler.cfg_ref")
         check(self.guidance in GUIDANCE, f"sampler.guidance must be cfg or embedded, got '{self.guidance}'")
