@@ -11,7 +11,9 @@ folder that a run created is removed again when the run fails on bad input, exce
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import math
 import os
 import sys
 import warnings
@@ -21,7 +23,7 @@ from typing import List, Optional
 import typer
 
 from lipstep import __version__
-from lipstep.checks import check_device, check_output, check_steps, check_threads, missing_root
+from lipstep.checks import MAX_THREADS, check_device, check_output, check_steps, check_threads, missing_root
 from lipstep.config import SEED_MAX, apply_overrides, load_config, set_key, validate
 from lipstep.errors import LipstepError
 from lipstep.fsutil import remove_made, write_json_atomic
@@ -102,7 +104,7 @@ def synth(
     seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Random seed; the same seed gives the same world."),
     quality: str = typer.Option("clean", help="'clean' or 'moderate' (offsets, jitter, drops, compression, "
                                                "wrong audio, as FADA's broader student data)."),
-    workers: int = typer.Option(0, help="Worker processes (0 = one per CPU core)."),
+    workers: int = typer.Option(0, min=0, max=MAX_THREADS, help="Worker processes (0 = one per CPU core)."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ):
     """Render the synthetic talking-head world: speech, faces whose mouths follow it, labels."""
@@ -151,7 +153,7 @@ def prepare(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for prepared shards."),
     size: int = typer.Option(64, help="Face crop size in pixels."),
     detector: str = typer.Option("auto", help="Face detector: auto, haar, dlib or none (centre crop)."),
-    workers: int = typer.Option(0, help="Worker processes (0 = one per CPU core)."),
+    workers: int = typer.Option(0, min=0, max=MAX_THREADS, help="Worker processes (0 = one per CPU core)."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
 ):
     """Prepare clips for training: face crops, 25 fps, 16 kHz mono, log-mel windows, shards."""
@@ -175,8 +177,8 @@ def demo(
 ):
     """The main job on the embedded default: example portrait + example speech -> talking video, then the
     bundled teacher against the bundled student(s) in one `lipstep bench` run."""
-    if bench_seconds < 0:
-        raise LipstepError("--bench-seconds must be >= 0")
+    if not (math.isfinite(bench_seconds) and bench_seconds >= 0):
+        raise LipstepError(f"--bench-seconds must be a finite number >= 0, got {bench_seconds:g}")
     from lipstep.modeldir import read_info, resolve_model
 
     if model is not None:
@@ -639,8 +641,13 @@ def serve(
     from lipstep.server import ServeConfig
     from lipstep.server import serve as run_server
 
+    options = dict(model=model, host=host, port=port, device=device)
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if key in options:
+            raise LipstepError(f"{item}: set {key} with --{key}, not as a key=value setting")
     cfg = ServeConfig()
-    for key, value in dict(model=model, host=host, port=port, device=device).items():
+    for key, value in options.items():
         set_key(cfg, key, value, parse=False)
     apply_overrides(cfg, overrides or [])
     run_server(cfg)
@@ -967,10 +974,20 @@ def expand_list_options(argv: list[str]) -> list[str]:
     return out
 
 
+def _end_progress_bars() -> None:
+    """Close every live tqdm bar, so that the error line printed next starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
 def _internal_error(e: BaseException) -> None:
     """A bug, not the user's input: remove what this run made, say so in one line, exit status 1
     (``LIPSTEP_DEBUG=1`` shows the traceback instead)."""
     remove_made(_created)
+    _end_progress_bars()
     print(f"error: internal error ({type(e).__name__}: {_one_line(str(e))[:200]}); this is a lipstep bug: please "
           "report it with the output of the same command run with LIPSTEP_DEBUG=1", file=sys.stderr)
     sys.exit(1)
@@ -992,6 +1009,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, OSError) and not _is_bad_input(e):
             _internal_error(e)
         remove_made(_created)
+        _end_progress_bars()
         print(f"error: {_one_line(_message(e))}", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:

@@ -178,8 +178,8 @@ def test_peak_memory_sees_an_allocation(method):
 @pytest.mark.parametrize("case", ["unknown model", "@0", "@abc", "missing image", "eval label"])
 def test_bad_specs_fail_with_one_line(model, inputs, tmp_path, case, capsys):
     models, image, extra = [str(model), f"{model}@2"], inputs / "face.png", []
-    expect = {"unknown model": "neither a directory nor a bundled model", "@0": "positive integer",
-              "@abc": "positive integer", "missing image": "nope.png: file not found",
+    expect = {"unknown model": "neither a directory nor a bundled model", "@0": "an integer in 1..1000",
+              "@abc": "an integer in 1..1000", "missing image": "nope.png: file not found",
               "eval label": "not a benchmarked model"}[case]
     if case == "unknown model":
         models[1] = "no-such-model@2"

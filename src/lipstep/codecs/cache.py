@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from lipstep.codecs.vae import Codec
 from lipstep.config import to_dict
-from lipstep.data.dataset import open_shard, read_manifest
+from lipstep.data.dataset import check_shard, open_shard, read_manifest
 from lipstep.data.latents import INFO_NAME, clip_id_of, read_cache_info
 from lipstep.errors import DataError, LipstepError
 from lipstep.fsutil import atomic_path, write_json_atomic
@@ -93,8 +93,10 @@ def encode_prepared(prepared_dir: str | os.PathLike, codec: Codec, out_dir: str 
     rows = read_manifest(root)
     identity = codec.identity()
     cache = Path(out_dir) if out_dir is not None else default_cache_dir(root, codec, identity)
-    _claim(cache, codec, identity)
     todo = [r for r in rows if not _is_current(cache / f"{clip_id_of(r)}.safetensors", identity, int(r["frames"]))]
+    for row in todo:  # a missing or damaged shard before anything is written or the bar starts
+        check_shard(root / row["shard"])
+    _claim(cache, codec, identity)
     bar = tqdm(total=sum(int(r["frames"]) for r in todo), desc=f"encode {codec.name}", unit="frame",
                disable=not progress, dynamic_ncols=True)
     for row in todo:

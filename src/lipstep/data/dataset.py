@@ -143,6 +143,18 @@ def _member_memmap(path: Path, fh, info: zipfile.ZipInfo) -> np.ndarray | None:
     return np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order="F" if fortran else "C")
 
 
+def check_shard(path: str | os.PathLike) -> None:
+    """A `DataError` unless `path` is a readable shard archive (its index only is read: cheap)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except FileNotFoundError:
+        raise DataError(f"shard {path} listed in the manifest is missing") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read shard {path} ({e})") from None
+
+
 def open_shard(path: str | os.PathLike, keys=None) -> dict[str, np.ndarray]:
     """The arrays of a prepared shard (all, or those in `keys`), memory-mapped and read-only.
 
@@ -205,6 +217,8 @@ class WindowDataset(torch.utils.data.Dataset):
             raise DataError(f"split '{split}' is not in {self.root / 'manifest.jsonl'} "
                             f"(it has: {', '.join(present) or 'no clips'})")
         self.clips = [r for r in rows if r["split"] == split]
+        for row in self.clips:  # a missing or damaged shard now, not after minutes of encoding and training
+            check_shard(self.root / row["shard"])
         need = self.cfg.frames + self.cfg.motion_frames
         clip_idx, starts = [], []
         for c, row in enumerate(self.clips):
@@ -345,4 +359,4 @@ def batch_indices(n: int, batch_size: int, seed: int, rank: int = 0, world: int 
         step += 1
 
 
-__all__ = ["WindowConfig", "WindowDataset", "batch_indices", "open_shard", "read_manifest", "split_track"]
+__all__ = ["WindowConfig", "WindowDataset", "batch_indices", "check_shard", "open_shard", "read_manifest", "split_track"]
