@@ -65,7 +65,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lipstep import __version__
 from lipstep.checks import MAX_STEPS, MAX_THREADS
-from lipstep.config import check, from_dict
+from lipstep.config import SEED_MAX, check, from_dict
 from lipstep.data.examples import example_faces
 from lipstep.data.faces import DETECTORS
 from lipstep.data.media import read_audio, read_image
@@ -529,7 +529,7 @@ def check_settings(cfg: ServeConfig, steps: int | None, cfg_audio: float | None,
     """The generation settings a client may choose (both endpoints), or 400."""
     try:
         check(steps is None or 1 <= steps <= cfg.max_steps, f"steps must be in 1..{cfg.max_steps}, got {steps}")
-        check(0 <= seed < 2**63, f"seed must be in 0..2**63-1, got {seed}")
+        check(0 <= seed <= SEED_MAX, f"seed must be in 0..2**63-1, got {seed}")
         check(detector in DETECTORS, f"detector must be one of {', '.join(DETECTORS)}, got '{detector}'")
         for name, scale in (("cfg_audio", cfg_audio), ("cfg_ref", cfg_ref)):
             if scale is not None:
