@@ -98,7 +98,7 @@ def encode_prepared(prepared_dir: str | os.PathLike, codec: Codec, out_dir: str 
         check_shard(root / row["shard"])
     _claim(cache, codec, identity)
     bar = tqdm(total=sum(int(r["frames"]) for r in todo), desc=f"encode {codec.name}", unit="frame",
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress or not todo, dynamic_ncols=True)
     for row in todo:
         frames = open_shard(root / row["shard"], ("frames",)).get("frames")
         if frames is None or frames.ndim != 4 or len(frames) != int(row["frames"]):

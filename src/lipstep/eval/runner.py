@@ -59,7 +59,7 @@ import numpy as np
 
 from lipstep.checks import MAX_STEPS
 from lipstep.config import check, to_dict
-from lipstep.data.dataset import open_shard, read_manifest
+from lipstep.data.dataset import check_shard, open_shard, read_manifest
 from lipstep.data.latents import clip_id_of
 from lipstep.data.media import write_image, write_video
 from lipstep.diffusion.guidance import check_scale
@@ -352,6 +352,8 @@ def evaluate_model(model: str | os.PathLike, prepared: str | os.PathLike, out: s
     started = time.perf_counter()
     root, out, rows = split_rows(prepared, out, cfg.split)
     rows = rows[:cfg.max_clips] if cfg.max_clips else rows
+    for row in rows:  # a damaged shard before the models load and the bar starts
+        check_shard(root / row["shard"])
     ev, pipe = load_for_eval(model, root, rows, evaluators, device, cfg.runtime)
     info = pipe.info
     fps, sr = info.fps, info.sample_rate
