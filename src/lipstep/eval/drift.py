@@ -52,5 +52,4 @@ def drift(frames, fps: float) -> DriftStats:
     return DriftStats(np.asarray(bounds[:-1]), mean, std, np.linalg.norm(mean - mean[0], axis=1), sims)
 
 
-
 __all__ = ["DriftStats", "drift"]

@@ -36,5 +36,4 @@ def flicker(frames) -> FlickerStats:
     return FlickerStats(float(steps.mean()), float(steps.std()), second)
 
 
-
 __all__ = ["FlickerStats", "flicker", "frame_differences"]

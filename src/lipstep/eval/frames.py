@@ -69,5 +69,4 @@ def paired(x, y, data_range: float | None, what: str) -> tuple[np.ndarray, np.nd
     return a64, b64, float(data_range)
 
 
-
 __all__ = ["RANGE_TOL", "as_video", "need_frames", "paired"]

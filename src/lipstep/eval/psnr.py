@@ -27,5 +27,4 @@ def psnr_frames(x, y, *, data_range: float | None = None) -> np.ndarray:
     return _psnr_from_mse(np.square(a - b).reshape(len(a), -1).mean(1), r)
 
 
-
 __all__ = ["psnr", "psnr_frames"]
