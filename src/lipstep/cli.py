@@ -707,11 +707,13 @@ def export(
     if evidence and quality_bar is None:
         raise typer.BadParameter("--evidence needs --quality-bar")
     _output_dir(out)
+    from lipstep.modeldir import MAX_BLINKS_PER_SECOND
     from lipstep.pipeline import AvatarPipeline
 
     check_steps(steps)
-    if blink_rate is not None and not 0 <= blink_rate <= 5:
-        raise typer.BadParameter(f"--blink-rate must be in 0..5 blinks per second, got {blink_rate}")
+    if blink_rate is not None and not 0 <= blink_rate <= MAX_BLINKS_PER_SECOND:
+        raise typer.BadParameter(f"--blink-rate must be in 0..{MAX_BLINKS_PER_SECOND:g} blinks per second, got "
+                                 f"{blink_rate}")
     pipe = AvatarPipeline.from_pretrained(model)
     if steps is not None:
         pipe.info.sampler.steps = steps

@@ -58,6 +58,7 @@ from lipstep.samplers.registry import SamplerInfo
 INFO_NAME = "lipstep.json"
 EYES_DIR = "eyes"
 FORMAT = 2
+MAX_BLINKS_PER_SECOND = 5.0  # the most blinks a second a model or a generation may ask for (people: about 0.3)
 BUNDLED_ROOT = Path(__file__).resolve().parent / "weights"
 
 
@@ -102,7 +103,8 @@ class ModelInfo:
         check(math.isfinite(self.residual) and self.residual >= 0, f"residual must be >= 0, got {self.residual}")
         check(math.isfinite(self.flow_shift) and self.flow_shift > 0, f"flow_shift must be > 0, got {self.flow_shift}")
         check(self.anchor_every >= 0, f"anchor_every must be >= 0, got {self.anchor_every}")
-        check(0 <= self.blinks_per_second <= 5, f"blinks_per_second must be in 0..5, got {self.blinks_per_second}")
+        check(0 <= self.blinks_per_second <= MAX_BLINKS_PER_SECOND,
+              f"blinks_per_second must be in 0..{MAX_BLINKS_PER_SECOND:g}, got {self.blinks_per_second}")
         check(not Path(self.components).is_absolute(), f"components must be a relative directory, got {self.components!r}")
         check(self.format <= FORMAT, f"model format {self.format} is newer than this lipstep ({FORMAT}); upgrade lipstep")
         self.sampler.validate()
@@ -421,6 +423,7 @@ __all__ = [
     "EYES_DIR",
     "FORMAT",
     "INFO_NAME",
+    "MAX_BLINKS_PER_SECOND",
     "ModelInfo",
     "bundled_models",
     "check_components",

@@ -50,6 +50,7 @@ from lipstep.diffusion.denoiser import Denoiser
 from lipstep.errors import LipstepError
 from lipstep.modeldir import (
     INFO_NAME,
+    MAX_BLINKS_PER_SECOND,
     ModelInfo,
     bundled_models,
     check_eyes,
@@ -340,8 +341,9 @@ class AvatarPipeline:
         """A blink rate a generation may ask for (0 = none), or a one-line `LipstepError`: 0..5 per second, and
         something in the model to draw them with (its eye net, or a denoiser that reads blinks)."""
         rate = float(blinks_per_second)
-        if not (math.isfinite(rate) and 0 <= rate <= 5):
-            raise LipstepError(f"the blink rate must be in 0..5 blinks per second, got {blinks_per_second}")
+        if not (math.isfinite(rate) and 0 <= rate <= MAX_BLINKS_PER_SECOND):
+            raise LipstepError(f"the blink rate must be in 0..{MAX_BLINKS_PER_SECOND:g} blinks per second, got "
+                               f"{blinks_per_second}")
         if rate > 0 and self.eyes is None and not getattr(self.denoiser.cfg, "blink", False):
             raise LipstepError("this model has nothing to draw blinks with (no eye net, and its denoiser does not "
                                "read blinks); attach one with lipstep export --eyes")
